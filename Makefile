@@ -1,0 +1,55 @@
+# Dockyard — run `make help` for the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+IMAGE ?= dockyard:dev
+KIND_CLUSTER ?= dockyard
+
+.DEFAULT_GOAL := help
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test,lint]'
+	touch $(STAMP)
+
+venv: $(STAMP) ## Create the virtualenv and install Dockyard with test and lint tools
+
+test: $(STAMP) ## Run every test tier that can run here
+	$(PY) -m pytest -q -rs tests
+
+lint: $(STAMP) ## ruff and mypy (strict)
+	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/mypy
+
+crds: $(STAMP) ## Regenerate crds/ from the API models
+	$(VENV)/bin/dockyard crds --out crds
+
+verify-crds: $(STAMP) ## Fail when the committed CRDs are stale
+	@tmp=$$(mktemp -d) && $(VENV)/bin/dockyard crds --out $$tmp && \
+	  diff -ru crds $$tmp && echo "crds/ is up to date" || \
+	  { echo "crds/ is stale: run 'make crds' and commit the result"; exit 1; }
+
+run: $(STAMP) ## Run the operator against your kubeconfig's cluster, or the registry locally
+	@if kubectl version --request-timeout=5s >/dev/null 2>&1; then \
+	  kubectl apply -f crds/ && $(VENV)/bin/dockyard operator run -A; \
+	else \
+	  echo "no Kubernetes cluster reachable: serving the embedded registry on http://127.0.0.1:5000 (storage in ./.dockyard/)"; \
+	  $(VENV)/bin/dockyard registry serve --root .dockyard/registry --addr 127.0.0.1:5000; \
+	fi
+
+image: ## Build the container image (operator and registry)
+	docker build -t $(IMAGE) .
+
+e2e: $(STAMP) ## End-to-end tests on kind (or the cluster in KUBECONFIG)
+	DOCKYARD_E2E=1 DOCKYARD_IMAGE=$(IMAGE) KIND_CLUSTER=$(KIND_CLUSTER) $(PY) -m pytest -q -rs tests/e2e
+
+bench: $(STAMP) ## Benchmarks against the peer registry, printed as a table
+	$(PY) bench/run.py
+
+.PHONY: help venv test lint crds verify-crds run image e2e bench

@@ -1,0 +1,3 @@
+"""Dockyard: a Kubernetes operator that runs OCI container registries declaratively."""
+
+__version__ = "0.1.0"

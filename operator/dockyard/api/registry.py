@@ -1,0 +1,190 @@
+"""The `Registry` kind (dockyard.dev/v1alpha1): spec and status models.
+
+Field names are the public contract (see DESIGN.md); `make crds` generates the CRD from
+these classes, so a field exists here or nowhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from dockyard.api.schema import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, Model, Quantity, Raw, Rule, meta
+
+AccessMode = Literal["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"]
+
+_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60, "m": 10**-3}
+
+
+def quantity_bytes(q: str) -> float:
+    """The numeric value of a quantity (`20Gi` -> 21474836480), for size comparisons."""
+    for suffix in sorted(_UNITS, key=len, reverse=True):
+        if suffix and q.endswith(suffix):
+            return float(q[: -len(suffix)]) * _UNITS[suffix]
+    return float(q)
+
+
+@dataclass(frozen=True)
+class PVCStorage(Model):
+    DOC = "Filesystem storage on a PersistentVolumeClaim named <registry>-data."
+    RULES = (
+        Rule(
+            cel="has(self.storageClassName) == has(oldSelf.storageClassName) && "
+                "(!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",
+            message="storage.pvc.storageClassName is immutable",
+            check=lambda new, old: new.storage_class_name == old.storage_class_name,
+            transition=True,
+        ),
+        Rule(
+            cel="quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0",
+            message="storage.pvc.size cannot shrink (volumes can only be expanded)",
+            check=lambda new, old: quantity_bytes(new.size) >= quantity_bytes(old.size),
+            transition=True,
+        ),
+    )
+    size: Quantity = field(metadata=meta("Requested capacity; growing it expands the PVC."))
+    storage_class_name: str | None = field(
+        default=None, metadata=meta("StorageClass of the claim (immutable); cluster default when unset."))
+    access_modes: tuple[AccessMode, ...] = field(
+        default=("ReadWriteOnce",), metadata=meta("Access modes of the claim.", min_items=1))
+    retain: bool = field(
+        default=True,
+        metadata=meta("Keep the PVC (and the images) when the Registry is deleted; a new Registry "
+                      "of the same name re-attaches it. When false the PVC is owned and deleted."))
+
+
+@dataclass(frozen=True)
+class EmptyDirStorage(Model):
+    DOC = "Ephemeral storage that lives and dies with each pod (caches, tests)."
+    size_limit: Quantity | None = field(default=None, metadata=meta("Size limit of the emptyDir volume."))
+
+
+@dataclass(frozen=True)
+class Storage(Model):
+    DOC = "Where images are stored: exactly one of pvc or emptyDir."
+    RULES = (
+        Rule(
+            cel="(has(self.pvc) ? 1 : 0) + (has(self.emptyDir) ? 1 : 0) == 1",
+            message="exactly one of storage.pvc or storage.emptyDir must be set",
+            check=lambda s: (s.pvc is not None) + (s.empty_dir is not None) == 1,
+        ),
+    )
+    pvc: PVCStorage | None = field(default=None, metadata=meta("Filesystem on a PersistentVolumeClaim."))
+    empty_dir: EmptyDirStorage | None = field(default=None, metadata=meta("Ephemeral emptyDir volume."))
+
+    @property
+    def shared(self) -> bool:
+        """Whether several pods can serve the same content from this storage."""
+        return self.pvc is not None and "ReadWriteMany" in self.pvc.access_modes
+
+
+@dataclass(frozen=True)
+class SecretKeyRef(Model):
+    name: str = field(metadata=meta("Secret name, in the Registry's namespace.", pattern=DNS_SUBDOMAIN_PATTERN))
+    key: str = field(default="htpasswd", metadata=meta("Key in the Secret."))
+
+
+@dataclass(frozen=True)
+class Auth(Model):
+    DOC = "HTTP basic authentication from an htpasswd file (bcrypt) kept in a Secret."
+    htpasswd_secret_ref: SecretKeyRef = field(metadata=meta("Secret key holding the htpasswd file."))
+    anonymous_pull: bool = field(default=False, metadata=meta("Allow pulls without credentials."))
+
+
+@dataclass(frozen=True)
+class TLS(Model):
+    DOC = "Serve HTTPS inside the cluster."
+    secret_name: str = field(
+        metadata=meta("A kubernetes.io/tls Secret (tls.crt, tls.key).", pattern=DNS_SUBDOMAIN_PATTERN))
+
+
+@dataclass(frozen=True)
+class Service(Model):
+    DOC = "The Service in front of the registry pods."
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = field(
+        default="ClusterIP", metadata=meta("Service type."))
+    port: int = field(default=5000, metadata=meta("Service port.", minimum=1, maximum=65535))
+    annotations: dict[str, str] = field(default_factory=dict, metadata=meta("Service annotations."))
+
+
+@dataclass(frozen=True)
+class Ingress(Model):
+    DOC = "An Ingress exposing the registry outside the cluster."
+    host: str = field(metadata=meta("Public host name.", pattern=DNS_SUBDOMAIN_PATTERN))
+    class_name: str | None = field(default=None, metadata=meta("IngressClass name."))
+    annotations: dict[str, str] = field(default_factory=dict, metadata=meta("Ingress annotations."))
+    tls_secret_name: str | None = field(
+        default=None, metadata=meta("TLS Secret for the host; the URL is https when set.",
+                                    pattern=DNS_SUBDOMAIN_PATTERN))
+
+
+@dataclass(frozen=True)
+class PodDisruptionBudget(Model):
+    DOC = "The PodDisruptionBudget created when replicas > 1."
+    enabled: bool = field(default=True, metadata=meta("Create the PDB when replicas > 1."))
+    max_unavailable: int = field(default=1, metadata=meta("Pods that may be down at once.", minimum=1))
+
+
+@dataclass(frozen=True)
+class RegistrySpec(Model):
+    DOC = "The desired state of a registry."
+    RULES = (
+        Rule(
+            cel="self.replicas <= 1 || (has(self.storage.pvc) && "
+                "self.storage.pvc.accessModes.exists(m, m == 'ReadWriteMany'))",
+            message="replicas > 1 needs shared storage: storage.pvc with accessModes [ReadWriteMany]",
+            check=lambda s: s.replicas <= 1 or s.storage.shared,
+        ),
+    )
+    storage: Storage = field(metadata=meta("Where images are stored."))
+    replicas: int = field(default=1, metadata=meta("Registry pods (also the scale subresource).", minimum=0))
+    image: str | None = field(
+        default=None, metadata=meta("Registry image; defaults to the operator's own image."))
+    auth: Auth | None = field(default=None, metadata=meta("Basic authentication."))
+    tls: TLS | None = field(default=None, metadata=meta("HTTPS with a kubernetes.io/tls Secret."))
+    service: Service = field(default_factory=Service, metadata=meta("The Service."))
+    ingress: Ingress | None = field(default=None, metadata=meta("External exposure."))
+    read_only: bool = field(
+        default=False, metadata=meta("Maintenance mode: pulls work, pushes and deletes are refused."))
+    resources: Raw | None = field(default=None, metadata=meta("Container resources."))
+    node_selector: dict[str, str] = field(default_factory=dict, metadata=meta("Pod node selector."))
+    tolerations: tuple[Raw, ...] = field(default=(), metadata=meta("Pod tolerations."))
+    affinity: Raw | None = field(default=None, metadata=meta("Pod affinity."))
+    topology_spread_constraints: tuple[Raw, ...] = field(
+        default=(), metadata=meta("Pod topology spread constraints."))
+    priority_class_name: str | None = field(default=None, metadata=meta("Pod priority class."))
+    pod_annotations: dict[str, str] = field(default_factory=dict, metadata=meta("Extra pod annotations."))
+    pod_disruption_budget: PodDisruptionBudget = field(
+        default_factory=PodDisruptionBudget, metadata=meta("Disruption budget for replicas > 1."))
+
+
+@dataclass(frozen=True)
+class Condition(Model):
+    type: str = field(metadata=meta("Ready, Reconciling or Stalled."))
+    status: Literal["True", "False", "Unknown"] = field(metadata=meta("Condition status."))
+    reason: str = field(metadata=meta("CamelCase reason."))
+    message: str = field(metadata=meta("Human-readable message."))
+    last_transition_time: str = field(metadata=meta("When the status last changed."))
+    observed_generation: int | None = field(default=None, metadata=meta("Generation the condition is for."))
+
+
+@dataclass(frozen=True)
+class StorageStatus(Model):
+    claim_name: str | None = field(default=None, metadata=meta("PVC name."))
+    capacity: str | None = field(default=None, metadata=meta("Capacity reported by the PVC."))
+
+
+@dataclass(frozen=True)
+class RegistryStatus(Model):
+    observed_generation: int | None = field(default=None, metadata=meta("Last generation handled."))
+    conditions: tuple[Condition, ...] = field(default=(), metadata=meta("kstatus conditions."))
+    replicas: int | None = field(default=None, metadata=meta("Pods of the current Deployment."))
+    ready_replicas: int | None = field(default=None, metadata=meta("Pods ready to serve."))
+    selector: str | None = field(default=None, metadata=meta("Label selector of the pods (scale)."))
+    endpoint: str | None = field(default=None, metadata=meta("In-cluster URL."))
+    url: str | None = field(default=None, metadata=meta("External URL (ingress)."))
+    storage: StorageStatus | None = field(default=None, metadata=meta("Storage details."))
+
+
+NAME_PATTERN = DNS_LABEL_PATTERN
