@@ -1,12 +1,29 @@
-"""The `dockyard` command: operator, render, crds, registry server, replication."""
+"""The `dockyard` command: operator, render, crds, registry server, replication.
+
+Each subsystem registers its own sub-commands through a `register(subparsers)` function
+in its `cli` module, importing its heavy dependencies only when the command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import yaml
+
+SUBSYSTEMS = (
+    "dockyard.controller.cli",
+)
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _cmd_crds(args: argparse.Namespace) -> int:
@@ -21,11 +38,13 @@ def _cmd_crds(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dockyard", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = Parser(prog="dockyard", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     crds = sub.add_parser("crds", help="write the CRDs generated from the API models")
     crds.add_argument("--out", default="crds", help="output directory (default: crds)")
     crds.set_defaults(func=_cmd_crds)
+    for name in SUBSYSTEMS:
+        importlib.import_module(name).register(sub)
     return parser
 
 
