@@ -1,0 +1,1 @@
+"""The operator: Kopf handlers, reconciliation, conditions and the Kubernetes API adapter."""

@@ -1,0 +1,57 @@
+"""`dockyard operator run` and `dockyard render`: the operator's command-line surface."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    import yaml
+
+    from dockyard.api import SpecError
+    from dockyard.render import RenderInput, render_registry
+
+    try:
+        with open(args.file) if args.file != "-" else sys.stdin as f:
+            docs = [d for d in yaml.safe_load_all(f) if d]
+    except (OSError, yaml.YAMLError) as e:
+        print(f"dockyard render: {args.file}: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    objects: list[dict[str, Any]] = []
+    try:
+        for doc in docs:
+            if doc.get("kind") != "Registry":
+                raise SpecError("kind", f"expected a Registry, got {doc.get('kind')!r}")
+            objects.extend(render_registry(RenderInput.from_body(doc, image=args.image)))
+    except SpecError as e:
+        print(f"dockyard render: {args.file}: {e}", file=sys.stderr)
+        return 2
+    yaml.safe_dump_all(objects, sys.stdout, sort_keys=False)
+    return 0
+
+
+def _cmd_operator_run(args: argparse.Namespace) -> int:
+    from dockyard.controller.main import run
+
+    return run(namespaces=args.namespace, all_namespaces=args.all_namespaces,
+               liveness=args.liveness, verbose=args.verbose)
+
+
+def register(sub: Any) -> None:
+    render = sub.add_parser("render", help="print the objects the operator would apply for a Registry")
+    render.add_argument("-f", "--file", required=True, help="Registry YAML file ('-' for stdin)")
+    render.add_argument("--image", default=None, help="registry image (default: the operator's image)")
+    render.set_defaults(func=_cmd_render)
+
+    op = sub.add_parser("operator", help="the Kubernetes operator")
+    op_sub = op.add_subparsers(dest="operator_command", required=True, metavar="COMMAND",
+                               parser_class=type(op))
+    run = op_sub.add_parser("run", help="run the operator against the cluster in your kubeconfig")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
+    run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL")
+    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    run.set_defaults(func=_cmd_operator_run)
