@@ -3,10 +3,19 @@
 `start_dockyard` runs `dockyard registry serve` from the venv; `start_distribution` runs
 Debian's `docker-registry` (CNCF distribution) as the peer. Both pick a free port, wait
 until `/v2/` answers (with a deadline) and are stopped by the context manager.
+
+`Registries` starts any number of them for one test and stops them all at the end, so a
+test names the servers it needs inside its body: a missing `dockyard registry serve` or a
+missing tool then shows up as that test's failure (or skip) with a readable reason, instead
+of an error deep in a fixture. `skopeo` runs the real skopeo client with an isolated auth
+file. Outside of pytest (the benchmark) the same helpers raise `ToolMissing`.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
+import json
 import os
 import shutil
 import signal
@@ -17,11 +26,87 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from email.message import Message
 from pathlib import Path
 from types import TracebackType
+from typing import Any, NoReturn
 
 DOCKYARD = str(Path(sys.executable).with_name("dockyard"))
 DISTRIBUTION = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+PASSWORD_USER = "dockyard"
+
+
+class ToolMissing(RuntimeError):
+    """A registry server or client this code needs is not installed."""
+
+
+def _under_pytest() -> bool:
+    return "pytest" in sys.modules and "PYTEST_CURRENT_TEST" in os.environ
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip the running test for REASON; fail it when CI=true; raise outside of pytest."""
+    if not _under_pytest():
+        raise ToolMissing(reason)
+    import pytest
+
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: a missing tool is a failure)")
+    pytest.skip(reason)
+
+
+def require_tool(name: str, package: str) -> str:
+    """The path of executable NAME, or a visible skip (failure under CI=true)."""
+    path = shutil.which(name)
+    if not path:
+        missing(f"`{name}` is not installed (Debian package `{package}`)")
+    return path
+
+
+@functools.cache
+def dockyard_serve_problem() -> str | None:
+    """Why `dockyard registry serve` cannot run here, or None when it can."""
+    if not Path(DOCKYARD).exists():
+        return f"{DOCKYARD} does not exist (run `make venv`)"
+    probe = subprocess.run([DOCKYARD, "registry", "serve", "--help"], capture_output=True,
+                           timeout=60, check=False)
+    if probe.returncode != 0:
+        lines = (probe.stderr or probe.stdout).decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"exit code {probe.returncode}"
+    return None
+
+
+def require_dockyard() -> None:
+    """Fail the running test, with the reason, when `dockyard registry serve` is unavailable."""
+    problem = dockyard_serve_problem()
+    if problem is None:
+        return
+    reason = f"`dockyard registry serve` is not available: {problem}"
+    if not _under_pytest():
+        raise ToolMissing(reason)
+    import pytest
+
+    pytest.fail(reason, pytrace=False)
+
+
+def write_htpasswd(path: Path, user: str, password: str) -> Path:
+    """An htpasswd file with one bcrypt entry, as `htpasswd -B` writes it."""
+    import bcrypt
+
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()
+    path.write_text(f"{user}:{hashed}\n")
+    return path
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A `/proc/PID/status` memory field (VmRSS, VmHWM) in bytes; 0 once the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
 
 
 def free_port() -> int:
@@ -46,7 +131,7 @@ class RegistryProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> RegistryProcess:
-        logf = open(self.log, "ab")  # noqa: SIM115 - owned by the process for its lifetime
+        logf = open(self.log, "ab")  # the child keeps its own descriptor
         self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(self.env or {})})
         logf.close()
@@ -60,13 +145,21 @@ class RegistryProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.argv[0]} exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                urllib.request.urlopen(f"{self.url}/v2/", timeout=1)  # noqa: S310 - loopback only
-                return
+                with urllib.request.urlopen(f"{self.url}/v2/", timeout=1):
+                    return
             except urllib.error.HTTPError:
                 return  # 401 and friends: the server is up
             except OSError:
                 time.sleep(0.05)
         raise TimeoutError(f"{self.argv[0]} not ready on {self.url} after {timeout}s:\n{self.output()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -123,3 +216,88 @@ def start_distribution(root: Path, *, port: int | None = None, htpasswd: Path | 
     )
     return RegistryProcess([DISTRIBUTION, "serve", str(config)], port, root,
                            root.parent / f"distribution-{port}.log").start(timeout)
+
+
+class Registries:
+    """Registry servers for one test; every server started through it is stopped on exit."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.started: list[RegistryProcess] = []
+
+    def _root(self, kind: str) -> Path:
+        root = self.workdir / f"{kind}-{len(self.started)}" / "root"
+        root.parent.mkdir(parents=True, exist_ok=True)
+        return root
+
+    def dockyard(self, *extra: str, root: Path | None = None) -> RegistryProcess:
+        require_dockyard()
+        server = start_dockyard(root or self._root("dockyard"), *extra)
+        self.started.append(server)
+        return server
+
+    def distribution(self, *, htpasswd: Path | None = None, root: Path | None = None) -> RegistryProcess:
+        require_tool("docker-registry", "docker-registry")
+        server = start_distribution(root or self._root("distribution"), htpasswd=htpasswd)
+        self.started.append(server)
+        return server
+
+    def start(self, kind: str, **kwargs: object) -> RegistryProcess:
+        """`dockyard` or `distribution` by name, for tests parametrized over both."""
+        htpasswd = kwargs.get("htpasswd")
+        if kind == "dockyard":
+            return self.dockyard(*(["--htpasswd", str(htpasswd)] if htpasswd else []))
+        if kind == "distribution":
+            assert htpasswd is None or isinstance(htpasswd, Path)
+            return self.distribution(htpasswd=htpasswd)
+        raise ValueError(f"unknown registry kind {kind!r}")
+
+    def close(self) -> None:
+        for server in self.started:
+            server.stop()
+
+    def __enter__(self) -> Registries:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def skopeo(*args: str, workdir: Path, check: bool = True,
+           timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
+    """Run the real skopeo with an auth file of its own (never the user's credentials)."""
+    exe = require_tool("skopeo", "skopeo")
+    env = {**os.environ, "REGISTRY_AUTH_FILE": str(workdir / "skopeo-auth.json")}
+    done = subprocess.run([exe, *args], capture_output=True, timeout=timeout, env=env, check=False)
+    if check and done.returncode != 0:
+        raise AssertionError(f"skopeo {' '.join(args)} exited with {done.returncode}:\n"
+                             f"{done.stderr.decode(errors='replace')}")
+    return done
+
+
+class Response:
+    """What a loopback HTTP request returned: status, headers (case-insensitive) and body."""
+
+    def __init__(self, status: int, headers: Message, body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def request(method: str, url: str, *, data: bytes | None = None, headers: dict[str, str] | None = None,
+            auth: tuple[str, str] | None = None, timeout: float = 30) -> Response:
+    """One plain HTTP request to a test registry; HTTP errors are returned, not raised."""
+    hdrs = dict(headers or {})
+    if auth:
+        hdrs["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return Response(resp.status, resp.headers, resp.read())
+    except urllib.error.HTTPError as err:
+        with err:
+            return Response(err.code, err.headers, err.read())
