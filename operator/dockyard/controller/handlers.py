@@ -1,0 +1,100 @@
+"""Kopf handlers for Registries: thin triggers of the one reconcile.
+
+Triggers: create, `spec` update and resume of a Registry; any event of a child labelled
+`app.kubernetes.io/managed-by: dockyard` (drift repair, readiness changes); any event of a
+Secret that some Registry references (rollout on rotation, recovery from SecretNotFound).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from dockyard.api import GROUP, VERSION
+from dockyard.api.registry import RegistrySpec
+from dockyard.api.schema import SpecError, parse
+from dockyard.controller.kube import Kube
+from dockyard.controller.reconcile import Reconciler
+from dockyard.render.registry import APP, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, NAME_LABEL, referenced_secrets
+
+CHILDREN = (
+    ("v1", "serviceaccounts"),
+    ("v1", "configmaps"),
+    ("v1", "services"),
+    ("v1", "persistentvolumeclaims"),
+    ("apps/v1", "deployments"),
+    ("policy/v1", "poddisruptionbudgets"),
+    ("networking.k8s.io/v1", "ingresses"),
+)
+CHILD_LABELS = {MANAGED_BY_LABEL: MANAGER, NAME_LABEL: APP}
+
+
+def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    essence: Any = dict(body)
+    kopf.event(kopf.Body(essence), type=type_, reason=reason, message=message)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration")
+    settings.posting.reporting_component = "dockyard"
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    settings.execution.max_workers = 4
+    memo.kube = await Kube.from_environment()
+    memo.reconciler = Reconciler(memo.kube, post_event)
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    if getattr(memo, "kube", None) is not None:
+        await memo.kube.close()
+
+
+@kopf.index(GROUP, VERSION, "registries")
+def registry_secrets(*, namespace: str | None, name: str, spec: kopf.Spec,
+                     **_: Any) -> dict[tuple[str | None, str], str]:
+    """(namespace, secret name) -> names of the Registries that reference it."""
+    try:
+        parsed = parse(RegistrySpec, dict(spec))
+    except SpecError:
+        return {}
+    return {(namespace, secret): name for secret in referenced_secrets(parsed)}
+
+
+@kopf.on.resume(GROUP, VERSION, "registries")
+@kopf.on.create(GROUP, VERSION, "registries")
+@kopf.on.update(GROUP, VERSION, "registries", field="spec")
+async def registry_changed(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    await memo.reconciler.request(namespace, name)
+
+
+def _register_children() -> None:
+    for api_version, plural in CHILDREN:
+        group, _, version = api_version.rpartition("/")
+
+        @kopf.on.event(group, version, plural, labels=CHILD_LABELS)
+        async def child_changed(*, namespace: str | None, labels: Mapping[str, str], memo: Any,
+                                **_: Any) -> None:
+            instance = labels.get(INSTANCE_LABEL)
+            if instance:
+                await memo.reconciler.request(namespace, instance)
+
+
+_register_children()
+
+
+@kopf.on.event("v1", "secrets")
+async def secret_changed(*, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+    index: kopf.Index[tuple[str | None, str], str] = kwargs["registry_secrets"]
+    for registry in index.get((namespace, name), []):
+        await memo.reconciler.request(namespace, registry)

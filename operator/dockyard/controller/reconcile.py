@@ -1,0 +1,237 @@
+"""The one idempotent reconcile of a Registry: observe, apply what differs, report status.
+
+Every trigger (create, spec update, resume, a child's drift, a referenced Secret's change)
+lands in `Reconciler.request`, which serialises work per Registry and coalesces bursts: a
+request that arrives while a reconcile runs causes exactly one more pass afterwards.
+
+Each child carries the hash of what Dockyard last applied (`dockyard.dev/applied`); a
+child is re-applied only when that hash differs from the newly rendered one (spec change,
+operator upgrade) or the live object no longer contains the rendered fields (drift). In
+steady state a reconcile is reads only, and status is patched only when it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from dockyard.api import API_VERSION, SpecError
+from dockyard.api.registry import quantity_bytes
+from dockyard.controller import conditions
+from dockyard.controller.kube import ApiError, Kube
+from dockyard.render.registry import (
+    OPTIONAL_KINDS,
+    RenderInput,
+    claim_name,
+    endpoint,
+    external_url,
+    referenced_secrets,
+    render_registry,
+    selector_string,
+)
+
+APPLIED_ANNOTATION = "dockyard.dev/applied"
+EventPoster = Callable[[Mapping[str, Any], str, str, str], None]
+"""(registry body, type Normal|Warning, reason, message) -> None"""
+
+log = logging.getLogger("dockyard.reconcile")
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def contains(live: Any, desired: Any) -> bool:
+    """Whether every field of `desired` is present with the same value in `live`."""
+    if isinstance(desired, Mapping):
+        return isinstance(live, Mapping) and all(k in live and contains(live[k], v) for k, v in desired.items())
+    if isinstance(desired, list):
+        return (isinstance(live, list) and len(live) == len(desired)
+                and all(contains(a, b) for a, b in zip(live, desired, strict=True)))
+    return bool(live == desired)
+
+
+def stamp(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object with the hash of its own content in the `applied` annotation."""
+    digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+    meta = obj["metadata"]
+    annotations = {**meta.get("annotations", {}), APPLIED_ANNOTATION: digest}
+    return {**obj, "metadata": {**meta, "annotations": annotations}}
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A merge patch turning `old` status into `new`, or None when they are equal."""
+    if dict(old) == dict(new):
+        return None
+    patch: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
+    patch.update({k: None for k in old if k not in new})
+    return patch
+
+
+class Reconciler:
+    """Serialised, coalesced reconciles of Registries through one API adapter."""
+
+    def __init__(self, kube: Kube, post_event: EventPoster) -> None:
+        self.kube = kube
+        self.post_event = post_event
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._pending: set[tuple[str, str]] = set()
+
+    async def request(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        if lock.locked() and key in self._pending:
+            return  # a pass is already queued behind the running one; it will see our change
+        self._pending.add(key)
+        async with lock:
+            self._pending.discard(key)
+            await self.reconcile(namespace, name)
+
+    async def reconcile(self, namespace: str, name: str) -> None:
+        body = await self.kube.get(API_VERSION, "Registry", namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            self._locks.pop((namespace, name), None)
+            return
+        await Pass(self, body).run()
+
+
+class Pass:
+    """One reconcile of one Registry body."""
+
+    def __init__(self, reconciler: Reconciler, body: Mapping[str, Any]) -> None:
+        self.kube = reconciler.kube
+        self.post_event = reconciler.post_event
+        self.body = body
+        meta = body["metadata"]
+        self.name: str = meta["name"]
+        self.namespace: str = meta["namespace"]
+        self.uid: str = meta["uid"]
+        self.generation: int = meta.get("generation") or 1
+        self.status: dict[str, Any] = dict(body.get("status") or {})
+
+    async def run(self) -> None:
+        try:
+            inp = RenderInput.from_body(self.body)
+        except SpecError as e:
+            await self.report(conditions.Observed(self.generation, 0, spec_error=str(e)), None)
+            return
+        if self.status.get("observedGeneration") != self.generation:
+            await self.write({**self.status, "observedGeneration": self.generation},
+                             conditions.reconciling_now(self.generation))
+        secrets, missing = await self.read_secrets(inp)
+        if missing:  # leave running pods alone; report what they do
+            dep = await self.kube.get("apps/v1", "Deployment", self.namespace, self.name)
+            await self.report(conditions.Observed(self.generation, inp.spec.replicas,
+                                                  missing_secrets=tuple(missing)), inp, {"Deployment": dep})
+            return
+        claim = await self.kube.get("v1", "PersistentVolumeClaim", self.namespace, claim_name(self.name)) \
+            if inp.spec.storage.pvc else None
+        inp = replace(inp, secrets=secrets, claim_size=self.kept_claim_size(inp, claim))
+        live, apply_error = await self.apply(inp, claim)
+        await self.report(conditions.Observed(
+            self.generation, inp.spec.replicas, apply_error=apply_error,
+            deployment=live.get("Deployment"),
+            claim_phase=((live.get("PersistentVolumeClaim") or {}).get("status") or {}).get("phase"),
+        ), inp, live)
+
+    async def read_secrets(self, inp: RenderInput) -> tuple[dict[str, dict[str, str]], list[str]]:
+        found: dict[str, dict[str, str]] = {}
+        missing: list[str] = []
+        for secret, key in referenced_secrets(inp.spec).items():
+            obj = await self.kube.get("v1", "Secret", self.namespace, secret)
+            data = (obj or {}).get("data") or {}
+            if obj is None:
+                missing.append(f"Secret {secret!r} not found in namespace {self.namespace!r}")
+            elif key not in data:
+                missing.append(f"Secret {secret!r} has no key {key!r}")
+            else:
+                found[secret] = data
+        return found, missing
+
+    @staticmethod
+    def kept_claim_size(inp: RenderInput, claim: Mapping[str, Any] | None) -> str | None:
+        """A re-attached claim larger than the spec keeps its size: volumes never shrink."""
+        pvc = inp.spec.storage.pvc
+        live = (((claim or {}).get("spec") or {}).get("resources") or {}).get("requests", {}).get("storage")
+        if pvc and live and quantity_bytes(str(live)) > quantity_bytes(pvc.size):
+            return str(live)
+        return None
+
+    async def apply(self, inp: RenderInput, claim: Mapping[str, Any] | None
+                    ) -> tuple[dict[str, Any], str | None]:
+        live: dict[str, Any] = {}
+        desired = [stamp(obj) for obj in render_registry(inp)]
+        for obj in desired:
+            kind, meta = obj["kind"], obj["metadata"]
+            current = claim if kind == "PersistentVolumeClaim" else \
+                await self.kube.get(obj["apiVersion"], kind, self.namespace, meta["name"])
+            if current is None or not contains(current, obj):
+                try:
+                    current = await self.kube.apply(obj)
+                except ApiError as e:
+                    if e.status in (400, 403, 409, 422):
+                        return live, f"{kind} {meta['name']!r} was refused: {e.message}"
+                    raise
+            live[kind] = current
+        rendered = {obj["kind"] for obj in desired}
+        for api_version, kind in OPTIONAL_KINDS:
+            if kind not in rendered:
+                await self.delete_if_owned(api_version, kind, self.name)
+        return live, None
+
+    async def delete_if_owned(self, api_version: str, kind: str, name: str) -> None:
+        obj = await self.kube.get(api_version, kind, self.namespace, name)
+        owners = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+        if obj and any(ref.get("uid") == self.uid for ref in owners):
+            await self.kube.delete(api_version, kind, self.namespace, name, uid=obj["metadata"].get("uid"))
+
+    async def report(self, obs: conditions.Observed, inp: RenderInput | None,
+                     live: Mapping[str, Any] | None = None) -> None:
+        status: dict[str, Any] = {"observedGeneration": self.generation}
+        if inp is not None:
+            dep_status = ((live or {}).get("Deployment") or {}).get("status") or {}
+            status.update({
+                "replicas": dep_status.get("replicas") or 0,
+                "readyReplicas": dep_status.get("readyReplicas") or 0,
+                "selector": selector_string(self.name),
+                "endpoint": endpoint(inp),
+            })
+            url = external_url(inp.spec)
+            if url:
+                status["url"] = url
+            claim = (live or {}).get("PersistentVolumeClaim")
+            if claim:
+                capacity = ((claim.get("status") or {}).get("capacity") or {}).get("storage")
+                status["storage"] = {"claimName": claim["metadata"]["name"],
+                                     **({"capacity": capacity} if capacity else {})}
+        await self.write(status, conditions.registry_conditions(obs))
+
+    async def write(self, status: dict[str, Any], new_conditions: list[dict[str, Any]]) -> None:
+        merged, changed = conditions.merge(self.status.get("conditions") or [], new_conditions, now())
+        new = {**status, "conditions": merged}
+        patch = status_patch(self.status, new)
+        if patch is None:
+            return
+        await self.kube.patch_status(API_VERSION, "Registry", self.namespace, self.name, patch)
+        self.status = new
+        for cond in changed:
+            self.announce(cond)
+
+    def announce(self, cond: Mapping[str, Any]) -> None:
+        """One Event per transition of Ready or Stalled (Reconciling churns on every change)."""
+        if cond["type"] == conditions.STALLED:
+            if cond["status"] == "True":
+                self.post_event(self.body, "Warning", cond["reason"], cond["message"])
+            else:
+                self.post_event(self.body, "Normal", "Recovered", "the registry is no longer stalled")
+        elif cond["type"] == conditions.READY:
+            kind = "Normal" if cond["status"] == "True" else "Warning"
+            reason = "Ready" if cond["status"] == "True" else "NotReady"
+            self.post_event(self.body, kind, reason, cond["message"])
+

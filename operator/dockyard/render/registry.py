@@ -1,0 +1,333 @@
+"""Desired Kubernetes objects for one Registry: pure builders, same input -> same output.
+
+The operator applies exactly what `render_registry` returns (server-side apply, field
+manager `dockyard`); `dockyard render -f FILE` prints the same list. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from dockyard import __version__
+from dockyard.api import API_VERSION
+from dockyard.api.registry import RegistrySpec
+from dockyard.api.schema import parse
+
+PORT = 5000
+CONFIG_DIR = "/etc/dockyard/config"
+CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"
+AUTH_DIR = "/etc/dockyard/auth"
+TLS_DIR = "/etc/dockyard/tls"
+DATA_DIR = "/var/lib/registry"
+RUN_AS = 65532
+CHECKSUM_ANNOTATION = "dockyard.dev/checksum"
+NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+APP = "dockyard-registry"
+MANAGER = "dockyard"
+
+
+def default_image() -> str:
+    """The registry image when the spec names none: the operator's own image."""
+    return os.environ.get("DOCKYARD_IMAGE") or f"dockyard:{__version__}"
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    return {NAME_LABEL: APP, INSTANCE_LABEL: name}
+
+
+def labels(name: str) -> dict[str, str]:
+    return {**selector_labels(name), MANAGED_BY_LABEL: MANAGER}
+
+
+def selector_string(name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
+
+
+def claim_name(name: str) -> str:
+    return f"{name}-data"
+
+
+def config_name(name: str) -> str:
+    return f"{name}-config"
+
+
+@dataclass(frozen=True)
+class RenderInput:
+    """Everything rendering needs: the parsed Registry and the data of the Secrets it references."""
+
+    name: str
+    namespace: str
+    spec: RegistrySpec
+    image: str
+    uid: str | None = None
+    secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Referenced Secrets by name -> their `data` (base64 values as stored), for the checksum."""
+    claim_size: str | None = None
+    """The live PVC's requested size when larger than the spec's: a PVC never shrinks."""
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], *, image: str | None = None,
+                  secrets: Mapping[str, Mapping[str, str]] | None = None,
+                  claim_size: str | None = None) -> RenderInput:
+        meta = body.get("metadata") or {}
+        if not meta.get("name"):
+            from dockyard.api import SpecError
+            raise SpecError("metadata.name", "is required")
+        spec = parse(RegistrySpec, body.get("spec"), "spec")
+        return cls(name=meta["name"], namespace=meta.get("namespace") or "default", spec=spec,
+                   image=image or spec.image or default_image(), uid=meta.get("uid"),
+                   secrets=secrets or {}, claim_size=claim_size)
+
+
+def referenced_secrets(spec: RegistrySpec) -> dict[str, str]:
+    """Secrets the pods need, name -> the key that must exist in it."""
+    refs: dict[str, str] = {}
+    if spec.auth:
+        refs[spec.auth.htpasswd_secret_ref.name] = spec.auth.htpasswd_secret_ref.key
+    if spec.tls:
+        refs[spec.tls.secret_name] = "tls.crt"
+    return refs
+
+
+def endpoint(inp: RenderInput) -> str:
+    scheme = "https" if inp.spec.tls else "http"
+    return f"{scheme}://{inp.name}.{inp.namespace}.svc:{inp.spec.service.port}"
+
+
+def external_url(spec: RegistrySpec) -> str | None:
+    if not spec.ingress:
+        return None
+    return f"{'https' if spec.ingress.tls_secret_name else 'http'}://{spec.ingress.host}"
+
+
+# ----------------------------------------------------------------------------- builders
+
+def _meta(inp: RenderInput, name: str, *, owned: bool = True, annotations: Mapping[str, str] | None = None
+          ) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": inp.namespace, "labels": labels(inp.name)}
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    if owned and inp.uid:
+        meta["ownerReferences"] = [{
+            "apiVersion": API_VERSION, "kind": "Registry", "name": inp.name, "uid": inp.uid,
+            "controller": True, "blockOwnerDeletion": True,
+        }]
+    return meta
+
+
+def registry_config(spec: RegistrySpec) -> dict[str, Any]:
+    """The server's config file (see `dockyard registry serve --config`)."""
+    config: dict[str, Any] = {"addr": f"0.0.0.0:{PORT}", "root": DATA_DIR}
+    if spec.auth:
+        config["htpasswd"] = f"{AUTH_DIR}/htpasswd"
+        config["anonymousPull"] = spec.auth.anonymous_pull
+    if spec.read_only:
+        config["readOnly"] = True
+    if spec.tls:
+        config["tls"] = {"cert": f"{TLS_DIR}/tls.crt", "key": f"{TLS_DIR}/tls.key"}
+    return config
+
+
+def service_account(inp: RenderInput) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(inp, inp.name),
+            "automountServiceAccountToken": False}
+
+
+def config_map(inp: RenderInput) -> dict[str, Any]:
+    text = yaml.safe_dump(registry_config(inp.spec), sort_keys=True)
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(inp, config_name(inp.name)),
+            "data": {"config.yaml": text}}
+
+
+def checksum(inp: RenderInput) -> str:
+    """Changes whenever the config or a referenced Secret's data changes, so pods roll."""
+    material = {
+        "config": registry_config(inp.spec),
+        "secrets": {name: dict(sorted(inp.secrets.get(name, {}).items()))
+                    for name in sorted(referenced_secrets(inp.spec))},
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def persistent_volume_claim(inp: RenderInput) -> dict[str, Any] | None:
+    pvc = inp.spec.storage.pvc
+    if pvc is None:
+        return None
+    spec: dict[str, Any] = {
+        "accessModes": list(pvc.access_modes),
+        "resources": {"requests": {"storage": inp.claim_size or pvc.size}},
+    }
+    if pvc.storage_class_name is not None:
+        spec["storageClassName"] = pvc.storage_class_name
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": _meta(inp, claim_name(inp.name), owned=not pvc.retain), "spec": spec}
+
+
+def _probe(path: str, scheme: str, period: int, failures: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": "registry", "scheme": scheme},
+            "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures}
+
+
+def _strategy(spec: RegistrySpec) -> dict[str, Any]:
+    if spec.storage.pvc is not None and not spec.storage.shared:
+        return {"type": "Recreate"}  # RollingUpdate deadlocks on a ReadWriteOnce volume
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+
+
+def _volumes(inp: RenderInput) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    spec = inp.spec
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": config_name(inp.name)}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "data", "mountPath": DATA_DIR},
+    ]
+    if spec.storage.pvc is not None:
+        volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": claim_name(inp.name)}})
+    else:
+        empty: dict[str, Any] = {}
+        if spec.storage.empty_dir and spec.storage.empty_dir.size_limit:
+            empty["sizeLimit"] = spec.storage.empty_dir.size_limit
+        volumes.append({"name": "data", "emptyDir": empty})
+    if spec.auth:
+        ref = spec.auth.htpasswd_secret_ref
+        volumes.append({"name": "auth", "secret": {
+            "secretName": ref.name, "items": [{"key": ref.key, "path": "htpasswd"}]}})
+        mounts.append({"name": "auth", "mountPath": AUTH_DIR, "readOnly": True})
+    if spec.tls:
+        volumes.append({"name": "tls", "secret": {"secretName": spec.tls.secret_name}})
+        mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+    return volumes, mounts
+
+
+def deployment(inp: RenderInput) -> dict[str, Any]:
+    spec = inp.spec
+    scheme = "HTTPS" if spec.tls else "HTTP"
+    volumes, mounts = _volumes(inp)
+    container: dict[str, Any] = {
+        "name": "registry",
+        "image": inp.image,
+        "args": ["registry", "serve", "--config", CONFIG_FILE],
+        "ports": [{"name": "registry", "containerPort": PORT, "protocol": "TCP"}],
+        "livenessProbe": _probe("/healthz", scheme, 10, 6),
+        "readinessProbe": _probe("/readyz", scheme, 5, 3),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": mounts,
+    }
+    if spec.resources:
+        container["resources"] = spec.resources
+    pod: dict[str, Any] = {
+        "serviceAccountName": inp.name,
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
+            "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.node_selector:
+        pod["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod["tolerations"] = list(spec.tolerations)
+    if spec.affinity:
+        pod["affinity"] = spec.affinity
+    if spec.topology_spread_constraints:
+        pod["topologySpreadConstraints"] = [
+            {"labelSelector": {"matchLabels": selector_labels(inp.name)}, **c}
+            for c in spec.topology_spread_constraints]
+    if spec.priority_class_name:
+        pod["priorityClassName"] = spec.priority_class_name
+    annotations = {**spec.pod_annotations, CHECKSUM_ANNOTATION: checksum(inp)}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(inp, inp.name),
+        "spec": {
+            "replicas": spec.replicas,
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": selector_labels(inp.name)},
+            "strategy": _strategy(spec),
+            "template": {"metadata": {"labels": labels(inp.name), "annotations": annotations}, "spec": pod},
+        },
+    }
+
+
+def service(inp: RenderInput) -> dict[str, Any]:
+    svc = inp.spec.service
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": _meta(inp, inp.name, annotations=svc.annotations),
+        "spec": {
+            "type": svc.type,
+            "selector": selector_labels(inp.name),
+            "ports": [{"name": "registry", "port": svc.port, "targetPort": "registry", "protocol": "TCP"}],
+        },
+    }
+
+
+def pod_disruption_budget(inp: RenderInput) -> dict[str, Any] | None:
+    pdb = inp.spec.pod_disruption_budget
+    if inp.spec.replicas <= 1 or not pdb.enabled:
+        return None
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(inp, inp.name),
+            "spec": {"maxUnavailable": pdb.max_unavailable,
+                     "selector": {"matchLabels": selector_labels(inp.name)}}}
+
+
+def ingress(inp: RenderInput) -> dict[str, Any] | None:
+    ing = inp.spec.ingress
+    if ing is None:
+        return None
+    annotations = dict(ing.annotations)
+    if ing.class_name and "nginx" in ing.class_name:
+        # Image layers are large; nginx's default 1m body limit breaks pushes.
+        annotations.setdefault("nginx.ingress.kubernetes.io/proxy-body-size", "0")
+        if inp.spec.tls:
+            annotations.setdefault("nginx.ingress.kubernetes.io/backend-protocol", "HTTPS")
+    spec: dict[str, Any] = {"rules": [{"host": ing.host, "http": {"paths": [{
+        "path": "/", "pathType": "Prefix",
+        "backend": {"service": {"name": inp.name, "port": {"name": "registry"}}},
+    }]}}]}
+    if ing.class_name:
+        spec["ingressClassName"] = ing.class_name
+    if ing.tls_secret_name:
+        spec["tls"] = [{"hosts": [ing.host], "secretName": ing.tls_secret_name}]
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": _meta(inp, inp.name, annotations=annotations), "spec": spec}
+
+
+OPTIONAL_KINDS = (("policy/v1", "PodDisruptionBudget"), ("networking.k8s.io/v1", "Ingress"))
+"""Children that exist only for some specs; the operator deletes them when no longer rendered."""
+
+
+def render_registry(inp: RenderInput) -> list[dict[str, Any]]:
+    """Every object the operator applies for this Registry, in apply order."""
+    objects = [
+        service_account(inp),
+        config_map(inp),
+        persistent_volume_claim(inp),
+        deployment(inp),
+        service(inp),
+        pod_disruption_budget(inp),
+        ingress(inp),
+    ]
+    return [obj for obj in objects if obj is not None]
