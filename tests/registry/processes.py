@@ -17,6 +17,7 @@ import base64
 import functools
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -211,7 +212,8 @@ def start_distribution(root: Path, *, port: int | None = None, htpasswd: Path | 
         "version: 0.1\n"
         "log:\n  level: error\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
+        # A fixed secret keeps upload URLs valid across a restart, as in any real deployment.
+        f"http:\n  addr: 127.0.0.1:{port}\n  secret: {secrets.token_hex(16)}\n"
         + auth
     )
     return RegistryProcess([DISTRIBUTION, "serve", str(config)], port, root,
