@@ -7,6 +7,16 @@ import sys
 from typing import Any
 
 
+def _secret_data(doc: dict[str, Any]) -> dict[str, str]:
+    """A Secret's `data` as the API server stores it (stringData folded in, base64)."""
+    import base64
+
+    data = {k: str(v) for k, v in (doc.get("data") or {}).items()}
+    for key, value in (doc.get("stringData") or {}).items():
+        data[key] = base64.b64encode(str(value).encode()).decode()
+    return data
+
+
 def _cmd_render(args: argparse.Namespace) -> int:
     import yaml
 
@@ -19,17 +29,35 @@ def _cmd_render(args: argparse.Namespace) -> int:
     except (OSError, yaml.YAMLError) as e:
         print(f"dockyard render: {args.file}: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
+    secrets = {d["metadata"]["name"]: _secret_data(d) for d in docs
+               if isinstance(d, dict) and d.get("kind") == "Secret" and (d.get("metadata") or {}).get("name")}
     objects: list[dict[str, Any]] = []
     try:
-        for doc in docs:
-            if doc.get("kind") != "Registry":
-                raise SpecError("kind", f"expected a Registry, got {doc.get('kind')!r}")
-            objects.extend(render_registry(RenderInput.from_body(doc, image=args.image)))
+        registries = [d for d in docs if isinstance(d, dict) and d.get("kind") == "Registry"]
+        if not registries:
+            raise SpecError("kind", "no Registry in the file")
+        for doc in registries:
+            objects.extend(render_registry(RenderInput.from_body(doc, image=args.image, secrets=secrets)))
     except SpecError as e:
         print(f"dockyard render: {args.file}: {e}", file=sys.stderr)
         return 2
-    yaml.safe_dump_all(objects, sys.stdout, sort_keys=False)
+    sys.stdout.write(yaml.dump_all(objects, Dumper=_make_dumper(), sort_keys=False))
     return 0
+
+
+def _block_str(dumper: Any, value: str) -> Any:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+def _make_dumper() -> Any:
+    import yaml
+
+    class BlockDumper(yaml.SafeDumper):
+        """Multi-line strings (the registry config) as readable literal blocks."""
+
+    BlockDumper.add_representer(str, _block_str)
+    return BlockDumper
 
 
 def _cmd_operator_run(args: argparse.Namespace) -> int:
