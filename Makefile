@@ -37,7 +37,8 @@ verify-crds: $(STAMP) ## Fail when the committed CRDs are stale
 
 run: $(STAMP) ## Run the operator against your kubeconfig's cluster, or the registry locally
 	@if kubectl version --request-timeout=5s >/dev/null 2>&1; then \
-	  kubectl apply -f crds/ && $(VENV)/bin/dockyard operator run -A; \
+	  kubectl apply -f crds/ && DOCKYARD_IMAGE=$${DOCKYARD_IMAGE:-$(IMAGE)} $(VENV)/bin/dockyard operator run -A \
+	    --liveness http://127.0.0.1:8080/healthz; \
 	else \
 	  echo "no Kubernetes cluster reachable: serving the embedded registry on http://127.0.0.1:5000 (storage in ./.dockyard/)"; \
 	  $(VENV)/bin/dockyard registry serve --root .dockyard/registry --addr 127.0.0.1:5000; \
