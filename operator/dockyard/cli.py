@@ -16,6 +16,7 @@ import yaml
 
 SUBSYSTEMS = (
     "dockyard.controller.cli",
+    "dockyard.registry.cli",
 )
 
 

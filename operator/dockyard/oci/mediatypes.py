@@ -1,0 +1,22 @@
+"""Media types of manifests, indexes and artifacts the registry understands.
+
+The registry stores manifests byte for byte; these constants decide which fields it reads
+to find referenced blobs, index children and the `subject`.
+"""
+
+from __future__ import annotations
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST_V1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+OCTET_STREAM = "application/octet-stream"
+
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
+IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+MANIFEST_TYPES = INDEX_TYPES | IMAGE_TYPES
+
+# The largest manifest the registry accepts (the spec's recommended minimum limit).
+MAX_MANIFEST_SIZE = 4 * 1024 * 1024

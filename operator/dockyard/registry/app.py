@@ -1,0 +1,495 @@
+"""The HTTP surface of the registry: OCI Distribution Specification v1.1 on aiohttp.
+
+One catch-all route under /v2/ dispatches on the path suffix, because repository names
+contain slashes. Endpoint ids (end-N) in the handler docstrings follow the spec's table.
+A single middleware does authentication, read-only mode, error bodies and metrics; storage
+work runs in a thread pool so the event loop never blocks on the filesystem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from dockyard.oci import Digest, DigestError, ErrorCode, OCIError, valid_name, valid_tag
+from dockyard.oci import mediatypes as mt
+from dockyard.oci.errors import error_body
+from dockyard.registry.auth import Htpasswd
+from dockyard.registry.manifests import parse_manifest
+from dockyard.registry.metrics import Metrics
+from dockyard.registry.storage import FilesystemStorage, Manifest, UploadInfo
+from dockyard.registry.uploads import RangeMismatch, Uploads
+
+T = TypeVar("T")
+log = logging.getLogger("dockyard.registry")
+
+READ_ONLY_MESSAGE = "the registry is in read-only maintenance mode: pushes and deletes are disabled"
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+READ_METHODS = frozenset({"GET", "HEAD"})
+API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
+
+_ROUTES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"(?P<name>.+)/blobs/uploads/?"), "uploads"),
+    (re.compile(r"(?P<name>.+)/blobs/uploads/(?P<id>[^/]+)"), "upload"),
+    (re.compile(r"(?P<name>.+)/blobs/(?P<digest>[^/]+)"), "blob"),
+    (re.compile(r"(?P<name>.+)/manifests/(?P<reference>[^/]+)"), "manifest"),
+    (re.compile(r"(?P<name>.+)/tags/list"), "tags"),
+    (re.compile(r"(?P<name>.+)/referrers/(?P<digest>[^/]+)"), "referrers"),
+]
+REGISTRY: web.AppKey[Registry] = web.AppKey("registry")
+_CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
+
+
+class HTTPError(OCIError):
+    """An OCI error with extra response headers (WWW-Authenticate, Range, Location)."""
+
+    def __init__(self, code: ErrorCode, message: str | None = None, *, status: int | None = None,
+                 headers: dict[str, str] | None = None, detail: Any = None, empty: bool = False) -> None:
+        super().__init__(code, message, detail, status)
+        self.headers = headers or {}
+        self.empty = empty
+
+
+def _parse_digest(value: str, code: ErrorCode = ErrorCode.DIGEST_INVALID) -> Digest:
+    try:
+        return Digest.parse(value)
+    except DigestError as e:
+        raise OCIError(code, str(e), detail={"digest": value[:200]}) from None
+
+
+def _check_name(name: str) -> str:
+    if not valid_name(name):
+        raise OCIError(ErrorCode.NAME_INVALID,
+                       f"invalid repository name {name[:300]!r}: lowercase components of [a-z0-9] "
+                       "separated by '.', '_', '__', '-' and '/', at most 255 characters",
+                       detail={"name": name[:300]})
+    return name
+
+
+def _range_header(size: int) -> str:
+    return f"0-{max(size - 1, 0)}"
+
+
+def _non_negative_int(value: str | None, key: str) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or len(value) > 9:
+        raise HTTPError(ErrorCode.UNSUPPORTED, f"query parameter {key} must be a non-negative integer",
+                        status=400)
+    return int(value)
+
+
+class Registry:
+    """The application state: storage, upload sessions, auth, metrics and the worker pool."""
+
+    def __init__(self, storage: FilesystemStorage, *, htpasswd: Htpasswd | None = None,
+                 anonymous_pull: bool = False, read_only: bool = False, workers: int = 32) -> None:
+        self.storage = storage
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="dockyard-io")
+        self.metrics = Metrics()
+        self.uploads = Uploads(storage, self.executor, self.metrics.received)
+        self.htpasswd = htpasswd
+        self.anonymous_pull = anonymous_pull
+        self.read_only = read_only
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    # ---- middleware ------------------------------------------------------------------------
+
+    async def _authorize(self, request: web.Request) -> None:
+        if self.htpasswd is None:
+            return
+        creds = Htpasswd.parse_header(request.headers.get("Authorization"))
+        if creds is None:
+            if self.anonymous_pull and request.method in READ_METHODS:
+                return
+            raise self._unauthorized("authentication required")
+        ok = self.htpasswd.cached(*creds)
+        if ok is None:
+            ok = await self.run(self.htpasswd.verify, *creds)
+        if not ok:
+            raise self._unauthorized("invalid username or password")
+
+    @staticmethod
+    def _unauthorized(message: str) -> HTTPError:
+        return HTTPError(ErrorCode.UNAUTHORIZED, message,
+                         headers={"WWW-Authenticate": 'Basic realm="dockyard"'})
+
+    @web.middleware
+    async def middleware(self, request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        try:
+            if request.path.startswith("/v2"):
+                await self._authorize(request)
+                if self.read_only and request.method in WRITE_METHODS:
+                    raise HTTPError(ErrorCode.UNSUPPORTED, READ_ONLY_MESSAGE, status=405)
+            response = await handler(request)
+        except OCIError as e:
+            response = self._error_response(e)
+        except web.HTTPException as e:
+            if e.status in (404, 405) and request.path.startswith("/v2"):
+                code = ErrorCode.NAME_UNKNOWN if e.status == 404 else ErrorCode.UNSUPPORTED
+                response = self._error_response(OCIError(code, f"{request.method} {request.path}: {e.reason}",
+                                                         status=e.status))
+            else:
+                raise
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("internal error handling %s %s", request.method, request.path)
+            response = web.json_response({"errors": [{"code": "UNKNOWN", "message": "internal server error"}]},
+                                         status=500)
+        return response
+
+    @staticmethod
+    def _error_response(e: OCIError) -> web.Response:
+        headers = dict(getattr(e, "headers", {}))
+        if getattr(e, "empty", False):
+            return web.Response(status=e.status, headers=headers)
+        return web.Response(status=e.status, body=error_body(*getattr(e, "all", [e])),
+                            content_type="application/json",
+                            headers=headers)
+
+    # ---- dispatch --------------------------------------------------------------------------
+
+    async def base(self, request: web.Request) -> web.StreamResponse:
+        """end-1: GET /v2/ answers 200 when the client may use the API."""
+        if request.method not in READ_METHODS:
+            raise OCIError(ErrorCode.UNSUPPORTED, f"{request.method} is not allowed on /v2/", status=405)
+        return web.json_response({}, headers=API_HEADERS)
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        tail = request.match_info["tail"]
+        if tail == "_catalog":
+            if request.method not in READ_METHODS:
+                raise OCIError(ErrorCode.UNSUPPORTED, f"{request.method} is not allowed on /v2/_catalog",
+                               status=405)
+            return await self.catalog(request)
+        for pattern, kind in _ROUTES:
+            m = pattern.fullmatch(tail)
+            if m is None:
+                continue
+            params = m.groupdict()
+            _check_name(params["name"])
+            handler = getattr(self, f"{kind}_{request.method.lower()}", None)
+            if handler is None:
+                raise OCIError(ErrorCode.UNSUPPORTED, f"{request.method} is not allowed here", status=405)
+            result: web.StreamResponse = await handler(request, **params)
+            return result
+        raise OCIError(ErrorCode.NAME_UNKNOWN, f"no such endpoint: {request.path[:300]}", status=404)
+
+    # ---- blobs -----------------------------------------------------------------------------
+
+    async def _blob(self, name: str, digest: str) -> tuple[Digest, int]:
+        d = _parse_digest(digest)
+        size = await self.run(self.storage.blob_size, name, d)
+        if size is None:
+            raise OCIError(ErrorCode.BLOB_UNKNOWN, f"blob {d} is not in repository {name}",
+                           detail={"digest": str(d)})
+        return d, size
+
+    async def blob_head(self, request: web.Request, name: str, digest: str) -> web.StreamResponse:
+        """end-2: HEAD /v2/<name>/blobs/<digest>."""
+        d, size = await self._blob(name, digest)
+        return web.Response(headers={"Content-Length": str(size), "Docker-Content-Digest": str(d),
+                                     "Content-Type": mt.OCTET_STREAM, "Accept-Ranges": "bytes"})
+
+    async def blob_get(self, request: web.Request, name: str, digest: str) -> web.StreamResponse:
+        """end-2: GET /v2/<name>/blobs/<digest>, streamed from disk (sendfile), Range supported."""
+        d, _ = await self._blob(name, digest)
+        return web.FileResponse(self.storage.blob_path(d), chunk_size=1024 * 1024,
+                                headers={"Docker-Content-Digest": str(d), "Content-Type": mt.OCTET_STREAM,
+                                         "Accept-Ranges": "bytes"})
+
+    async def blob_delete(self, request: web.Request, name: str, digest: str) -> web.StreamResponse:
+        """end-10: DELETE /v2/<name>/blobs/<digest>."""
+        d = _parse_digest(digest)
+        if not await self.run(self.storage.delete_blob, name, d):
+            raise OCIError(ErrorCode.BLOB_UNKNOWN, f"blob {d} is not in repository {name}",
+                           detail={"digest": str(d)})
+        return web.Response(status=202)
+
+    # ---- uploads ---------------------------------------------------------------------------
+
+    def _session_headers(self, name: str, info: UploadInfo) -> dict[str, str]:
+        return {"Location": f"/v2/{name}/blobs/uploads/{info.id}", "Range": _range_header(info.size),
+                "Docker-Upload-UUID": info.id, "Blob-Upload-Session-ID": info.id}
+
+    def _created(self, name: str, digest: Digest) -> web.Response:
+        return web.Response(status=201, headers={"Location": f"/v2/{name}/blobs/{digest}",
+                                                 "Docker-Content-Digest": str(digest)})
+
+    @staticmethod
+    def _content_length(request: web.Request) -> int | None:
+        value = request.headers.get("Content-Length")
+        if value is None:
+            return None
+        if not value.isdigit():
+            raise OCIError(ErrorCode.SIZE_INVALID, f"invalid Content-Length {value[:50]!r}")
+        return int(value)
+
+    def _content_range(self, request: web.Request, name: str, info_id: str) -> int | None:
+        value = request.headers.get("Content-Range")
+        if value is None:
+            return None
+        m = _CONTENT_RANGE.fullmatch(value.strip())
+        length = self._content_length(request)
+        if m is None or int(m.group(2)) < int(m.group(1)) or (
+                length is not None and length != int(m.group(2)) - int(m.group(1)) + 1):
+            raise HTTPError(ErrorCode.BLOB_UPLOAD_INVALID, f"invalid Content-Range {value[:80]!r}",
+                            status=416, headers={"Location": f"/v2/{name}/blobs/uploads/{info_id}"})
+        return int(m.group(1))
+
+    def _record_upload(self, info_started: float) -> None:
+        self.metrics.upload(max(time.time() - info_started, 0.0))
+
+    async def uploads_post(self, request: web.Request, name: str) -> web.StreamResponse:
+        """end-4a (session), end-4b (POST-only with ?digest=), end-11 (mount, with or without from)."""
+        q = request.query
+        if "mount" in q:
+            try:
+                digest = Digest.parse(q["mount"])
+            except DigestError:
+                digest = None
+            source = q.get("from")
+            if digest is not None and (source is None or valid_name(source)) and \
+                    await self.run(self.storage.mount_blob, name, digest, source):
+                return self._created(name, digest)
+        if "digest" in q:
+            digest = _parse_digest(q["digest"])
+            info = await self.uploads.create(name)
+            try:
+                await self.uploads.complete(name, info.id, digest, request.content,
+                                            length=self._content_length(request))
+            except BaseException:
+                await asyncio.shield(self.run(self.storage.delete_upload, info.id))
+                raise
+            self._record_upload(info.started)
+            return self._created(name, digest)
+        info = await self.uploads.create(name)
+        return web.Response(status=202, headers=self._session_headers(name, info))
+
+    async def upload_get(self, request: web.Request, name: str, id: str) -> web.StreamResponse:
+        """end-13: GET /v2/<name>/blobs/uploads/<reference>: 204 with the Range received so far."""
+        info = await self.uploads.status(name, id)
+        return web.Response(status=204, headers=self._session_headers(name, info))
+
+    async def upload_patch(self, request: web.Request, name: str, id: str) -> web.StreamResponse:
+        """end-5: PATCH a chunk (Content-Range, in order, else 416) or a stream (no Content-Range)."""
+        start = self._content_range(request, name, id)
+        try:
+            info = await self.uploads.append(name, id, request.content, start,
+                                             self._content_length(request))
+        except RangeMismatch as e:
+            raise HTTPError(ErrorCode.BLOB_UPLOAD_INVALID, str(e), status=416,
+                            headers=self._session_headers(name, e.info)) from None
+        return web.Response(status=202, headers=self._session_headers(name, info))
+
+    async def upload_put(self, request: web.Request, name: str, id: str) -> web.StreamResponse:
+        """end-6: PUT ?digest= closes the upload, optionally with a final chunk."""
+        if "digest" not in request.query:
+            raise OCIError(ErrorCode.DIGEST_INVALID, "the digest query parameter is required to close an upload")
+        digest = _parse_digest(request.query["digest"])
+        start = self._content_range(request, name, id)
+        length = self._content_length(request)
+        has_body = request.body_exists and (length is None or length > 0)
+        info = await self.uploads.status(name, id)
+        try:
+            await self.uploads.complete(name, id, digest, request.content if has_body else None, start, length)
+        except RangeMismatch as e:
+            raise HTTPError(ErrorCode.BLOB_UPLOAD_INVALID, str(e), status=416,
+                            headers=self._session_headers(name, e.info)) from None
+        self._record_upload(info.started)
+        return self._created(name, digest)
+
+    async def upload_delete(self, request: web.Request, name: str, id: str) -> web.StreamResponse:
+        """end-14: DELETE /v2/<name>/blobs/uploads/<reference> cancels the upload."""
+        await self.uploads.cancel(name, id)
+        return web.Response(status=204)
+
+    # ---- manifests -------------------------------------------------------------------------
+
+    async def _manifest(self, name: str, reference: str) -> Manifest:
+        if ":" in reference:
+            _parse_digest(reference)
+        elif not valid_tag(reference):
+            raise OCIError(ErrorCode.MANIFEST_INVALID, f"invalid tag {reference[:200]!r}")
+        manifest = await self.run(self.storage.get_manifest, name, reference)
+        if manifest is None:
+            raise OCIError(ErrorCode.MANIFEST_UNKNOWN, f"manifest {reference[:200]} is not in repository {name}",
+                           detail={"name": name, "reference": reference[:200]})
+        return manifest
+
+    @staticmethod
+    def _manifest_headers(m: Manifest) -> dict[str, str]:
+        return {"Content-Type": m.media_type, "Docker-Content-Digest": str(m.digest),
+                "ETag": f'"{m.digest}"'}
+
+    async def manifest_get(self, request: web.Request, name: str, reference: str) -> web.StreamResponse:
+        """end-3: GET /v2/<name>/manifests/<reference> (tag or digest), bytes as pushed."""
+        m = await self._manifest(name, reference)
+        return web.Response(body=m.body, headers=self._manifest_headers(m))
+
+    async def manifest_head(self, request: web.Request, name: str, reference: str) -> web.StreamResponse:
+        """end-3: HEAD /v2/<name>/manifests/<reference>."""
+        m = await self._manifest(name, reference)
+        return web.Response(headers={**self._manifest_headers(m), "Content-Length": str(len(m.body))})
+
+    async def manifest_put(self, request: web.Request, name: str, reference: str) -> web.StreamResponse:
+        """end-7: PUT /v2/<name>/manifests/<reference>, by tag or by digest with ?tag=."""
+        tags: list[str] = []
+        ref_digest: Digest | None = None
+        if ":" in reference:
+            ref_digest = _parse_digest(reference)
+        else:
+            tags.append(reference)
+        tags.extend(request.query.getall("tag", []))
+        for tag in tags:
+            if not valid_tag(tag):
+                raise OCIError(ErrorCode.MANIFEST_INVALID, f"invalid tag {tag[:200]!r}: "
+                               "[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}", detail={"tag": tag[:200]})
+        length = self._content_length(request)
+        if length is not None and length > mt.MAX_MANIFEST_SIZE:
+            raise OCIError(ErrorCode.SIZE_INVALID, f"manifest of {length} bytes exceeds the "
+                           f"{mt.MAX_MANIFEST_SIZE} byte limit", status=413)
+        body = bytearray()
+        async for chunk in request.content.iter_any():
+            body += chunk
+            if len(body) > mt.MAX_MANIFEST_SIZE:
+                raise OCIError(ErrorCode.SIZE_INVALID, f"manifest exceeds the {mt.MAX_MANIFEST_SIZE} byte limit",
+                               status=413)
+        data = bytes(body)
+        self.metrics.received(len(data))
+        if length is not None and len(data) != length:
+            raise OCIError(ErrorCode.SIZE_INVALID, f"received {len(data)} bytes, Content-Length says {length}")
+        parsed = parse_manifest(data, request.headers.get("Content-Type"))
+        digest = Digest.of(data, ref_digest.algorithm if ref_digest else "sha256")
+        if ref_digest is not None and digest != ref_digest:
+            raise OCIError(ErrorCode.DIGEST_INVALID, f"the manifest's digest is {digest}, not {ref_digest}",
+                           detail={"digest": str(ref_digest)})
+        missing = await self.run(self._missing_references, name, parsed.blobs, parsed.children)
+        if missing:
+            first, *rest = [OCIError(ErrorCode.MANIFEST_BLOB_UNKNOWN, f"{kind} {d} is not in repository {name}",
+                                     detail={"digest": str(d)}) for kind, d in missing]
+            raise _MultiError(first, rest)
+        manifest = Manifest(digest, parsed.media_type, data)
+        descriptor = parsed.descriptor(digest, len(data)) if parsed.subject else None
+        await self.run(self._store_manifest, name, tags, manifest, parsed.subject, descriptor)
+        headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": str(digest)}
+        if parsed.subject is not None:
+            headers["OCI-Subject"] = str(parsed.subject)
+        return web.Response(status=201, headers=headers)
+
+    def _missing_references(self, name: str, blobs: list[Digest],
+                            children: list[Digest]) -> list[tuple[str, Digest]]:
+        missing = [("blob", d) for d in dict.fromkeys(blobs) if not self.storage.has_layer(name, d)]
+        missing += [("manifest", d) for d in dict.fromkeys(children) if not self.storage.has_layer(name, d)]
+        return missing
+
+    def _store_manifest(self, name: str, tags: list[str], manifest: Manifest, subject: Digest | None,
+                        descriptor: dict[str, Any] | None) -> None:
+        self.storage.put_manifest(name, tags[0] if tags else None, manifest, subject, descriptor)
+        for tag in tags[1:]:
+            self.storage.put_manifest(name, tag, manifest)
+
+    async def manifest_delete(self, request: web.Request, name: str, reference: str) -> web.StreamResponse:
+        """end-9: DELETE /v2/<name>/manifests/<digest> (the manifest) or <tag> (just the tag)."""
+        if ":" in reference:
+            d = _parse_digest(reference)
+            if not await self.run(self.storage.delete_manifest, name, d):
+                raise OCIError(ErrorCode.MANIFEST_UNKNOWN, f"manifest {d} is not in repository {name}",
+                               detail={"digest": str(d)})
+        else:
+            if not valid_tag(reference):
+                raise OCIError(ErrorCode.MANIFEST_INVALID, f"invalid tag {reference[:200]!r}")
+            if not await self.run(self.storage.delete_tag, name, reference):
+                raise OCIError(ErrorCode.MANIFEST_UNKNOWN, f"tag {reference} is not in repository {name}",
+                               detail={"tag": reference})
+        return web.Response(status=202)
+
+    # ---- discovery -------------------------------------------------------------------------
+
+    @staticmethod
+    def _page(items: list[str], request: web.Request, path: str) -> tuple[list[str], dict[str, str]]:
+        n = _non_negative_int(request.query.get("n"), "n")
+        last = request.query.get("last")
+        if last:
+            items = [i for i in items if i > last]
+        headers: dict[str, str] = {}
+        if n is not None:
+            if len(items) > n and n > 0:
+                headers["Link"] = f'<{path}?n={n}&last={items[n - 1]}>; rel="next"'
+            items = items[:n]
+        return items, headers
+
+    async def tags_get(self, request: web.Request, name: str) -> web.StreamResponse:
+        """end-8a/end-8b: GET /v2/<name>/tags/list[?n=<int>&last=<tag>], lexically sorted."""
+        tags = await self.run(self.storage.tags, name)
+        if tags is None:
+            raise OCIError(ErrorCode.NAME_UNKNOWN, f"repository {name} is not known", detail={"name": name})
+        page, headers = self._page(tags, request, f"/v2/{name}/tags/list")
+        return web.json_response({"name": name, "tags": page}, headers=headers)
+
+    async def catalog(self, request: web.Request) -> web.StreamResponse:
+        """GET /v2/_catalog[?n=<int>&last=<name>]: repositories, lexically sorted."""
+        repos = await self.run(self.storage.repositories)
+        page, headers = self._page(repos, request, "/v2/_catalog")
+        return web.json_response({"repositories": page}, headers=headers)
+
+    async def referrers_get(self, request: web.Request, name: str, digest: str) -> web.StreamResponse:
+        """end-12a/end-12b: GET /v2/<name>/referrers/<digest>[?artifactType=]: an image index."""
+        d = _parse_digest(digest)
+        descriptors = await self.run(self.storage.referrers, name, d)
+        headers = {}
+        artifact_type = request.query.get("artifactType")
+        if artifact_type is not None:
+            descriptors = [x for x in descriptors if x.get("artifactType") == artifact_type]
+            headers["OCI-Filters-Applied"] = "artifactType"
+        body = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": descriptors}
+        return web.Response(body=json.dumps(body).encode(), content_type=mt.OCI_INDEX, headers=headers)
+
+    # ---- operations ------------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        if await self.run(self.storage.writable):
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text="storage is not writable\n")
+
+    async def metrics_get(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(text=self.metrics.render(), content_type="text/plain",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    def application(self) -> web.Application:
+        app = web.Application(middlewares=[self.middleware], client_max_size=mt.MAX_MANIFEST_SIZE)
+        app[REGISTRY] = self
+        app.router.add_route("*", "/v2", self.base)
+        app.router.add_route("*", "/v2/", self.base)
+        app.router.add_route("*", "/v2/{tail:.+}", self.dispatch)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics_get)
+        app.on_cleanup.append(self._shutdown)
+        return app
+
+    async def _shutdown(self, app: web.Application) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _MultiError(OCIError):
+    """Several errors of one response (the spec's errors list)."""
+
+    def __init__(self, first: OCIError, rest: list[OCIError]) -> None:
+        super().__init__(first.code, first.message, first.detail, first.status)
+        self.all = [first, *rest]

@@ -1,0 +1,94 @@
+"""`dockyard registry serve` and `dockyard registry gc`: the registry's command line.
+
+The operator runs `serve --config /etc/dockyard/config.yaml`; flags override the file.
+Bad flags or config values are one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+
+def _fail(message: str) -> int:
+    print(f"dockyard registry: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from dockyard.registry.config import ConfigError, ServeConfig, load_config, parse_addr
+
+    try:
+        cfg = load_config(Path(args.config)) if args.config else ServeConfig()
+        if args.addr is not None:
+            host, port = parse_addr(args.addr, "--addr")
+            cfg = replace(cfg, host=host, port=port)
+        if args.root is not None:
+            cfg = replace(cfg, root=Path(args.root))
+        if args.htpasswd is not None:
+            cfg = replace(cfg, htpasswd=Path(args.htpasswd))
+        if args.anonymous_pull:
+            cfg = replace(cfg, anonymous_pull=True)
+        if args.read_only:
+            cfg = replace(cfg, read_only=True)
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key must be given together")
+        if args.tls_cert is not None:
+            cfg = replace(cfg, tls_cert=Path(args.tls_cert), tls_key=Path(args.tls_key))
+        if cfg.anonymous_pull and cfg.htpasswd is None:
+            raise ConfigError("anonymousPull: needs htpasswd (without it every request is anonymous)")
+        for key, path in (("htpasswd", cfg.htpasswd), ("tls.cert", cfg.tls_cert), ("tls.key", cfg.tls_key)):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{key}: {path} is not a readable file")
+        cfg.root.mkdir(parents=True, exist_ok=True)
+    except ConfigError as e:
+        return _fail(str(e))
+    except OSError as e:
+        return _fail(f"root: cannot create {cfg.root}: {e.strerror}")
+
+    from dockyard.registry.server import serve
+
+    return serve(cfg)
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from dockyard.registry.config import ConfigError, parse_duration
+    from dockyard.registry.gc import collect
+
+    try:
+        grace = parse_duration(args.grace_period, "--grace-period")
+    except ConfigError as e:
+        return _fail(str(e))
+    root = Path(args.root)
+    if not root.is_dir():
+        return _fail(f"--root: {root} is not a directory")
+    report = collect(root, grace=grace, delete_untagged=args.delete_untagged, dry_run=args.dry_run)
+    print(report.to_json() if args.json else report.summary())
+    return 0
+
+
+def register(sub: Any) -> None:
+    reg = sub.add_parser("registry", help="the embedded OCI registry")
+    reg_sub = reg.add_subparsers(dest="registry_command", required=True, metavar="COMMAND",
+                                 parser_class=type(reg))
+    serve = reg_sub.add_parser("serve", help="serve the OCI Distribution API")
+    serve.add_argument("--config", help="YAML config file (the operator's ConfigMap); flags override it")
+    serve.add_argument("--addr", help="listen address HOST:PORT (default 0.0.0.0:5000)")
+    serve.add_argument("--root", help="storage directory (default /var/lib/registry)")
+    serve.add_argument("--htpasswd", help="bcrypt htpasswd file; re-read when it changes")
+    serve.add_argument("--anonymous-pull", action="store_true", help="allow pulls without credentials")
+    serve.add_argument("--read-only", action="store_true", help="maintenance mode: refuse pushes and deletes")
+    serve.add_argument("--tls-cert", help="TLS certificate (PEM)")
+    serve.add_argument("--tls-key", help="TLS private key (PEM)")
+    serve.set_defaults(func=_cmd_serve)
+
+    gc = reg_sub.add_parser("gc", help="delete blobs (and optionally manifests) nothing references")
+    gc.add_argument("--root", required=True, help="storage directory")
+    gc.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
+    gc.add_argument("--delete-untagged", action="store_true", help="also delete manifests no tag reaches")
+    gc.add_argument("--grace-period", default="1h", help="never delete anything younger (default 1h)")
+    gc.add_argument("--json", action="store_true", help="print the report as JSON")
+    gc.set_defaults(func=_cmd_gc)

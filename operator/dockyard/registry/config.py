@@ -1,0 +1,146 @@
+"""The server's configuration: the operator's ConfigMap (`config.yaml`) merged with flags.
+
+Every key is optional and flags win. Unknown keys and bad values raise `ConfigError`
+naming the key, which the command line turns into a one-line error and exit code 2.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key."""
+
+
+@dataclass(frozen=True)
+class GCConfig:
+    interval: float = 24 * 3600.0
+    delete_untagged: bool = False
+    grace_period: float = 3600.0
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "0.0.0.0"
+    port: int = 5000
+    root: Path = Path("/var/lib/registry")
+    htpasswd: Path | None = None
+    anonymous_pull: bool = False
+    read_only: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    gc: GCConfig | None = None
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any, key: str) -> float:
+    """`90s`, `30m`, `1h30m`, `24h`, `7d` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a duration like 1h or 30m, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text, pos, seconds = value.strip(), 0, 0.0
+        for m in _DURATION.finditer(text):
+            if m.start() != pos:
+                break
+            seconds += float(m.group(1)) * _UNITS[m.group(2)]
+            pos = m.end()
+        if pos != len(text) or pos == 0:
+            raise ConfigError(f"{key}: invalid duration {value!r} (examples: 90s, 30m, 1h30m, 24h)")
+    else:
+        raise ConfigError(f"{key}: expected a duration like 1h or 30m, got {value!r}")
+    if seconds < 0:
+        raise ConfigError(f"{key}: duration must not be negative")
+    return seconds
+
+
+def parse_addr(value: Any, key: str = "addr") -> tuple[str, int]:
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f"{key}: expected HOST:PORT, got {value!r}")
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: invalid port in {value!r}")
+    return host or "0.0.0.0", int(port)
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _path(value: Any, key: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected a file path, got {value!r}")
+    return Path(value)
+
+
+def _mapping(value: Any, key: str, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+    for k in value:
+        if k not in allowed:
+            raise ConfigError(f"{key}.{k}: unknown key (known: {', '.join(sorted(allowed))})")
+    return value
+
+
+TOP_KEYS = {"addr", "root", "htpasswd", "anonymousPull", "readOnly", "tls", "gc"}
+
+
+def parse_config(doc: Any) -> ServeConfig:
+    """Validate the YAML document of the config file."""
+    if doc is None:
+        return ServeConfig()
+    doc = _mapping(doc, "config", TOP_KEYS)
+    cfg = ServeConfig()
+    if "addr" in doc:
+        host, port = parse_addr(doc["addr"])
+        cfg = replace(cfg, host=host, port=port)
+    if "root" in doc:
+        cfg = replace(cfg, root=_path(doc["root"], "root"))
+    if "htpasswd" in doc and doc["htpasswd"] is not None:
+        cfg = replace(cfg, htpasswd=_path(doc["htpasswd"], "htpasswd"))
+    if "anonymousPull" in doc:
+        cfg = replace(cfg, anonymous_pull=_bool(doc["anonymousPull"], "anonymousPull"))
+    if "readOnly" in doc:
+        cfg = replace(cfg, read_only=_bool(doc["readOnly"], "readOnly"))
+    if doc.get("tls") is not None:
+        tls = _mapping(doc["tls"], "tls", {"cert", "key"})
+        if set(tls) != {"cert", "key"}:
+            raise ConfigError("tls: both cert and key are required")
+        cfg = replace(cfg, tls_cert=_path(tls["cert"], "tls.cert"), tls_key=_path(tls["key"], "tls.key"))
+    if doc.get("gc") is not None:
+        gc = _mapping(doc["gc"], "gc", {"interval", "deleteUntagged", "gracePeriod"})
+        g = GCConfig()
+        if "interval" in gc:
+            g = replace(g, interval=parse_duration(gc["interval"], "gc.interval"))
+            if g.interval <= 0:
+                raise ConfigError("gc.interval: must be greater than zero")
+        if "deleteUntagged" in gc:
+            g = replace(g, delete_untagged=_bool(gc["deleteUntagged"], "gc.deleteUntagged"))
+        if "gracePeriod" in gc:
+            g = replace(g, grace_period=parse_duration(gc["gracePeriod"], "gc.gracePeriod"))
+        cfg = replace(cfg, gc=g)
+    return cfg
+
+
+def load_config(path: Path) -> ServeConfig:
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    return parse_config(doc)

@@ -1,0 +1,69 @@
+"""Prometheus metrics in the text exposition format, written by hand (no client library).
+
+Counters of requests by method and status, bytes received and sent, and a histogram of
+blob upload durations (session start to verified commit).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+UPLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.requests: defaultdict[tuple[str, int], int] = defaultdict(int)
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.upload_counts = [0] * len(UPLOAD_BUCKETS)
+        self.upload_sum = 0.0
+        self.upload_total = 0
+        self.gc_runs = 0
+        self.gc_bytes_freed = 0
+
+    def request(self, method: str, status: int, bytes_out: int) -> None:
+        self.requests[(method, status)] += 1
+        self.bytes_out += bytes_out
+
+    def received(self, n: int) -> None:
+        self.bytes_in += n
+
+    def upload(self, seconds: float) -> None:
+        self.upload_total += 1
+        self.upload_sum += seconds
+        for i, bound in enumerate(UPLOAD_BUCKETS):
+            if seconds <= bound:
+                self.upload_counts[i] += 1
+
+    def render(self) -> str:
+        out = [
+            "# HELP dockyard_registry_http_requests_total HTTP requests by method and status code.",
+            "# TYPE dockyard_registry_http_requests_total counter",
+        ]
+        for (method, status), n in sorted(self.requests.items()):
+            out.append(f'dockyard_registry_http_requests_total{{method="{method}",code="{status}"}} {n}')
+        out += [
+            "# HELP dockyard_registry_received_bytes_total Blob and manifest bytes received.",
+            "# TYPE dockyard_registry_received_bytes_total counter",
+            f"dockyard_registry_received_bytes_total {self.bytes_in}",
+            "# HELP dockyard_registry_sent_bytes_total Response body bytes sent.",
+            "# TYPE dockyard_registry_sent_bytes_total counter",
+            f"dockyard_registry_sent_bytes_total {self.bytes_out}",
+            "# HELP dockyard_registry_upload_duration_seconds Blob uploads, from session start to commit.",
+            "# TYPE dockyard_registry_upload_duration_seconds histogram",
+        ]
+        for bound, n in zip(UPLOAD_BUCKETS, self.upload_counts, strict=True):
+            out.append(f'dockyard_registry_upload_duration_seconds_bucket{{le="{bound}"}} {n}')
+        out += [
+            f'dockyard_registry_upload_duration_seconds_bucket{{le="+Inf"}} {self.upload_total}',
+            f"dockyard_registry_upload_duration_seconds_sum {self.upload_sum}",
+            f"dockyard_registry_upload_duration_seconds_count {self.upload_total}",
+            "# HELP dockyard_registry_gc_runs_total Completed garbage collection runs.",
+            "# TYPE dockyard_registry_gc_runs_total counter",
+            f"dockyard_registry_gc_runs_total {self.gc_runs}",
+            "# HELP dockyard_registry_gc_freed_bytes_total Bytes freed by garbage collection.",
+            "# TYPE dockyard_registry_gc_freed_bytes_total counter",
+            f"dockyard_registry_gc_freed_bytes_total {self.gc_bytes_freed}",
+        ]
+        return "\n".join(out) + "\n"

@@ -1,0 +1,144 @@
+"""Running the registry: listener, TLS, JSON access logs, htpasswd polling and scheduled GC.
+
+`serve(config)` blocks until SIGTERM or SIGINT. Access logs are one JSON object per request
+on stderr; the same hook feeds the request metrics so both count exactly what was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import ssl
+import sys
+import time
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from dockyard.registry.app import REGISTRY, Registry
+from dockyard.registry.auth import Htpasswd
+from dockyard.registry.config import ServeConfig
+from dockyard.registry.gc import collect
+from dockyard.registry.storage import FilesystemStorage
+
+log = logging.getLogger("dockyard.registry")
+access = logging.getLogger("dockyard.registry.access")
+
+
+class JsonAccessLogger(AbstractAccessLogger):
+    """One JSON line per request; also counts the request in /metrics."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        size = response.body_length
+        registry = request.app.get(REGISTRY) if isinstance(request, web.Request) else None
+        if registry is not None:
+            registry.metrics.request(request.method, response.status, size)
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        self.logger.info(json.dumps({
+            "ts": round(_now(), 3), "remote": request.remote, "method": request.method,
+            "path": request.path[:512], "status": response.status, "bytes": size,
+            "duration_ms": round(time * 1000, 2), "user_agent": request.headers.get("User-Agent", "")[:200],
+        }, separators=(",", ":")))
+
+    @property
+    def enabled(self) -> bool:
+        return True
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format='{"ts":%(created).3f,"level":"%(levelname)s","logger":"%(name)s",'
+                               '"message":"%(message)s"}')
+
+
+def _event(message: str, **fields: Any) -> None:
+    print(json.dumps({"ts": round(_now(), 3), "event": message, **fields}), file=sys.stderr, flush=True)
+
+
+async def _poll_htpasswd(registry: Registry, htpasswd: Htpasswd) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(1.0)
+        with contextlib.suppress(Exception):
+            if await loop.run_in_executor(registry.executor, htpasswd.reload_if_changed):
+                _event("htpasswd reloaded", path=str(htpasswd.path))
+
+
+async def _gc_loop(registry: Registry, cfg: ServeConfig) -> None:
+    assert cfg.gc is not None
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(cfg.gc.interval)
+        try:
+            report = await loop.run_in_executor(
+                registry.executor,
+                lambda: collect(cfg.root, grace=cfg.gc.grace_period if cfg.gc else 3600.0,
+                                delete_untagged=cfg.gc.delete_untagged if cfg.gc else False))
+        except Exception as e:  # keep serving; the next run may succeed
+            _event("gc failed", error=str(e))
+            continue
+        registry.metrics.gc_runs += 1
+        registry.metrics.gc_bytes_freed += report.bytes_freed
+        _event("gc", summary=report.summary(), blobs_deleted=report.blobs_deleted,
+               bytes_freed=report.bytes_freed, manifests_deleted=report.manifests_deleted)
+
+
+async def _serve(cfg: ServeConfig) -> None:
+    storage = FilesystemStorage(cfg.root)
+    htpasswd = Htpasswd(cfg.htpasswd) if cfg.htpasswd else None
+    registry = Registry(storage, htpasswd=htpasswd, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only)
+    app = registry.application()
+    ssl_context = None
+    if cfg.tls_cert and cfg.tls_key:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key))
+    runner = web.AppRunner(app, access_log_class=JsonAccessLogger, access_log=access,
+                           handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.host, cfg.port, ssl_context=ssl_context, backlog=1024)
+    await site.start()
+    tasks = []
+    if htpasswd is not None:
+        tasks.append(asyncio.create_task(_poll_htpasswd(registry, htpasswd)))
+    if cfg.gc is not None:
+        tasks.append(asyncio.create_task(_gc_loop(registry, cfg)))
+    _event("serving", addr=f"{cfg.host}:{cfg.port}", root=str(cfg.root), tls=ssl_context is not None,
+           auth=htpasswd is not None, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only,
+           gc=cfg.gc is not None)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await runner.cleanup()
+        _event("stopped")
+
+
+def serve(cfg: ServeConfig) -> int:
+    _setup_logging()
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(_serve(cfg))
+    return 0
