@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -72,6 +73,15 @@ def _check_name(name: str) -> str:
                        "separated by '.', '_', '__', '-' and '/', at most 255 characters",
                        detail={"name": name[:300]})
     return name
+
+
+def _raw_query_value(request: web.Request, key: str) -> str | None:
+    """A query value decoded without turning '+' into a space (media types contain '+')."""
+    for part in request.rel_url.raw_query_string.split("&"):
+        k, sep, v = part.partition("=")
+        if sep and unquote(k) == key:
+            return unquote(v)
+    return None
 
 
 def _range_header(size: int) -> str:
@@ -450,7 +460,7 @@ class Registry:
         d = _parse_digest(digest)
         descriptors = await self.run(self.storage.referrers, name, d)
         headers = {}
-        artifact_type = request.query.get("artifactType")
+        artifact_type = _raw_query_value(request, "artifactType")
         if artifact_type is not None:
             descriptors = [x for x in descriptors if x.get("artifactType") == artifact_type]
             headers["OCI-Filters-Applied"] = "artifactType"
