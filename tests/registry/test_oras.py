@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ EMPTY = "application/vnd.oci.empty.v1+json"
 def referrers(url: str, repo: str, digest: str,
               artifact_type: str | None = None) -> tuple[dict[str, Any], str]:
     """The referrers index for DIGEST and the `OCI-Filters-Applied` header."""
-    query = f"?artifactType={artifact_type}" if artifact_type else ""
+    query = "?" + urllib.parse.urlencode({"artifactType": artifact_type}) if artifact_type else ""
     got = request("GET", f"{url}/v2/{repo}/referrers/{digest}{query}")
     assert got.status == 200, f"referrers API answered {got.status}: {got.body[:300]!r}"
     assert got.headers.get_content_type() == OCI_INDEX

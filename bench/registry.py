@@ -1,0 +1,327 @@
+"""Registry benchmark: `dockyard registry serve` against distribution, same client, same run.
+
+Both servers run side by side on 127.0.0.1 with filesystem storage in temp dirs on one
+filesystem. One aiohttp client (below) drives both through the same code path, alternating
+servers on every measurement so drift hits both alike:
+
+- blob push, monolithic (POST + one PUT) and chunked (POST + PATCH... + PUT), and blob pull,
+  in MB/s (10^6 bytes/s) for 1 MiB, 64 MiB and 512 MiB blobs. Blobs are random, written once
+  to files and streamed from them; the client never holds a whole blob in memory.
+- manifest GET and HEAD requests/s with 1 and 32 concurrent connections, for a fixed time,
+  median of three rounds.
+- server memory: VmRSS sampled during the run, VmHWM (peak RSS) after each blob size, to show
+  whether memory follows blob size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import hashlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.registry.processes import (
+    RegistryProcess,
+    ToolMissing,
+    proc_status,
+    require_dockyard,
+    start_distribution,
+    start_dockyard,
+)
+
+TITLE = "dockyard vs distribution"
+ORDER = 10
+MiB = 1024 * 1024
+READ_CHUNK = 4 * MiB
+PATCH_CHUNK = 16 * MiB
+MANIFEST_ROUNDS = 3  # median of this many runs per server, alternating servers
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+Table = tuple[str, list[str], list[list[str]]]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--duration", type=float, default=None,
+                        help="seconds per manifest request measurement (default 3, 1 with --quick)")
+
+
+@dataclass
+class Blob:
+    path: Path
+    size: int
+    digest: str
+
+    @classmethod
+    def random(cls, path: Path, size: int) -> Blob:
+        """Write SIZE random bytes to PATH, hashing on the way (never all in memory)."""
+        h = hashlib.sha256()
+        with open(path, "wb") as f:
+            left = size
+            while left:
+                chunk = os.urandom(min(READ_CHUNK, left))
+                h.update(chunk)
+                f.write(chunk)
+                left -= len(chunk)
+        return cls(path, size, "sha256:" + h.hexdigest())
+
+
+@dataclass
+class Server:
+    name: str
+    process: RegistryProcess
+    rss_samples: list[int] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    def peak_rss(self) -> int:
+        return proc_status(self.process.pid, "VmHWM")
+
+
+async def file_chunks(path: Path, start: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+    """Stream a slice of PATH in READ_CHUNK pieces, reading off the event loop."""
+    f = await asyncio.to_thread(open, path, "rb")
+    try:
+        await asyncio.to_thread(f.seek, start)
+        left = length if length is not None else os.fstat(f.fileno()).st_size - start
+        while left > 0:
+            chunk = await asyncio.to_thread(f.read, min(READ_CHUNK, left))
+            if not chunk:
+                raise EOFError(f"{path} ended {left} bytes early")
+            left -= len(chunk)
+            yield chunk
+    finally:
+        await asyncio.to_thread(f.close)
+
+
+class Client:
+    """The OCI distribution calls the benchmark makes, identical for every server."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session = session
+        self.base = base
+
+    def _location(self, resp: aiohttp.ClientResponse) -> str:
+        return urllib.parse.urljoin(self.base + "/", resp.headers["Location"])
+
+    @staticmethod
+    async def _expect(resp: aiohttp.ClientResponse, status: int, what: str) -> None:
+        if resp.status != status:
+            body = await resp.text()
+            raise RuntimeError(f"{what}: expected {status}, got {resp.status}: {body[:300]}")
+
+    async def start_upload(self, repo: str) -> str:
+        async with self.session.post(f"{self.base}/v2/{repo}/blobs/uploads/") as resp:
+            await self._expect(resp, 202, "POST upload")
+            return self._location(resp)
+
+    @staticmethod
+    def _with_digest(location: str, digest: str) -> str:
+        return location + ("&" if "?" in location else "?") + urllib.parse.urlencode({"digest": digest})
+
+    async def push_monolithic(self, repo: str, blob: Blob) -> None:
+        location = await self.start_upload(repo)
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(blob.size)}
+        async with self.session.put(self._with_digest(location, blob.digest), headers=headers,
+                                    data=file_chunks(blob.path)) as resp:
+            await self._expect(resp, 201, "PUT blob")
+
+    async def push_chunked(self, repo: str, blob: Blob) -> None:
+        location = await self.start_upload(repo)
+        for start in range(0, blob.size, PATCH_CHUNK):
+            length = min(PATCH_CHUNK, blob.size - start)
+            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length),
+                       "Content-Range": f"{start}-{start + length - 1}"}
+            async with self.session.patch(location, headers=headers,
+                                          data=file_chunks(blob.path, start, length)) as resp:
+                await self._expect(resp, 202, "PATCH chunk")
+                location = self._location(resp)
+        async with self.session.put(self._with_digest(location, blob.digest),
+                                    headers={"Content-Length": "0"}) as resp:
+            await self._expect(resp, 201, "PUT close upload")
+
+    async def pull(self, repo: str, blob: Blob) -> None:
+        received = 0
+        async with self.session.get(f"{self.base}/v2/{repo}/blobs/{blob.digest}") as resp:
+            await self._expect(resp, 200, "GET blob")
+            async for chunk in resp.content.iter_chunked(READ_CHUNK):
+                received += len(chunk)
+        if received != blob.size:
+            raise RuntimeError(f"GET blob returned {received} bytes, expected {blob.size}")
+
+    async def push_bytes(self, repo: str, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        location = await self.start_upload(repo)
+        async with self.session.put(self._with_digest(location, digest), data=data,
+                                    headers={"Content-Type": "application/octet-stream"}) as resp:
+            await self._expect(resp, 201, "PUT small blob")
+        return digest
+
+    async def push_image(self, repo: str, tag: str) -> bytes:
+        config = json.dumps({"architecture": "amd64", "os": "linux",
+                             "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+        layer = os.urandom(4096)
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": await self.push_bytes(repo, config), "size": len(config)},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": await self.push_bytes(repo, layer), "size": len(layer)}],
+        }).encode()
+        async with self.session.put(f"{self.base}/v2/{repo}/manifests/{tag}", data=manifest,
+                                    headers={"Content-Type": OCI_MANIFEST}) as resp:
+            await self._expect(resp, 201, "PUT manifest")
+        return manifest
+
+    async def manifest(self, method: str, repo: str, tag: str, size: int) -> None:
+        async with self.session.request(method, f"{self.base}/v2/{repo}/manifests/{tag}",
+                                        headers={"Accept": OCI_MANIFEST}) as resp:
+            body = await resp.read()
+            if resp.status != 200 or (method == "GET" and len(body) != size):
+                raise RuntimeError(f"{method} manifest: {resp.status}, {len(body)} bytes")
+
+
+async def sample_rss(servers: list[Server], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        for server in servers:
+            server.rss_samples.append(await asyncio.to_thread(proc_status, server.process.pid, "VmRSS"))
+        try:
+            await asyncio.wait_for(stop.wait(), 0.1)
+        except TimeoutError:
+            pass
+
+
+async def timed(op: Awaitable[None]) -> float:
+    t0 = time.perf_counter()
+    await op
+    return time.perf_counter() - t0
+
+
+async def requests_per_second(op: Callable[[], Awaitable[None]], concurrency: int, duration: float) -> float:
+    """Run OP back to back on CONCURRENCY workers for DURATION seconds; completed requests/s."""
+    done = 0
+    deadline = time.perf_counter() + duration
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await op()
+            done += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done / (time.perf_counter() - t0)
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+
+
+async def measure(servers: list[Server], workdir: Path, quick: bool, duration: float) -> list[list[str]]:
+    sizes = [1 * MiB, 8 * MiB] if quick else [1 * MiB, 64 * MiB, 512 * MiB]
+    reps = {1 * MiB: 20 if quick else 50, 8 * MiB: 3, 64 * MiB: 5, 512 * MiB: 3}
+    rows: list[list[str]] = []
+
+    def row(label: str, values: dict[str, float | None]) -> None:
+        a, b = values.get("dockyard"), values.get("distribution")
+        ratio = f"{a / b:.2f}x" if a is not None and b else "n/a"
+        rows.append([label, *(fmt(values.get(s.name)) for s in servers), ratio])
+
+    connector = aiohttp.TCPConnector(limit=64, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
+        clients = {s.name: Client(session, s.url) for s in servers}
+        for c in clients.values():  # warm up: first connections, first writes
+            await c.push_image("warmup/image", "v1")
+
+        for size in sizes:
+            print(f"  blobs of {size // MiB} MiB ...", file=sys.stderr, flush=True)
+            blob = await asyncio.to_thread(Blob.random, workdir / f"blob-{size}", size)
+            results: dict[str, dict[str, list[float]]] = {
+                s.name: {"mono": [], "chunked": [], "pull": []} for s in servers}
+            for n in range(reps[size]):
+                for s in servers:
+                    c = clients[s.name]
+                    repo = f"bench/mono-{size}-{n}"
+                    results[s.name]["mono"].append(await timed(c.push_monolithic(repo, blob)))
+                    results[s.name]["pull"].append(await timed(c.pull(repo, blob)))
+                    chunked = f"bench/chunked-{size}-{n}"
+                    results[s.name]["chunked"].append(await timed(c.push_chunked(chunked, blob)))
+            label = f"{size // MiB} MiB"
+            for key, text in (("mono", "push monolithic"), ("chunked", "push chunked"), ("pull", "pull")):
+                row(f"{text} {label} (MB/s)",
+                    {s.name: size / statistics.median(results[s.name][key]) / 1e6 for s in servers})
+            row(f"peak RSS after {label} blobs (MiB)", {s.name: s.peak_rss() / MiB for s in servers})
+            await asyncio.to_thread(blob.path.unlink)
+
+        manifests = {s.name: len(await clients[s.name].push_image("bench/manifest", "latest")) for s in servers}
+        for method in ("GET", "HEAD"):
+            for concurrency in (1, 32):
+                print(f"  manifest {method} x{concurrency} ...", file=sys.stderr, flush=True)
+                rates: dict[str, list[float]] = {s.name: [] for s in servers}
+                for _ in range(MANIFEST_ROUNDS):
+                    for s in servers:
+                        op = functools.partial(clients[s.name].manifest, method, "bench/manifest", "latest",
+                                               manifests[s.name])
+                        rates[s.name].append(await requests_per_second(op, concurrency, duration))
+                values: dict[str, float | None] = {name: statistics.median(r) for name, r in rates.items()}
+                row(f"manifest {method}, {concurrency} conn (req/s)", values)
+        row("max sampled VmRSS (MiB)", {s.name: max(s.rss_samples, default=0) / MiB for s in servers})
+        row("peak RSS, VmHWM (MiB)", {s.name: s.peak_rss() / MiB for s in servers})
+    return rows
+
+
+async def run_async(options: argparse.Namespace) -> list[Table]:
+    quick: bool = options.quick
+    duration: float = options.duration or (1.0 if quick else 3.0)
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="dockyard-bench-") as tmp:
+        workdir = Path(tmp)
+        servers: list[Server] = []
+        try:
+            try:
+                require_dockyard()
+                servers.append(Server("dockyard", start_dockyard(workdir / "dockyard" / "root")))
+            except ToolMissing as missing:
+                notes.append(f"dockyard not measured: {missing}")
+            try:
+                servers.append(Server("distribution", start_distribution(workdir / "distribution" / "root")))
+            except (FileNotFoundError, ToolMissing) as missing:
+                notes.append(f"distribution not measured: {missing}")
+            if not servers:
+                raise SystemExit("no registry server to measure:\n" + "\n".join(notes))
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(sample_rss(servers, stop))
+            try:
+                rows = await measure(servers, workdir, quick, duration)
+            finally:
+                stop.set()
+                await sampler
+        finally:
+            for server in servers:
+                server.process.stop()
+    names = [s.name for s in servers]
+    title = f"registry: {TITLE} (127.0.0.1, {os.cpu_count()} CPUs, storage under {tempfile.gettempdir()})"
+    for note in notes:
+        title += f"\n  note: {note}"
+    return [(title, ["measurement", *names, "dockyard/distribution"], rows)]
+
+
+def run(options: argparse.Namespace) -> list[Table]:
+    return asyncio.run(run_async(options))

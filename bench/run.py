@@ -1,0 +1,72 @@
+"""`make bench`: run the benchmark sections and print their tables.
+
+A section is a module next to this file that defines `TITLE`, `ORDER` (sections run in
+ascending order) and `run(options) -> list[Table]`, where a Table is
+`(title, column names, rows of cells)`; it may define `add_arguments(parser)` for options of
+its own. Sections are found by name, so adding `bench/<name>.py` adds a section, and
+`--only <name>` runs just that one. Progress goes to stderr, tables to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+HERE = Path(__file__).resolve().parent
+Table = tuple[str, list[str], list[list[str]]]
+
+
+def sections() -> dict[str, ModuleType]:
+    """Every section module in this directory, by name, in their declared order."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    found: dict[str, ModuleType] = {}
+    for path in sorted(HERE.glob("*.py")):
+        if path.stem == "run" or path.stem.startswith("_"):
+            continue
+        module = importlib.import_module(path.stem)
+        if callable(getattr(module, "run", None)) and hasattr(module, "TITLE"):
+            found[path.stem] = module
+    return dict(sorted(found.items(), key=lambda item: getattr(item[1], "ORDER", 100)))
+
+
+def render(table: Table) -> str:
+    title, columns, rows = table
+    widths = [max(len(str(cell)) for cell in column) for column in zip(columns, *rows, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        first, *rest = cells
+        return "  ".join([first.ljust(widths[0]), *(c.rjust(w) for c, w in zip(rest, widths[1:], strict=True))])
+
+    rule = "-" * len(line(columns))
+    return "\n".join([title, rule, line(columns), rule, *(line(r) for r in rows), rule])
+
+
+def main(argv: list[str] | None = None) -> int:
+    available = sections()
+    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes and short runs (a smoke test)")
+    parser.add_argument("--only", action="append", choices=sorted(available), metavar="SECTION",
+                        help=f"run only this section (repeatable): {', '.join(available)}")
+    for module in available.values():
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(parser)
+    options = parser.parse_args(argv)
+    for name, module in available.items():
+        if options.only and name not in options.only:
+            continue
+        print(f"== {name}: {module.TITLE}", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        for table in module.run(options):
+            print(render(table), flush=True)
+            print()
+        print(f"== {name} took {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
