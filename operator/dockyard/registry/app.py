@@ -178,7 +178,12 @@ class Registry:
         return web.json_response({}, headers=API_HEADERS)
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
-        tail = request.match_info["tail"]
+        # Match on the raw path so an encoded '/' stays inside the segment it was sent in;
+        # each part is decoded afterwards and validated before it is used.
+        raw = request.rel_url.raw_path
+        tail = raw[4:] if raw.startswith("/v2/") else request.match_info["tail"]
+        if unquote(tail) == "_catalog":
+            tail = "_catalog"
         if tail == "_catalog":
             if request.method not in READ_METHODS:
                 raise OCIError(ErrorCode.UNSUPPORTED, f"{request.method} is not allowed on /v2/_catalog",
@@ -188,7 +193,7 @@ class Registry:
             m = pattern.fullmatch(tail)
             if m is None:
                 continue
-            params = m.groupdict()
+            params = {k: unquote(v) for k, v in m.groupdict().items()}
             _check_name(params["name"])
             handler = getattr(self, f"{kind}_{request.method.lower()}", None)
             if handler is None:
