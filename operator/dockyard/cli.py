@@ -16,6 +16,7 @@ import yaml
 
 SUBSYSTEMS = (
     "dockyard.controller.cli",
+    "dockyard.replication.cli",
     "dockyard.registry.cli",
 )
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from dockyard.api import GROUP, VERSION
 from dockyard.api.registry import RegistrySpec, RegistryStatus
+from dockyard.api.replication import ReplicationPolicySpec, ReplicationPolicyStatus
 from dockyard.api.schema import Model, openapi
 
 
@@ -52,7 +53,21 @@ REGISTRY = Kind(
     },
 )
 
-KINDS: tuple[Kind, ...] = (REGISTRY,)
+REPLICATION_POLICY = Kind(
+    kind="ReplicationPolicy",
+    plural="replicationpolicies",
+    short_names=("rpol",),
+    spec=ReplicationPolicySpec,
+    status=ReplicationPolicyStatus,
+    columns=(
+        _ready_column(),
+        {"name": "Last Run", "type": "date", "jsonPath": ".status.lastRun.completionTime"},
+        {"name": "Result", "type": "string", "jsonPath": ".status.lastRun.result"},
+        _age_column(),
+    ),
+)
+
+KINDS: tuple[Kind, ...] = (REGISTRY, REPLICATION_POLICY)
 
 
 def crd(kind: Kind) -> dict[str, Any]:

@@ -25,6 +25,9 @@ from typing import Any, ClassVar, Literal, NewType, TypeVar, get_args, get_origi
 Quantity = NewType("Quantity", str)
 """A Kubernetes resource quantity written as a string: `20Gi`, `500M`, `1.5Ti`."""
 
+Int64 = NewType("Int64", int)
+"""An integer that may exceed 32 bits (byte counts): `format: int64` in the schema."""
+
 Raw = NewType("Raw", dict[str, Any])
 """A Kubernetes sub-object passed through untouched (resources, affinity, tolerations)."""
 
@@ -122,6 +125,8 @@ def _type_schema(tp: Any) -> dict[str, Any]:
         return {"type": "boolean"}
     if tp is int:
         return {"type": "integer", "format": "int32"}
+    if tp is Int64:
+        return {"type": "integer", "format": "int64"}
     origin = get_origin(tp)
     if origin is Literal:
         return {"type": "string", "enum": list(get_args(tp))}
@@ -211,7 +216,7 @@ def _parse_value(tp: Any, value: Any, path: str, md: Mapping[str, Any]) -> Any:
         if not isinstance(value, bool):
             raise SpecError(path, f"must be a boolean, not {_kind(value)}")
         return value
-    if tp is int:
+    if tp is int or tp is Int64:
         if isinstance(value, bool) or not isinstance(value, int):
             raise SpecError(path, f"must be an integer, not {_kind(value)}")
         if md.get("minimum") is not None and value < md["minimum"]:

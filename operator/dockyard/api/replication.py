@@ -1,0 +1,209 @@
+"""The `ReplicationPolicy` kind (dockyard.dev/v1alpha1): spec and status models.
+
+A policy copies images between two registries: a Dockyard `Registry` in the cluster
+(`registryRef`) or any OCI registry by URL. Field names are the public contract of
+DESIGN.md; `make crds` generates the CRD from these classes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from dockyard.api.registry import Condition
+from dockyard.api.schema import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, Int64, Model, Quantity, Rule, meta
+
+CRON_PATTERN = r"^\s*(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|\S+(\s+\S+){4})\s*$"
+"""Five whitespace-separated cron fields, or one of the macros a CronJob accepts."""
+
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+URL_PATTERN = r"^https?://[^\s/]+(/[^\s]*)?$"
+
+
+@dataclass(frozen=True)
+class RegistryRef(Model):
+    DOC = "A Dockyard Registry in the cluster."
+    name: str = field(metadata=meta("Registry name.", pattern=DNS_LABEL_PATTERN))
+    namespace: str | None = field(
+        default=None, metadata=meta("Registry namespace; the policy's namespace when unset.",
+                                    pattern=DNS_LABEL_PATTERN))
+
+
+@dataclass(frozen=True)
+class SecretRef(Model):
+    name: str = field(metadata=meta("Secret name, in the policy's namespace.", pattern=DNS_SUBDOMAIN_PATTERN))
+
+
+@dataclass(frozen=True)
+class Endpoint(Model):
+    DOC = "One side of a replication: a Dockyard Registry (registryRef) or any registry by URL."
+    RULES = (
+        Rule(
+            cel="(has(self.registryRef) ? 1 : 0) + (has(self.url) ? 1 : 0) == 1",
+            message="exactly one of registryRef or url must be set",
+            check=lambda e: (e.registry_ref is not None) + (e.url is not None) == 1,
+        ),
+    )
+    registry_ref: RegistryRef | None = field(default=None, metadata=meta("A Dockyard Registry."))
+    url: str | None = field(
+        default=None,
+        metadata=meta("Registry base URL; http:// means plain HTTP, https:// TLS.", pattern=URL_PATTERN,
+                      max_length=2048))
+    secret_ref: SecretRef | None = field(
+        default=None,
+        metadata=meta("Credentials: a kubernetes.io/dockerconfigjson Secret or a kubernetes.io/basic-auth "
+                      "Secret (username, password)."))
+    insecure: bool = field(default=False, metadata=meta("Skip TLS certificate verification on https://."))
+    ca_secret_ref: SecretRef | None = field(
+        default=None, metadata=meta("Secret whose ca.crt verifies the registry's certificate."))
+
+
+@dataclass(frozen=True)
+class RepositoryFilter(Model):
+    DOC = "Repository name globs: `*` stays within one path segment, `**` crosses segments."
+    include: tuple[str, ...] = field(
+        default=(), metadata=meta("Repositories to copy; every repository of the catalog when empty."))
+    exclude: tuple[str, ...] = field(default=(), metadata=meta("Repositories never copied."))
+
+
+@dataclass(frozen=True)
+class TagFilter(Model):
+    DOC = "Tag patterns are globs unless written as /regex/ (searched, anchor it yourself)."
+    include: tuple[str, ...] = field(default=(), metadata=meta("Tags to copy; every tag when empty."))
+    exclude: tuple[str, ...] = field(default=(), metadata=meta("Tags never copied."))
+    semver_range: str | None = field(
+        default=None,
+        metadata=meta("Only tags that are versions inside this range, e.g. `>=1.25.0 <2`, `^1.2`, `~1.2`, "
+                      "`1.x`; `||` separates alternatives. Tags that are not versions never match."))
+
+
+@dataclass(frozen=True)
+class Filters(Model):
+    DOC = "What to copy."
+    repositories: RepositoryFilter = field(default_factory=RepositoryFilter, metadata=meta("Repositories."))
+    tags: TagFilter = field(default_factory=TagFilter, metadata=meta("Tags."))
+    platforms: tuple[str, ...] = field(
+        default=(),
+        metadata=meta("Keep only these platforms (os/arch[/variant]) of image indexes; the copied index is "
+                      "then a new index with its own digest. Empty keeps indexes byte for byte."))
+    latest: int | None = field(
+        default=None, metadata=meta("Keep the newest N selected tags per repository (version order).",
+                                    minimum=1))
+
+
+@dataclass(frozen=True)
+class DestinationPath(Model):
+    DOC = "Rewriting of repository names: stripPrefix is removed first, then prefix is prepended."
+    prefix: str = field(default="", metadata=meta("Prepended to every destination repository name."))
+    strip_prefix: str = field(default="", metadata=meta("Removed from source names that start with it."))
+
+
+@dataclass(frozen=True)
+class Trigger(Model):
+    DOC = "When the policy runs, besides the dockyard.dev/sync-requested-at annotation."
+    RULES = (
+        Rule(
+            cel="!has(self.schedule) || self.schedule.matches('" + CRON_PATTERN.replace("\\", "\\\\")
+                + "')",
+            message="trigger.schedule must be a cron expression with five fields, e.g. '0 */6 * * *'",
+            check=lambda t: t.schedule is None or re.match(CRON_PATTERN, t.schedule) is not None,
+        ),
+    )
+    schedule: str | None = field(default=None, metadata=meta("Cron schedule of the CronJob.", max_length=128))
+    on_push: bool = field(
+        default=False, metadata=meta("Run when a tag is pushed to the source (Dockyard sources only)."))
+
+
+@dataclass(frozen=True)
+class Retry(Model):
+    DOC = "Retries of failed requests: exponential backoff from `backoff`, honouring Retry-After."
+    max: int = field(default=5, metadata=meta("Retries per request.", minimum=0, maximum=100))
+    backoff: str = field(default="2s", metadata=meta("First backoff delay.", pattern=DURATION_PATTERN))
+
+
+@dataclass(frozen=True)
+class Limits(Model):
+    DOC = "Politeness and resource limits of one run."
+    concurrency: int = field(default=4, metadata=meta("Artifacts copied at once.", minimum=1, maximum=256))
+    requests_per_second: int | None = field(
+        default=None, metadata=meta("Requests per second to each registry.", minimum=1))
+    bandwidth: Quantity | None = field(default=None, metadata=meta("Bytes per second moved, e.g. 50Mi."))
+    retry: Retry = field(default_factory=Retry, metadata=meta("Retries."))
+
+
+def _same_side(a: Endpoint, b: Endpoint) -> bool:
+    if a.url is not None and b.url is not None:
+        return a.url == b.url
+    if a.registry_ref is not None and b.registry_ref is not None:
+        return (a.registry_ref.name, a.registry_ref.namespace or "") == \
+            (b.registry_ref.name, b.registry_ref.namespace or "")
+    return False
+
+
+@dataclass(frozen=True)
+class ReplicationPolicySpec(Model):
+    DOC = "The desired state of a replication policy."
+    RULES = (
+        Rule(
+            cel="!(has(self.source.url) && has(self.destination.url) && self.source.url == self.destination.url)"
+                " && !(has(self.source.registryRef) && has(self.destination.registryRef) && "
+                "self.source.registryRef.name == self.destination.registryRef.name && "
+                "(has(self.source.registryRef.namespace) ? self.source.registryRef.namespace : '') == "
+                "(has(self.destination.registryRef.namespace) ? self.destination.registryRef.namespace : ''))",
+            message="source and destination must be different registries",
+            check=lambda s: not _same_side(s.source, s.destination),
+        ),
+    )
+    source: Endpoint = field(metadata=meta("Where images are copied from."))
+    destination: Endpoint = field(metadata=meta("Where images are copied to."))
+    filters: Filters = field(default_factory=Filters, metadata=meta("What to copy."))
+    destination_path: DestinationPath = field(
+        default_factory=DestinationPath, metadata=meta("Repository name rewriting."))
+    trigger: Trigger = field(default_factory=Trigger, metadata=meta("When to run."))
+    conflict: Literal["overwrite", "skip"] = field(
+        default="overwrite", metadata=meta("When a destination tag points elsewhere: overwrite it or skip it."))
+    deletion: Literal["none", "mirror"] = field(
+        default="none",
+        metadata=meta("mirror: delete destination tags the source no longer has (only tags the filters "
+                      "select)."))
+    referrers: bool = field(
+        default=True, metadata=meta("Copy signatures and SBOMs attached through the referrers API or the "
+                                    "sha256-<hex> tag fallback."))
+    limits: Limits = field(default_factory=Limits, metadata=meta("Concurrency, rate, bandwidth, retries."))
+    suspend: bool = field(default=False, metadata=meta("Pause scheduled runs."))
+
+
+@dataclass(frozen=True)
+class LastRun(Model):
+    DOC = "The outcome of the latest completed run."
+    start_time: str | None = field(default=None, metadata=meta("When the run started (RFC 3339)."))
+    completion_time: str | None = field(default=None, metadata=meta("When the run ended (RFC 3339)."))
+    result: Literal["Succeeded", "PartiallyFailed", "Failed"] | None = field(
+        default=None, metadata=meta("Succeeded, PartiallyFailed (some artifacts failed) or Failed."))
+    artifacts_copied: int = field(default=0, metadata=meta("Tags and referrers copied."))
+    artifacts_skipped: int = field(default=0, metadata=meta("Tags already up to date or kept by conflict: skip."))
+    artifacts_failed: int = field(default=0, metadata=meta("Tags and referrers that failed."))
+    artifacts_deleted: int = field(default=0, metadata=meta("Destination tags deleted by deletion: mirror."))
+    bytes_copied: Int64 = field(default=Int64(0), metadata=meta("Blob bytes transferred."))
+    message: str | None = field(default=None, metadata=meta("Notes of the run, e.g. rewritten indexes."))
+
+
+@dataclass(frozen=True)
+class FailedItem(Model):
+    DOC = "An artifact that failed; it is tried first on the next run."
+    repository: str = field(metadata=meta("Source repository."))
+    tag: str = field(metadata=meta("Source tag (or digest of a referrer)."))
+    error: str = field(default="", metadata=meta("Why it failed.", max_length=1024))
+
+
+@dataclass(frozen=True)
+class ReplicationPolicyStatus(Model):
+    observed_generation: int | None = field(default=None, metadata=meta("Last generation handled."))
+    conditions: tuple[Condition, ...] = field(default=(), metadata=meta("kstatus conditions."))
+    last_run: LastRun | None = field(default=None, metadata=meta("The latest completed run."))
+    next_run: str | None = field(default=None, metadata=meta("When the schedule runs next (RFC 3339)."))
+    failed_items: tuple[FailedItem, ...] = field(
+        default=(), metadata=meta("Artifacts that failed in the latest run (at most 100)."))
+    last_successful_time: str | None = field(
+        default=None, metadata=meta("Completion time of the latest run without failures."))
