@@ -27,7 +27,7 @@ CORE_PLURALS = {
     "Service": "services", "PersistentVolumeClaim": "persistentvolumeclaims", "Event": "events",
     "Deployment": "deployments", "PodDisruptionBudget": "poddisruptionbudgets", "Ingress": "ingresses",
     "Job": "jobs", "CronJob": "cronjobs", "Registry": "registries",
-    "ReplicationPolicy": "replicationpolicies",
+    "ReplicationPolicy": "replicationpolicies", "Role": "roles", "RoleBinding": "rolebindings",
 }
 
 

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 def run(*, namespaces: Sequence[str], all_namespaces: bool, liveness: str | None, verbose: bool) -> int:
     import kopf
 
-    import dockyard.controller.handlers  # noqa: F401 - registers the handlers
+    import dockyard.controller.handlers  # registers the handlers of Registries
+    import dockyard.controller.replication  # noqa: F401 - and those of ReplicationPolicies
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)

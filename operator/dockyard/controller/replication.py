@@ -1,0 +1,405 @@
+"""The ReplicationPolicy controller: runs as Jobs, honest status, recovery without a nudge.
+
+One idempotent reconcile per policy (serialised and coalesced per object by the same
+`Reconciler` machinery as Registries) resolves both sides, checks the referenced Secrets,
+applies the run identity (ServiceAccount, Role, RoleBinding) and the CronJob of a scheduled
+policy, and answers a new value of the `dockyard.dev/sync-requested-at` annotation with one
+Job, recorded in `status.lastSyncRequest` so each value runs once.
+
+At most one run per policy at a time: the CronJob forbids overlapping runs of its own; a
+manual request waits while any run is active (the run's completion triggers the next
+reconcile), and the CronJob is held suspended while a manual run is active. `suspend`
+pauses scheduled runs only: a manual request is an explicit human act and still runs.
+
+The controller writes conditions, `observedGeneration`, `nextRun` and `lastSyncRequest`;
+the run itself writes `lastRun`, `failedItems` and `lastSuccessfulTime` (see
+`dockyard.replication.incluster`). Both use merge patches of disjoint fields.
+
+Triggers: create, `spec` update and resume of a policy; a pending sync request; events of
+the policy's Jobs and CronJob (labelled `app.kubernetes.io/name: dockyard-replication`);
+events of a referenced Registry or Secret (found through an index), so a policy stalled on
+`RegistryNotFound` or `SecretNotFound` recovers by itself when the object appears.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import kopf
+
+from dockyard.api import API_VERSION, GROUP, VERSION, SpecError
+from dockyard.api.replication import ReplicationPolicySpec
+from dockyard.api.schema import parse
+from dockyard.controller import conditions
+from dockyard.controller.conditions import READY, RECONCILING, STALLED, Verdict
+from dockyard.controller.handlers import post_event
+from dockyard.controller.kube import ApiError
+from dockyard.controller.reconcile import Reconciler, contains, now, stamp, status_patch
+from dockyard.render import cron
+from dockyard.render.registry import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, NAME_LABEL
+from dockyard.render.replication import (
+    APP,
+    SYNC_ANNOTATION,
+    PolicyInput,
+    cronjob_name,
+    manual_job,
+    referenced_secrets,
+    registry_refs,
+    render_policy,
+    secret_problem,
+    selector_string,
+)
+
+KIND = "ReplicationPolicy"
+PLURAL = "replicationpolicies"
+RUN_LABELS = {NAME_LABEL: APP, MANAGED_BY_LABEL: MANAGER}
+
+log = logging.getLogger("dockyard.replication")
+
+
+# ----------------------------------------------------------------------------- pure status policy
+
+def job_state(job: Mapping[str, Any]) -> str:
+    """`active`, `succeeded` or `failed`; a Job without a terminal condition counts as running."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("status") != "True":
+            continue
+        if cond.get("type") in ("Complete", "SuccessCriteriaMet"):
+            return "succeeded"
+        if cond.get("type") in ("Failed", "FailureTarget"):
+            return "failed"
+    return "active"
+
+
+def _started(job: Mapping[str, Any]) -> str:
+    return str((job.get("status") or {}).get("startTime") or (job.get("metadata") or {}).get(
+        "creationTimestamp") or "")
+
+
+def failed_job_message(job: Mapping[str, Any]) -> str:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") in ("Failed", "FailureTarget") and cond.get("status") == "True":
+            detail = cond.get("message") or cond.get("reason") or "failed"
+            return f"run {job['metadata']['name']} failed without reporting a result: {detail}"
+    return f"run {job['metadata']['name']} failed without reporting a result"
+
+
+def unreported_failure(jobs: Sequence[Mapping[str, Any]], last_run: Mapping[str, Any] | None) -> str | None:
+    """The latest finished run failed and never wrote `lastRun` (crash, no API access, bad image)."""
+    finished = sorted((j for j in jobs if job_state(j) != "active"), key=_started)
+    if not finished or job_state(finished[-1]) != "failed":
+        return None
+    reported = str((last_run or {}).get("startTime") or "")
+    if reported and reported >= _started(finished[-1]):
+        return None
+    return failed_job_message(finished[-1])
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What one reconcile of a policy learned: the only input of the condition policy."""
+
+    generation: int
+    spec_error: str | None = None
+    missing_registries: tuple[str, ...] = ()
+    secret_problems: tuple[str, ...] = ()
+    apply_error: str | None = None
+    schedule: str | None = None
+    suspended: bool = False
+    active_run: str | None = None
+    request_waiting: bool = False
+    unreported_failure: str | None = None
+    last_run: Mapping[str, Any] | None = None
+
+
+def verdict(obs: Observed) -> Verdict:
+    """The first policy that applies decides."""
+    if obs.spec_error:
+        return Verdict(False, "InvalidSpec", obs.spec_error, stalled=True)
+    if obs.missing_registries:
+        return Verdict(False, "RegistryNotFound", "; ".join(obs.missing_registries), stalled=True)
+    if obs.secret_problems:
+        return Verdict(False, "SecretNotFound", "; ".join(obs.secret_problems), stalled=True)
+    if obs.apply_error:
+        return Verdict(False, "ApplyFailed", obs.apply_error, stalled=True)
+    if obs.active_run:
+        waiting = "; a sync request waits for it to finish" if obs.request_waiting else ""
+        return Verdict(True, "Running", f"run {obs.active_run} is in progress{waiting}")
+    if obs.unreported_failure:
+        return Verdict(False, "RunFailed", obs.unreported_failure)
+    last = obs.last_run or {}
+    if last.get("result") == "Failed":
+        return Verdict(False, "LastRunFailed", str(last.get("message") or "the last run failed"))
+    if last.get("result") == "PartiallyFailed":
+        return Verdict(True, "PartiallyFailed",
+                       f"the last run failed for {last.get('artifactsFailed', 0)} artifacts; "
+                       "they are retried first on the next run")
+    if obs.schedule and obs.suspended:
+        return Verdict(True, "Suspended", "scheduled runs are suspended; sync requests still run")
+    if obs.schedule:
+        return Verdict(True, "Scheduled", f"runs on schedule {obs.schedule!r} (UTC)")
+    return Verdict(True, "OnDemand", f"runs when the {SYNC_ANNOTATION} annotation changes")
+
+
+def policy_conditions(obs: Observed) -> list[dict[str, Any]]:
+    v = verdict(obs)
+
+    def cond(type_: str, on: bool, reason: str, message: str) -> dict[str, Any]:
+        return {"type": type_, "status": "True" if on else "False", "reason": reason,
+                "message": message, "observedGeneration": obs.generation}
+
+    return [
+        cond(READY, v.ready, v.reason, v.message),
+        cond(RECONCILING, False, "Stalled" if v.stalled else "Idle", "no work in progress"),
+        cond(STALLED, v.stalled, v.reason if v.stalled else "NotStalled", v.message if v.stalled else "no error"),
+    ]
+
+
+def next_run(schedule: str | None, suspended: bool, at: datetime.datetime) -> str | None:
+    if not schedule or suspended:
+        return None
+    when = cron.next_time(schedule, at)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
+
+
+# ----------------------------------------------------------------------------- reconcile
+
+class PolicyReconciler(Reconciler):
+    """Serialised, coalesced reconciles of ReplicationPolicies (same machinery as Registries)."""
+
+    async def reconcile(self, namespace: str, name: str) -> None:
+        body = await self.kube.get(API_VERSION, KIND, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            self._locks.pop((namespace, name), None)
+            return
+        await PolicyPass(self, body).run()
+
+
+class PolicyPass:
+    """One reconcile of one ReplicationPolicy body."""
+
+    def __init__(self, reconciler: Reconciler, body: Mapping[str, Any]) -> None:
+        self.kube = reconciler.kube
+        self.post_event = reconciler.post_event
+        self.body = body
+        meta = body["metadata"]
+        self.name: str = meta["name"]
+        self.namespace: str = meta["namespace"]
+        self.uid: str = meta["uid"]
+        self.generation: int = meta.get("generation") or 1
+        self.status: dict[str, Any] = dict(body.get("status") or {})
+
+    async def run(self) -> None:
+        try:
+            spec = parse(ReplicationPolicySpec, self.body.get("spec"), "spec")
+            if spec.trigger.schedule is not None:
+                cron.parse(spec.trigger.schedule)
+        except (SpecError, cron.CronError) as e:
+            message = str(e) if isinstance(e, SpecError) else f"spec.trigger.schedule: {e}"
+            await self.report(Observed(self.generation, spec_error=message))
+            return
+        if self.status.get("observedGeneration") != self.generation:
+            await self.write({**self.status, "observedGeneration": self.generation},
+                             conditions.reconciling_now(self.generation))
+        base = Observed(self.generation, schedule=spec.trigger.schedule, suspended=spec.suspend,
+                        last_run=self.status.get("lastRun"))
+        registries, missing = await self.read_registries(spec)
+        problems = await self.check_secrets(spec)
+        if missing or problems:  # leave what exists alone; nothing can run until this is fixed
+            await self.report(replace(base, missing_registries=tuple(missing), secret_problems=tuple(problems)))
+            return
+        inp = PolicyInput.from_body(self.body, registries=registries)
+        jobs = await self.runs()
+        active = [j for j in jobs if job_state(j) == "active"]
+        request = (self.body["metadata"].get("annotations") or {}).get(SYNC_ANNOTATION)
+        pending = bool(request) and request != self.status.get("lastSyncRequest")
+        start_manual = pending and not active
+        hold = start_manual or any(SYNC_ANNOTATION in (j["metadata"].get("annotations") or {}) for j in active)
+        apply_error = await self.apply(inp, hold)
+        handled: dict[str, Any] = {}
+        if apply_error is None and start_manual:
+            assert request is not None
+            active.append(await self.start(inp, request))
+            handled["lastSyncRequest"] = request
+        await self.report(replace(
+            base, apply_error=apply_error,
+            active_run=active[0]["metadata"]["name"] if active else None,
+            request_waiting=pending and not start_manual,
+            unreported_failure=unreported_failure(jobs, self.status.get("lastRun")),
+        ), handled)
+
+    async def read_registries(self, spec: ReplicationPolicySpec
+                              ) -> tuple[dict[tuple[str, str], Mapping[str, Any]], list[str]]:
+        found: dict[tuple[str, str], Mapping[str, Any]] = {}
+        missing: list[str] = []
+        for side, (namespace, name) in registry_refs(spec, self.namespace).items():
+            registry = await self.kube.get(API_VERSION, "Registry", namespace, name)
+            if registry is None:
+                missing.append(f"the {side} Registry {name!r} does not exist in namespace {namespace!r}")
+            else:
+                found[(namespace, name)] = registry
+        return found, missing
+
+    async def check_secrets(self, spec: ReplicationPolicySpec) -> list[str]:
+        problems: list[str] = []
+        for name, needs in referenced_secrets(spec).items():
+            secret = await self.kube.get("v1", "Secret", self.namespace, name)
+            if secret is None:
+                problems.append(f"Secret {name!r} not found in namespace {self.namespace!r}")
+                continue
+            data = {**(secret.get("data") or {}), **(secret.get("stringData") or {})}
+            problem = secret_problem(name, needs, data)
+            if problem:
+                problems.append(problem)
+        return problems
+
+    async def runs(self) -> list[dict[str, Any]]:
+        """This policy's Jobs (manual ones and the CronJob's)."""
+        jobs = await self.kube.list("batch/v1", "Job", self.namespace, label_selector=selector_string(self.name))
+        return [j for j in jobs if contains((j.get("metadata") or {}).get("labels") or {}, RUN_LABELS)
+                and (j["metadata"].get("labels") or {}).get(INSTANCE_LABEL) == self.name]
+
+    async def apply(self, inp: PolicyInput, hold: bool) -> str | None:
+        desired = [stamp(obj) for obj in render_policy(inp, hold_schedule=hold)]
+        for obj in desired:
+            kind, meta = obj["kind"], obj["metadata"]
+            current = await self.kube.get(obj["apiVersion"], kind, self.namespace, meta["name"])
+            if current is None or not contains(current, obj):
+                try:
+                    await self.kube.apply(obj)
+                except ApiError as e:
+                    if e.status in (400, 403, 409, 422):
+                        return f"{kind} {meta['name']!r} was refused: {e.message}"
+                    raise
+        if inp.spec.trigger.schedule is None:
+            await self.delete_if_owned("batch/v1", "CronJob", cronjob_name(self.name))
+        return None
+
+    async def start(self, inp: PolicyInput, request: str) -> dict[str, Any]:
+        """Create the Job of a sync request; an existing one (status write lost) answers it already."""
+        job = manual_job(inp, request)
+        try:
+            created = await self.kube.create(job)
+        except ApiError as e:
+            if e.status != 409:
+                raise
+            return await self.kube.get("batch/v1", "Job", self.namespace, job["metadata"]["name"]) or job
+        self.post_event(self.body, "Normal", "SyncStarted",
+                        f"started Job {job['metadata']['name']} for {SYNC_ANNOTATION}={request!r}")
+        return created
+
+    async def delete_if_owned(self, api_version: str, kind: str, name: str) -> None:
+        obj = await self.kube.get(api_version, kind, self.namespace, name)
+        owners = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+        if obj and any(ref.get("uid") == self.uid for ref in owners):
+            await self.kube.delete(api_version, kind, self.namespace, name, uid=obj["metadata"].get("uid"))
+
+    async def report(self, obs: Observed, updates: Mapping[str, Any] | None = None) -> None:
+        """Conditions, `nextRun` and `updates`; the fields a run writes are carried over untouched."""
+        status = {**self.status, **(updates or {}), "observedGeneration": self.generation}
+        upcoming = None if obs.spec_error else next_run(obs.schedule, obs.suspended,
+                                                        datetime.datetime.now(datetime.UTC))
+        if upcoming:
+            status["nextRun"] = upcoming
+        else:
+            status.pop("nextRun", None)
+        await self.write(status, policy_conditions(obs))
+
+    async def write(self, status: dict[str, Any], new_conditions: list[dict[str, Any]]) -> None:
+        merged, changed = conditions.merge(self.status.get("conditions") or [], new_conditions, now())
+        new = {**status, "conditions": merged}
+        patch = status_patch(self.status, new)
+        if patch is None:
+            return
+        await self.kube.patch_status(API_VERSION, KIND, self.namespace, self.name, patch)
+        self.status = new
+        for cond in changed:
+            self.announce(cond)
+
+    def announce(self, cond: Mapping[str, Any]) -> None:
+        """One Event per transition of Ready or Stalled."""
+        if cond["type"] == STALLED:
+            if cond["status"] == "True":
+                self.post_event(self.body, "Warning", cond["reason"], cond["message"])
+            else:
+                self.post_event(self.body, "Normal", "Recovered", "the replication policy is no longer stalled")
+        elif cond["type"] == READY:
+            kind = "Normal" if cond["status"] == "True" else "Warning"
+            reason = "Ready" if cond["status"] == "True" else cond["reason"]
+            self.post_event(self.body, kind, reason, cond["message"])
+
+
+# ----------------------------------------------------------------------------- Kopf handlers
+
+def _reconciler(memo: Any) -> PolicyReconciler:
+    """Created on first use: by then the startup handler has put the API adapter into `memo`."""
+    reconciler: PolicyReconciler | None = getattr(memo, "policy_reconciler", None)
+    if reconciler is None:
+        reconciler = memo.policy_reconciler = PolicyReconciler(memo.kube, post_event)
+    return reconciler
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def policy_references(*, namespace: str | None, name: str, spec: kopf.Spec,
+                      **_: Any) -> dict[tuple[str, str, str], tuple[str, str]]:
+    """("Registry"|"Secret", namespace, name) -> (namespace, name) of the policies that reference it."""
+    try:
+        parsed = parse(ReplicationPolicySpec, dict(spec))
+    except SpecError:
+        return {}
+    ns = namespace or "default"
+    refs: dict[tuple[str, str, str], tuple[str, str]] = {}
+    for reg_ns, reg_name in registry_refs(parsed, ns).values():
+        refs[("Registry", reg_ns, reg_name)] = (ns, name)
+    for secret in referenced_secrets(parsed):
+        refs[("Secret", ns, secret)] = (ns, name)
+    return refs
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+async def policy_changed(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    await _reconciler(memo).request(namespace or "default", name)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, annotations={SYNC_ANNOTATION: kopf.PRESENT})
+async def sync_requested(*, type: str | None, namespace: str | None, name: str, annotations: Mapping[str, str],
+                         status: Mapping[str, Any], memo: Any, **_: Any) -> None:
+    """A new annotation value; the initial listing is covered by resuming the policies."""
+    if type in (None, "DELETED"):
+        return
+    if annotations.get(SYNC_ANNOTATION) != (status or {}).get("lastSyncRequest"):
+        await _reconciler(memo).request(namespace or "default", name)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=RUN_LABELS)
+@kopf.on.event("batch", "v1", "cronjobs", labels=RUN_LABELS)
+async def run_changed(*, type: str | None, namespace: str | None, labels: Mapping[str, str], memo: Any,
+                      **_: Any) -> None:
+    instance = labels.get(INSTANCE_LABEL)
+    if instance and type is not None:
+        await _reconciler(memo).request(namespace or "default", instance)
+
+
+async def _referenced_changed(kind: str, type: str | None, namespace: str | None, name: str, memo: Any,
+                              index: kopf.Index[tuple[str, str, str], tuple[str, str]]) -> None:
+    if type is None:
+        return
+    for policy_ns, policy in set(index.get((kind, namespace or "default", name), [])):
+        await _reconciler(memo).request(policy_ns, policy)
+
+
+@kopf.on.event(GROUP, VERSION, "registries")
+async def registry_event(*, type: str | None, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+    await _referenced_changed("Registry", type, namespace, name, memo, kwargs["policy_references"])
+
+
+@kopf.on.event("v1", "secrets")
+async def policy_secret_event(*, type: str | None, namespace: str | None, name: str, memo: Any,
+                              **kwargs: Any) -> None:
+    await _referenced_changed("Secret", type, namespace, name, memo, kwargs["policy_references"])
