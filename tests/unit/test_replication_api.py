@@ -1,0 +1,115 @@
+"""ReplicationPolicy admission: the CRD (CEL replayed by tests/unit/cel.py) and the operator's parser agree."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from dockyard.api import SpecError
+from dockyard.api.crd import KINDS, REPLICATION_POLICY, crd
+from dockyard.api.replication import ReplicationPolicySpec
+from dockyard.api.schema import parse
+from tests.unit import cel
+
+SCHEMA = cel.version_schema(crd(REPLICATION_POLICY))
+
+BASE: dict[str, Any] = {
+    "source": {"url": "https://registry-1.docker.io", "secretRef": {"name": "hub-creds"}},
+    "destination": {"registryRef": {"name": "main"}},
+}
+
+
+def policy(spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "dockyard.dev/v1alpha1", "kind": "ReplicationPolicy",
+            "metadata": {"name": "p", "namespace": "registries"}, "spec": spec}
+
+
+def with_(**changes: Any) -> dict[str, Any]:
+    spec = copy.deepcopy(BASE)
+    spec.update(changes)
+    return spec
+
+
+CASES = [
+    ("minimal", BASE, None),
+    ("both sides by url", with_(destination={"url": "http://127.0.0.1:5000"}), None),
+    ("registryRef and url on one side",
+     with_(destination={"registryRef": {"name": "main"}, "url": "http://x:5000"}), "exactly one of registryRef"),
+    ("neither registryRef nor url", with_(destination={"insecure": True}), "exactly one of registryRef"),
+    ("same url both sides", with_(destination={"url": "https://registry-1.docker.io"}), "must be different"),
+    ("same registryRef both sides",
+     with_(source={"registryRef": {"name": "main"}}, destination={"registryRef": {"name": "main"}}),
+     "must be different"),
+    ("same name other namespace",
+     with_(source={"registryRef": {"name": "main", "namespace": "a"}},
+           destination={"registryRef": {"name": "main", "namespace": "b"}}), None),
+    ("cron with five fields", with_(trigger={"schedule": "0 */6 * * *"}), None),
+    ("cron macro", with_(trigger={"schedule": "@hourly"}), None),
+    ("cron with four fields", with_(trigger={"schedule": "0 */6 * *"}), "five fields"),
+    ("cron with six fields", with_(trigger={"schedule": "0 0 */6 * * *"}), "five fields"),
+    ("bad conflict", with_(conflict="replace"), "conflict"),
+    ("bad deletion", with_(deletion="all"), "deletion"),
+    ("bandwidth quantity", with_(limits={"bandwidth": "50Mi", "concurrency": 4}), None),
+    ("bandwidth not a quantity", with_(limits={"bandwidth": "fast"}), "bandwidth"),
+    ("zero concurrency", with_(limits={"concurrency": 0}), "concurrency"),
+    ("retry backoff duration", with_(limits={"retry": {"max": 3, "backoff": "500ms"}}), None),
+    ("retry backoff not a duration", with_(limits={"retry": {"backoff": "soon"}}), "backoff"),
+    ("latest zero", with_(filters={"latest": 0}), "latest"),
+    ("url without scheme", with_(source={"url": "registry-1.docker.io"}), "url"),
+]
+
+
+@pytest.mark.parametrize(("name", "spec", "error"), CASES, ids=[c[0] for c in CASES])
+def test_crd_and_parser_agree(name: str, spec: dict[str, Any], error: str | None) -> None:
+    violations = cel.admit(policy(copy.deepcopy(spec)), SCHEMA)
+    try:
+        parse(ReplicationPolicySpec, copy.deepcopy(spec))
+        parser_error = None
+    except SpecError as e:
+        parser_error = str(e)
+    if error is None:
+        assert violations == []
+        assert parser_error is None
+    else:
+        assert violations, f"the API server would accept {name}"
+        assert parser_error is not None, f"the operator would accept {name}"
+        assert error in parser_error or error in " ".join(str(v) for v in violations)
+
+
+def test_design_example_parses_with_defaults() -> None:
+    spec = parse(ReplicationPolicySpec, {
+        "source": {"url": "https://registry-1.docker.io", "secretRef": {"name": "hub-creds"}},
+        "destination": {"registryRef": {"name": "main"}},
+        "filters": {"repositories": {"include": ["library/nginx", "library/redis"], "exclude": []},
+                    "tags": {"include": [], "exclude": ["*-rc*", "*-alpine"], "semverRange": ">=1.25.0"},
+                    "platforms": ["linux/amd64", "linux/arm64"], "latest": 5},
+        "destinationPath": {"prefix": "mirror/", "stripPrefix": "library/"},
+        "trigger": {"schedule": "0 */6 * * *", "onPush": False},
+        "conflict": "overwrite", "deletion": "none", "referrers": True,
+        "limits": {"concurrency": 4, "requestsPerSecond": 10, "bandwidth": "50Mi",
+                   "retry": {"max": 5, "backoff": "2s"}},
+        "suspend": False,
+    })
+    assert spec.filters.tags.semver_range == ">=1.25.0"
+    assert spec.destination_path.strip_prefix == "library/"
+    defaults = parse(ReplicationPolicySpec, BASE)
+    assert (defaults.conflict, defaults.deletion, defaults.referrers) == ("overwrite", "none", True)
+    assert defaults.limits.retry.max == 5 and defaults.limits.concurrency == 4
+
+
+def test_crd_shape() -> None:
+    assert REPLICATION_POLICY in KINDS
+    doc = crd(REPLICATION_POLICY)
+    version = doc["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
+    assert list(columns) == ["Ready", "Last Run", "Result", "Age"]
+    assert columns["Last Run"] == {"name": "Last Run", "type": "date",
+                                   "jsonPath": ".status.lastRun.completionTime"}
+    assert columns["Result"]["jsonPath"] == ".status.lastRun.result"
+    assert doc["spec"]["names"]["shortNames"] == ["rpol"]
+    assert cel.structural_problems(SCHEMA) == []
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert status["properties"]["lastRun"]["properties"]["bytesCopied"]["format"] == "int64"
