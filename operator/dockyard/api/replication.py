@@ -207,3 +207,6 @@ class ReplicationPolicyStatus(Model):
         default=(), metadata=meta("Artifacts that failed in the latest run (at most 100)."))
     last_successful_time: str | None = field(
         default=None, metadata=meta("Completion time of the latest run without failures."))
+    last_sync_request: str | None = field(
+        default=None, metadata=meta("The last dockyard.dev/sync-requested-at value that started a run.",
+                                    max_length=1024))
