@@ -108,10 +108,11 @@ def test_install_carries_every_generated_crd_unchanged(built: list[dict[str, Any
     generated = sorted(p.name for p in CRDS.glob("*.yaml"))
     assert generated, "crds/ holds no CRD"
     copies = sorted(p.name for p in (MANIFESTS / "crds").glob("*.yaml"))
-    assert copies == generated, "manifests/crds/ and crds/ hold different CRDs: copy crds/*.yaml there"
+    refresh = "run `cp crds/*.yaml manifests/crds/` and list every CRD in manifests/kustomization.yaml"
+    assert copies == generated, f"manifests/crds/ and crds/ hold different CRDs: {refresh}"
     for name in generated:
         assert (MANIFESTS / "crds" / name).read_bytes() == (CRDS / name).read_bytes(), (
-            f"manifests/crds/{name} is stale: copy crds/{name} there (`make crds` does)")
+            f"manifests/crds/{name} is stale: {refresh}")
     installed = {o["metadata"]["name"] for o in built if o["kind"] == "CustomResourceDefinition"}
     assert installed == {yaml.safe_load((CRDS / n).read_text())["metadata"]["name"] for n in generated}
 
