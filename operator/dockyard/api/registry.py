@@ -6,23 +6,54 @@ these classes, so a field exists here or nowhere.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Literal
 
 from dockyard.api.schema import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, Model, Quantity, Raw, Rule, meta
 
 AccessMode = Literal["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"]
 
-_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60, "m": 10**-3}
+_UNITS: dict[str, Fraction] = {
+    "": Fraction(1), "n": Fraction(1, 10**9), "u": Fraction(1, 10**6), "m": Fraction(1, 10**3),
+    "k": Fraction(10**3), "M": Fraction(10**6), "G": Fraction(10**9), "T": Fraction(10**12),
+    "P": Fraction(10**15), "E": Fraction(10**18),
+    "Ki": Fraction(2**10), "Mi": Fraction(2**20), "Gi": Fraction(2**30), "Ti": Fraction(2**40),
+    "Pi": Fraction(2**50), "Ei": Fraction(2**60),
+}
+_QUANTITY = re.compile(r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(?:([eE][+-]?[0-9]+)|([KMGTPE]i|[numkMGTPE])?)")
+_MAX_QUANTITY = Fraction(2**63 - 1)
+
+
+def quantity_value(q: str) -> Fraction:
+    """The exact value of a quantity, as the API server's `quantity()` computes it.
+
+    Exact arithmetic, so `1100M` equals `1.1G`; like Kubernetes, magnitudes are rounded up
+    to a multiple of 1n and capped at 2^63-1.
+    """
+    match = _QUANTITY.fullmatch(q)
+    if match is None:
+        raise ValueError(f"{q!r} is not a quantity")
+    number, exponent, suffix = match.groups()
+    if exponent:
+        # Beyond len(q) + 40 the result is capped or rounds up to 1n whatever the digits are;
+        # clamping keeps `1e999999999` from costing a billion-digit power.
+        bound = len(q) + 40
+        digits = exponent[1:].lstrip("+-").lstrip("0") or "0"
+        power = min(int(digits), bound) if len(digits) <= 6 else bound
+        scale = Fraction(10) ** (-power if "-" in exponent else power)
+    else:
+        scale = _UNITS[suffix or ""]
+    value = Fraction(number) * scale
+    magnitude = min(Fraction(math.ceil(abs(value) * 10**9), 10**9), _MAX_QUANTITY)
+    return magnitude if value >= 0 else -magnitude
 
 
 def quantity_bytes(q: str) -> float:
-    """The numeric value of a quantity (`20Gi` -> 21474836480), for size comparisons."""
-    for suffix in sorted(_UNITS, key=len, reverse=True):
-        if suffix and q.endswith(suffix):
-            return float(q[: -len(suffix)]) * _UNITS[suffix]
-    return float(q)
+    """The numeric value of a quantity (`20Gi` -> 21474836480), for display and arithmetic."""
+    return float(quantity_value(q))
 
 
 @dataclass(frozen=True)
@@ -35,19 +66,21 @@ class PVCStorage(Model):
             message="storage.pvc.storageClassName is immutable",
             check=lambda new, old: new.storage_class_name == old.storage_class_name,
             transition=True,
+            field_path=".storageClassName",
         ),
         Rule(
             cel="quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0",
             message="storage.pvc.size cannot shrink (volumes can only be expanded)",
-            check=lambda new, old: quantity_bytes(new.size) >= quantity_bytes(old.size),
+            check=lambda new, old: quantity_value(new.size) >= quantity_value(old.size),
             transition=True,
+            field_path=".size",
         ),
     )
     size: Quantity = field(metadata=meta("Requested capacity; growing it expands the PVC."))
     storage_class_name: str | None = field(
         default=None, metadata=meta("StorageClass of the claim (immutable); cluster default when unset."))
     access_modes: tuple[AccessMode, ...] = field(
-        default=("ReadWriteOnce",), metadata=meta("Access modes of the claim.", min_items=1))
+        default=("ReadWriteOnce",), metadata=meta("Access modes of the claim.", min_items=1, max_items=3))
     retain: bool = field(
         default=True,
         metadata=meta("Keep the PVC (and the images) when the Registry is deleted; a new Registry "
@@ -135,6 +168,7 @@ class RegistrySpec(Model):
                 "self.storage.pvc.accessModes.exists(m, m == 'ReadWriteMany'))",
             message="replicas > 1 needs shared storage: storage.pvc with accessModes [ReadWriteMany]",
             check=lambda s: s.replicas <= 1 or s.storage.shared,
+            field_path=".replicas",
         ),
     )
     storage: Storage = field(metadata=meta("Where images are stored."))

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal, NewType, TypeVar, get_args, get_origin
 
 Quantity = NewType("Quantity", str)
-"""A Kubernetes resource quantity written as a string: `20Gi`, `500M`, `1.5Ti`."""
+"""A non-negative Kubernetes resource quantity written as a string: `20Gi`, `500M`, `1.5Ti`."""
 
 Int64 = NewType("Int64", int)
 """An integer that may exceed 32 bits (byte counts): `format: int64` in the schema."""
@@ -32,8 +32,8 @@ Raw = NewType("Raw", dict[str, Any])
 """A Kubernetes sub-object passed through untouched (resources, affinity, tolerations)."""
 
 QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?[0-9]+))?$"
 )
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -60,9 +60,14 @@ class Rule:
     message: str
     check: Callable[..., bool]
     transition: bool = False
+    field_path: str = ""
+    """The field the error names, relative to the model (`.replicas`); the model itself when empty."""
 
     def openapi(self) -> dict[str, Any]:
-        return {"rule": self.cel, "message": self.message}
+        result = {"rule": self.cel, "message": self.message}
+        if self.field_path:
+            result["fieldPath"] = self.field_path
+        return result
 
 
 def meta(
@@ -73,6 +78,7 @@ def meta(
     pattern: str | None = None,
     max_length: int | None = None,
     min_items: int | None = None,
+    max_items: int | None = None,
 ) -> dict[str, Any]:
     """Field metadata for `dataclasses.field(metadata=...)`."""
     return {
@@ -82,6 +88,7 @@ def meta(
         "pattern": pattern,
         "maxLength": max_length,
         "minItems": min_items,
+        "maxItems": max_items,
     }
 
 
@@ -170,7 +177,7 @@ def openapi(cls: type[Model]) -> dict[str, Any]:
         md = field.metadata
         if md.get("doc"):
             schema["description"] = md["doc"]
-        for key in ("minimum", "maximum", "pattern", "maxLength", "minItems"):
+        for key in ("minimum", "maximum", "pattern", "maxLength", "minItems", "maxItems"):
             if md.get(key) is not None:
                 schema[key] = md[key]
         default = _default_of(field)
@@ -197,6 +204,16 @@ def _kind(value: Any) -> str:
             int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
 
 
+def _pattern_matches(pattern: str, value: str) -> bool:
+    """A schema `pattern` as the API server applies it (RE2): a search where `$` ends the text.
+
+    Python's `$` also matches before a trailing newline, which would let `"20Gi\\n"` through.
+    """
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.search(pattern, value) is not None
+
+
 def _parse_value(tp: Any, value: Any, path: str, md: Mapping[str, Any]) -> Any:
     if tp is Raw:
         if not isinstance(value, dict):
@@ -206,7 +223,7 @@ def _parse_value(tp: Any, value: Any, path: str, md: Mapping[str, Any]) -> Any:
         if not isinstance(value, str):
             raise SpecError(path, f"must be a string, not {_kind(value)}")
         pattern = QUANTITY_PATTERN if tp is Quantity else md.get("pattern")
-        if pattern and not re.match(pattern, value):
+        if pattern and not _pattern_matches(pattern, value):
             what = "a quantity such as 20Gi" if tp is Quantity else f"match {pattern}"
             raise SpecError(path, f"{value!r} is not valid: must be {what}")
         if md.get("maxLength") is not None and len(value) > md["maxLength"]:
@@ -236,6 +253,8 @@ def _parse_value(tp: Any, value: Any, path: str, md: Mapping[str, Any]) -> Any:
         (item,) = [a for a in get_args(tp) if a is not Ellipsis]
         if md.get("minItems") is not None and len(value) < md["minItems"]:
             raise SpecError(path, f"must have at least {md['minItems']} item(s)")
+        if md.get("maxItems") is not None and len(value) > md["maxItems"]:
+            raise SpecError(path, f"must have at most {md['maxItems']} item(s)")
         return tuple(_parse_value(item, v, f"{path}[{i}]", {}) for i, v in enumerate(value))
     if origin in (dict, Mapping):
         if not isinstance(value, dict):
@@ -274,7 +293,7 @@ def parse(cls: type[M], data: Any, path: str = "spec") -> M:
     obj = cls(**kwargs)
     for rule in cls.RULES:
         if not rule.transition and not rule.check(obj):
-            raise SpecError(path, rule.message)
+            raise SpecError(path + rule.field_path, rule.message)
     return obj
 
 
@@ -282,7 +301,7 @@ def check_transition(new: Model, old: Model, path: str = "spec") -> None:
     """Apply the transition rules (`oldSelf`) of `new`'s model and its nested models."""
     for rule in type(new).RULES:
         if rule.transition and not rule.check(new, old):
-            raise SpecError(path, rule.message)
+            raise SpecError(path + rule.field_path, rule.message)
     for field in dataclasses.fields(new):  # type: ignore[arg-type]
         a, b = getattr(new, field.name), getattr(old, field.name)
         if isinstance(a, Model) and isinstance(b, Model):

@@ -1,0 +1,354 @@
+"""Bad Registries are refused twice, the same way: at admission and by the operator.
+
+A cluster admin who applies an invalid Registry must hear about it from `kubectl apply` (the
+CRD's schema and CEL rules, replayed by tests/unit/cel.py), and the operator, which parses the
+spec with `dockyard.api.schema.parse`, must refuse exactly the same specs, naming the same
+field. A property test holds every CEL rule and its Python predicate to the same verdict, and
+the committed CRDs must be what `make crds` generates now and what a real API server accepts.
+"""
+
+from __future__ import annotations
+
+import copy
+import typing
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dockyard.api import API_VERSION
+from dockyard.api.crd import KINDS, REGISTRY, Kind, crd
+from dockyard.api.registry import RegistrySpec, quantity_value
+from dockyard.api.schema import QUANTITY_PATTERN, Model, Rule, SpecError, check_transition, parse
+from tests.unit import cel
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = cel.version_schema(crd(REGISTRY))
+BASE: dict[str, Any] = {"storage": {"pvc": {"size": "20Gi"}}}
+
+
+def registry(spec: Any) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "Registry",
+            "metadata": {"name": "main", "namespace": "registries"}, "spec": spec}
+
+
+def with_(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of `base` with the dotted `path` set to `value`."""
+    out = copy.deepcopy(base)
+    node = out
+    *parents, last = path.split(".")
+    for name in parents:
+        node = node.setdefault(name, {})
+    node[last] = value
+    return out
+
+
+def operator_error(spec: Any, old: Any = None) -> SpecError | None:
+    """What the operator says about `spec` (an update from `old` when given)."""
+    try:
+        new = parse(RegistrySpec, spec)
+        if old is not None:
+            check_transition(new, parse(RegistrySpec, old))
+    except SpecError as error:
+        return error
+    return None
+
+
+# ----------------------------------------------------------------------------- the table
+
+INVALID: list[tuple[str, Any, Any, str]] = [
+    # id, spec, old spec (an update) or None (a create), the field the error must name
+    ("no storage", {}, None, "spec.storage"),
+    ("storage without a kind", {"storage": {}}, None, "spec.storage"),
+    ("pvc and emptyDir", {"storage": {"pvc": {"size": "1Gi"}, "emptyDir": {}}}, None, "spec.storage"),
+    ("replicas 3 on RWO", with_(BASE, "replicas", 3), None, "spec.replicas"),
+    ("replicas 2 on RWOP", {"replicas": 2, "storage": {"pvc": {"size": "1Gi", "accessModes": ["ReadWriteOncePod"]}}},
+     None, "spec.replicas"),
+    ("replicas 3 on emptyDir", {"replicas": 3, "storage": {"emptyDir": {}}}, None, "spec.replicas"),
+    ("size 20GB", with_(BASE, "storage.pvc.size", "20GB"), None, "spec.storage.pvc.size"),
+    ("size -1", with_(BASE, "storage.pvc.size", "-1"), None, "spec.storage.pvc.size"),
+    ("size with a space", with_(BASE, "storage.pvc.size", "20 Gi"), None, "spec.storage.pvc.size"),
+    ("size with a newline", with_(BASE, "storage.pvc.size", "20Gi\n"), None, "spec.storage.pvc.size"),
+    ("size fractional exponent", with_(BASE, "storage.pvc.size", "1e1.5"), None, "spec.storage.pvc.size"),
+    ("size a number", with_(BASE, "storage.pvc.size", 20), None, "spec.storage.pvc.size"),
+    ("sizeLimit 1GB", {"storage": {"emptyDir": {"sizeLimit": "1GB"}}}, None, "spec.storage.emptyDir.sizeLimit"),
+    ("pvc without size", {"storage": {"pvc": {}}}, None, "spec.storage.pvc.size"),
+    ("port 0", with_(BASE, "service.port", 0), None, "spec.service.port"),
+    ("port 70000", with_(BASE, "service.port", 70000), None, "spec.service.port"),
+    ("port a string", with_(BASE, "service.port", "5000"), None, "spec.service.port"),
+    ("service type Ingress", with_(BASE, "service.type", "Ingress"), None, "spec.service.type"),
+    ("replicas -1", with_(BASE, "replicas", -1), None, "spec.replicas"),
+    ("replicas a string", with_(BASE, "replicas", "3"), None, "spec.replicas"),
+    ("replicas a float", with_(BASE, "replicas", 1.5), None, "spec.replicas"),
+    ("replicas a boolean", with_(BASE, "replicas", True), None, "spec.replicas"),
+    ("retain a string", with_(BASE, "storage.pvc.retain", "yes"), None, "spec.storage.pvc.retain"),
+    ("accessModes a string", with_(BASE, "storage.pvc.accessModes", "ReadWriteOnce"), None,
+     "spec.storage.pvc.accessModes"),
+    ("accessModes empty", with_(BASE, "storage.pvc.accessModes", []), None, "spec.storage.pvc.accessModes"),
+    ("accessModes four", with_(BASE, "storage.pvc.accessModes", ["ReadWriteMany"] * 4), None,
+     "spec.storage.pvc.accessModes"),
+    ("accessMode ReadOnlyMany", with_(BASE, "storage.pvc.accessModes", ["ReadOnlyMany"]), None,
+     "spec.storage.pvc.accessModes[0]"),
+    ("storage a list", {"storage": [{"pvc": {"size": "1Gi"}}]}, None, "spec.storage"),
+    ("nodeSelector value a number", with_(BASE, "nodeSelector", {"zone": 1}), None, "spec.nodeSelector.zone"),
+    ("resources a string", with_(BASE, "resources", "lots"), None, "spec.resources"),
+    ("tolerations an object", with_(BASE, "tolerations", {"key": "x"}), None, "spec.tolerations"),
+    ("readOnly a string", with_(BASE, "readOnly", "true"), None, "spec.readOnly"),
+    ("ingress without host", with_(BASE, "ingress", {"className": "nginx"}), None, "spec.ingress.host"),
+    ("ingress host with a scheme", with_(BASE, "ingress", {"host": "https://r.example.com"}), None,
+     "spec.ingress.host"),
+    ("auth without secret", with_(BASE, "auth", {"anonymousPull": True}), None, "spec.auth.htpasswdSecretRef"),
+    ("auth secret without name", with_(BASE, "auth", {"htpasswdSecretRef": {"key": "x"}}), None,
+     "spec.auth.htpasswdSecretRef.name"),
+    ("tls secret name invalid", with_(BASE, "tls", {"secretName": "Main_TLS"}), None, "spec.tls.secretName"),
+    ("pdb maxUnavailable 0", with_(BASE, "podDisruptionBudget", {"maxUnavailable": 0}), None,
+     "spec.podDisruptionBudget.maxUnavailable"),
+    ("unknown field", with_(BASE, "storageClass", "fast"), None, "spec.storageClass"),
+    ("unknown nested field", with_(BASE, "storage.pvc.sizeGi", 20), None, "spec.storage.pvc.sizeGi"),
+    ("unknown field s3 (not shipped)", {"storage": {"s3": {"bucket": "b"}}}, None, "spec.storage.s3"),
+    # updates
+    ("storageClassName changed", with_(BASE, "storage.pvc.storageClassName", "fast"),
+     with_(BASE, "storage.pvc.storageClassName", "standard"), "spec.storage.pvc.storageClassName"),
+    ("storageClassName set later", with_(BASE, "storage.pvc.storageClassName", "fast"), BASE,
+     "spec.storage.pvc.storageClassName"),
+    ("storageClassName removed", BASE, with_(BASE, "storage.pvc.storageClassName", "standard"),
+     "spec.storage.pvc.storageClassName"),
+    ("size shrinks 20Gi -> 10Gi", with_(BASE, "storage.pvc.size", "10Gi"), BASE, "spec.storage.pvc.size"),
+    ("size shrinks by one byte", with_(BASE, "storage.pvc.size", "21474836479"), BASE, "spec.storage.pvc.size"),
+    ("size shrinks 1.1G -> 1099M", with_(BASE, "storage.pvc.size", "1099M"),
+     with_(BASE, "storage.pvc.size", "1.1G"), "spec.storage.pvc.size"),
+]
+
+ALLOWED_UPDATES: list[tuple[str, Any, Any]] = [
+    ("size grows 20Gi -> 30Gi", with_(BASE, "storage.pvc.size", "30Gi"), BASE),
+    ("size grows 20Gi -> 0.5Ti", with_(BASE, "storage.pvc.size", "0.5Ti"), BASE),
+    ("same size in other units", with_(BASE, "storage.pvc.size", "21474836480"), BASE),
+    ("1.1G written as 1100M", with_(BASE, "storage.pvc.size", "1100M"), with_(BASE, "storage.pvc.size", "1.1G")),
+    ("1005M written as 1.005G", with_(BASE, "storage.pvc.size", "1.005G"), with_(BASE, "storage.pvc.size", "1005M")),
+    ("storageClassName kept", with_(BASE, "storage.pvc.storageClassName", "fast"),
+     with_(BASE, "storage.pvc.storageClassName", "fast")),
+    ("scale up on RWX", {"replicas": 5, "storage": {"pvc": {"size": "1Gi", "accessModes": ["ReadWriteMany"]}}},
+     {"replicas": 2, "storage": {"pvc": {"size": "1Gi", "accessModes": ["ReadWriteMany"]}}}),
+    ("scale to zero", with_(BASE, "replicas", 0), BASE),
+    ("pvc replaced by emptyDir", {"storage": {"emptyDir": {}}}, BASE),
+]
+
+
+@pytest.mark.parametrize(("spec", "old", "field"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
+def test_invalid_spec_is_refused_at_admission_naming_the_field(spec: Any, old: Any, field: str) -> None:
+    violations = cel.admit(registry(spec), SCHEMA, registry(old) if old is not None else None)
+    assert violations, "the API server would accept this"
+    assert field in [v.path for v in violations], "; ".join(map(str, violations))
+
+
+@pytest.mark.parametrize(("spec", "old", "field"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
+def test_invalid_spec_is_refused_by_the_operator_naming_the_field(spec: Any, old: Any, field: str) -> None:
+    error = operator_error(spec, old)
+    assert error is not None, "the operator would accept this"
+    assert error.path == field, str(error)
+    assert str(error).startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize(("spec", "old"), [c[1:] for c in ALLOWED_UPDATES], ids=[c[0] for c in ALLOWED_UPDATES])
+def test_allowed_update_passes_both(spec: Any, old: Any) -> None:
+    assert cel.admit(registry(old), SCHEMA) == []
+    assert cel.admit(registry(spec), SCHEMA, registry(old)) == []
+    assert operator_error(spec, old) is None
+
+
+def test_defaults_are_the_same_at_admission_and_in_the_operator() -> None:
+    stored = cel.apply_defaults(registry(copy.deepcopy(BASE)), SCHEMA)["spec"]
+    assert stored["replicas"] == 1
+    assert stored["storage"]["pvc"] == {"size": "20Gi", "accessModes": ["ReadWriteOnce"], "retain": True}
+    assert stored["service"] == {"type": "ClusterIP", "port": 5000, "annotations": {}}
+    assert parse(RegistrySpec, stored) == parse(RegistrySpec, BASE)
+
+
+def test_null_fields_are_unset_not_errors() -> None:
+    spec = {"storage": {"pvc": {"size": "1Gi", "storageClassName": None}, "emptyDir": None},
+            "replicas": None, "ingress": None}
+    assert cel.admit(registry(spec), SCHEMA) == []
+    assert operator_error(spec) is None
+
+
+# ----------------------------------------------------------------------------- rules agree
+
+def _models(cls: type[Model], seen: set[type[Model]] | None = None) -> set[type[Model]]:
+    seen = set() if seen is None else seen
+    seen.add(cls)
+    for hint in typing.get_type_hints(cls).values():
+        stack = [hint]
+        while stack:
+            tp = stack.pop()
+            stack.extend(typing.get_args(tp))
+            if isinstance(tp, type) and issubclass(tp, Model) and tp not in seen:
+                _models(tp, seen)
+    return seen
+
+
+MODELS = sorted(_models(RegistrySpec), key=lambda m: m.__name__)
+RULES: list[tuple[type[Model], Rule]] = [(m, r) for m in MODELS for r in m.RULES]
+
+
+@contextmanager
+def only(rule: Rule) -> Iterator[None]:
+    """Let the operator check `rule` alone, so each rule's verdict can be read on its own."""
+    with ExitStack() as stack:
+        for model in MODELS:
+            keep = tuple(r for r in model.RULES if r is rule)
+            stack.enter_context(mock.patch.object(model, "RULES", keep))
+        yield
+
+
+def _crd_rules(schema: dict[str, Any]) -> Iterator[str]:
+    for rule in schema.get("x-kubernetes-validations", ()):
+        yield rule["rule"]
+    for sub in schema.get("properties", {}).values():
+        yield from _crd_rules(sub)
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            yield from _crd_rules(schema[key])
+
+
+def test_the_crd_carries_every_rule_of_the_models() -> None:
+    assert len(RULES) >= 4
+    assert sorted(_crd_rules(SCHEMA)) == sorted(rule.cel for _, rule in RULES)
+
+
+def test_transition_rules_are_those_reading_old_self() -> None:
+    assert cel.is_transition_rule("self.a == oldSelf.a")
+    assert not cel.is_transition_rule("self.a == 'oldSelf'")
+    for _, rule in RULES:
+        assert cel.is_transition_rule(rule.cel) == rule.transition, rule.cel
+
+
+SIZES = st.builds(
+    "{}{}".format,
+    st.sampled_from(["0", "1", "1.005", "1005", "1100", "20", "0.5", ".5", "1024", "2.", "21474836480"]),
+    st.sampled_from(["", "Ki", "Mi", "Gi", "Ti", "Ei", "k", "M", "G", "E", "m", "n", "e3", "e-3", "E9", "e100"]),
+)
+MODES = ["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"]
+PVCS = st.fixed_dictionaries(
+    {"size": SIZES},
+    optional={"storageClassName": st.sampled_from(["standard", "fast"]),
+              "accessModes": st.lists(st.sampled_from(MODES), min_size=1, max_size=3),
+              "retain": st.booleans()})
+STORAGES = st.fixed_dictionaries(
+    {}, optional={"pvc": PVCS, "emptyDir": st.fixed_dictionaries({}, optional={"sizeLimit": SIZES})})
+SPECS = st.fixed_dictionaries({"storage": STORAGES}, optional={"replicas": st.integers(0, 5)})
+
+
+@st.composite
+def updates(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    spec = draw(SPECS)
+    how = draw(st.sampled_from(["create", "unrelated", "pvc edited"]))
+    if how == "create":
+        return spec, None
+    if how == "unrelated" or "pvc" not in spec["storage"]:
+        return spec, draw(SPECS)
+    old = copy.deepcopy(spec)
+    old["storage"]["pvc"]["size"] = draw(SIZES)
+    klass = draw(st.sampled_from([None, "standard", "fast"]))
+    if klass is None:
+        old["storage"]["pvc"].pop("storageClassName", None)
+    else:
+        old["storage"]["pvc"]["storageClassName"] = klass
+    return spec, old
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(updates())
+def test_every_cel_rule_and_its_python_predicate_agree(update: tuple[dict[str, Any], dict[str, Any] | None]) -> None:
+    spec, old = update
+    violations = cel.admit(registry(spec), SCHEMA, registry(old) if old is not None else None)
+    # The generated specs are well-formed: only the cross-field rules can object.
+    assert all(v.rule is not None for v in violations), violations
+    for _, rule in RULES:
+        refused = [v for v in violations if v.rule == rule.cel]
+        with only(rule):
+            error = operator_error(spec, old if rule.transition else None)
+        assert bool(refused) == (error is not None), (rule.cel, refused, error)
+        if error is not None:
+            assert error.path == refused[0].path
+            assert error.message == refused[0].message
+    if old is None or cel.admit(registry(old), SCHEMA) == []:  # a stored object was admitted once
+        assert (violations == []) == (operator_error(spec, old) is None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.from_regex(QUANTITY_PATTERN, fullmatch=True))
+def test_quantities_have_the_same_value_in_cel_and_in_the_operator(text: str) -> None:
+    assert cel.evaluate("isQuantity(self)", text)
+    assert cel.parse_quantity(text) == quantity_value(text)
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("20Gi", 20 * 2**30), ("1.5Ti", 3 * 2**39), ("1100M", 1_100_000_000), ("1.1G", 1_100_000_000),
+    ("1e3", 1000), ("1E", 10**18), ("500m", 0.5), ("0.1n", 1e-9), ("1e30", 2**63 - 1), ("+2k", 2000),
+])
+def test_quantity_values(text: str, value: float) -> None:
+    assert float(cel.parse_quantity(text)) == pytest.approx(value, rel=1e-15)
+    assert float(quantity_value(text)) == pytest.approx(value, rel=1e-15)
+
+
+@pytest.mark.parametrize("text", ["20GB", "1 Gi", "", "Gi", "1e", "1.2.3", "--1", "1Ki1", "e3", "0x10", "٣"])
+def test_not_quantities(text: str) -> None:
+    assert not cel.evaluate("isQuantity(self)", text)
+    with pytest.raises(ValueError):
+        quantity_value(text)
+
+
+# ----------------------------------------------------------------------------- the CRDs
+
+@pytest.mark.parametrize("kind", KINDS, ids=[k.kind for k in KINDS])
+def test_committed_crd_is_what_make_crds_generates(kind: Kind) -> None:
+    path = ROOT / "crds" / f"{kind.name}.yaml"
+    assert path.exists(), f"{path} is missing: run `make crds` and commit the result"
+    assert cel.load_crd(path) == crd(kind), f"{path} is stale: run `make crds` and commit the result"
+
+
+def test_crds_directory_holds_only_generated_crds() -> None:
+    assert sorted(p.name for p in (ROOT / "crds").glob("*.yaml")) == sorted(f"{k.name}.yaml" for k in KINDS)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=[k.kind for k in KINDS])
+def test_crd_schema_is_one_a_real_api_server_accepts(kind: Kind) -> None:
+    definition = crd(kind)
+    schema = cel.version_schema(definition)
+    assert cel.structural_problems(schema) == []
+    scale = definition["spec"]["versions"][0]["subresources"].get("scale")
+    if scale:
+        types = {"specReplicasPath": "integer", "statusReplicasPath": "integer", "labelSelectorPath": "string"}
+        for key, expected in types.items():
+            node = cel._schema_at(schema, scale[key])
+            assert node is not None and node["type"] == expected, (key, scale[key])
+
+
+def _schema(**spec: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": {"spec": {"type": "object", **spec}}}
+
+
+@pytest.mark.parametrize(("schema", "problem"), [
+    (_schema(properties={"size": {"pattern": "^a$"}}), "no type"),
+    (_schema(properties={"port": {"type": "integer", "minimum": 1, "default": 0}}), "default 0 is invalid"),
+    (_schema(properties={"port": {"type": "integer", "minItem": 1}}), "unknown schema keys"),
+    (_schema(properties={"modes": {"type": "array", "items": {"type": "string"}}},
+             **{"x-kubernetes-validations": [{"rule": "self.modes.exists(m, m == 'a')"}]}), "without maxItems"),
+    (_schema(properties={"a": {"type": "string"}},
+             **{"x-kubernetes-validations": [{"rule": "self.a == oldSelf.a", "fieldPath": ".b"}]}),
+     "fieldPath '.b' names no field"),
+    ({"type": "object", "properties": {"list": {"type": "array", "items": {
+        "type": "object", "properties": {"a": {"type": "string"}},
+        "x-kubernetes-validations": [{"rule": "self.a == oldSelf.a"}]}}}}, "does not correlate"),
+    (_schema(**{"x-kubernetes-validations": [{"rule": "self.a ==="}]}), "does not compile"),
+    (_schema(properties={"a": {"type": "object", "properties": {"b": {"type": "string"}}, "default": {"c": 1}}}),
+     "is invalid"),
+])
+def test_structural_checks_catch_what_an_api_server_refuses(schema: dict[str, Any], problem: str) -> None:
+    problems = cel.structural_problems(schema)
+    assert any(problem in p for p in problems), problems
