@@ -98,6 +98,10 @@ def collect(root: Path, *, grace: float = 3600.0, delete_untagged: bool = False,
     """One mark-and-sweep pass over the storage under `root`. Blocking; safe while serving."""
     start = time.monotonic()
     now = time.time() if now is None else now
+
+    def clock() -> float:  # `now`, advancing with real time while the pass runs
+        return now + (time.monotonic() - start)
+
     storage = FilesystemStorage(root)
     report = GCReport(dry_run=dry_run)
     marked: set[Digest] = set()
@@ -138,15 +142,20 @@ def collect(root: Path, *, grace: float = 3600.0, delete_untagged: bool = False,
                     st = path.stat()
                 except FileNotFoundError:
                     continue
-                if now - st.st_mtime < grace or time.time() - os.stat(path).st_mtime < grace:
+                if clock() - st.st_mtime < grace:
                     report.blobs_kept_young += 1
                     continue
+                if not dry_run:
+                    try:  # re-read right before unlinking: a push may have just referenced it
+                        if clock() - os.stat(path).st_mtime < grace:
+                            report.blobs_kept_young += 1
+                            continue
+                        path.unlink()
+                    except FileNotFoundError:
+                        continue
                 report.blobs_deleted += 1
                 report.bytes_freed += st.st_size
                 report.deleted.append(str(d))
-                if not dry_run:
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
 
     uploads_ttl = max(grace, STALE_UPLOAD_SECONDS)
     for upload in sorted(storage.uploads.iterdir()) if storage.uploads.is_dir() else []:
