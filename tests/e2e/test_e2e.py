@@ -220,23 +220,42 @@ def the_child(kube: Kube, ex: Example, kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def argocd_health(obj: dict[str, Any]) -> str | None:
+    """What Argo CD's health check (manifests/gitops) says of OBJ; None without a Lua interpreter."""
+    if not any(shutil.which(name) for name in ("lua5.1", "luajit", "lua")):
+        return None
+    from tests.unit.test_manifests import argo_health, health_scripts
+
+    health, _ = argo_health(health_scripts()[f"resource.customizations.health.dockyard.dev_{obj['kind']}"], obj)
+    return health
+
+
 def deploy(kube: Kube, ex: Example) -> dict[str, Any]:
-    """Apply the example; when it needs Secrets, first see it report them missing, then create them."""
+    """Apply the example; when it needs Secrets, first see it report them missing, then create them.
+
+    Argo CD's health check must agree with the status on the way: Degraded while Stalled,
+    Healthy once Ready.
+    """
     if ex.secrets:
         kube.apply(ex.docs)
 
-        def stalled() -> bool:
+        def stalled() -> dict[str, Any] | None:
             obj = kube.get("-n", ex.namespace, "registry", ex.name)
             c = condition(obj, "Stalled")
-            return bool(obj and current(obj) and c and c["status"] == "True"
-                        and c.get("reason") == "SecretNotFound")
+            if obj and current(obj) and c and c["status"] == "True" and c.get("reason") == "SecretNotFound":
+                return obj
+            return None
 
-        wait_until(f"registry {ex.name} reports Stalled=True, reason SecretNotFound", stalled,
-                   timeout=CHANGE_TIMEOUT, interval=2, diagnose=lambda: kube.describe_namespace(ex.namespace))
+        obj = wait_until(f"registry {ex.name} reports Stalled=True, reason SecretNotFound", stalled,
+                         timeout=CHANGE_TIMEOUT, interval=2,
+                         diagnose=lambda: kube.describe_namespace(ex.namespace))
+        assert argocd_health(obj) in (None, "Degraded")
         kube.apply(ex.secrets)
     else:
         kube.apply(ex.docs)
-    return wait_ready(kube, ex)
+    ready = wait_ready(kube, ex)
+    assert argocd_health(ready) in (None, "Healthy")
+    return ready
 
 
 # --- talking to a registry through port-forward --------------------------------------------------

@@ -353,12 +353,13 @@ def lua_literal(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        assert value.isascii()
-        return json.dumps(value)
+        # Lua 5.1 strings are bytes: printable ASCII as is, everything else as \ddd escapes.
+        return '"' + "".join(chr(b) if 32 <= b < 127 and b not in (34, 92) else f"\\{b:03d}"
+                             for b in value.encode()) + '"'
     if isinstance(value, list):
         return "{" + ", ".join(lua_literal(v) for v in value) + "}"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"[{json.dumps(k)}] = {lua_literal(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"[{lua_literal(str(k))}] = {lua_literal(v)}" for k, v in value.items()) + "}"
     raise TypeError(type(value))
 
 
