@@ -352,3 +352,45 @@ def _schema(**spec: Any) -> dict[str, Any]:
 def test_structural_checks_catch_what_an_api_server_refuses(schema: dict[str, Any], problem: str) -> None:
     problems = cel.structural_problems(schema)
     assert any(problem in p for p in problems), problems
+
+
+# ----------------------------------------------------------------------------- the harness itself
+
+def test_harness_translates_int_or_string_and_nullable() -> None:
+    schema = {"type": "object", "properties": {
+        "port": {"x-kubernetes-int-or-string": True},
+        "note": {"type": "string", "nullable": True},
+        "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+    }}
+    assert cel.admit({"port": 8080, "note": None, "free": {"any": {"thing": 1}}}, schema) == []
+    assert cel.admit({"port": "http"}, schema) == []
+    assert [v.path for v in cel.admit({"port": True}, schema)] == ["port"]
+    assert [v.path for v in cel.admit({"note": 1}, schema)] == ["note"]
+
+
+def test_harness_correlates_old_values_only_where_the_api_server_does() -> None:
+    immutable = {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "immutable"}]}
+    item = {"type": "object", "properties": {"name": {"type": "string"}, "value": {"type": "string", **immutable}}}
+    schema = {"type": "object", "properties": {
+        "byName": {"type": "array", "items": item, "x-kubernetes-list-type": "map",
+                   "x-kubernetes-list-map-keys": ["name"]},
+        "atomic": {"type": "array", "items": item},
+        "labels": {"type": "object", "additionalProperties": {"type": "string", **immutable}},
+    }}
+    old = {"byName": [{"name": "a", "value": "1"}], "atomic": [{"name": "a", "value": "1"}],
+           "labels": {"k": "1"}}
+    new = {"byName": [{"name": "b", "value": "9"}, {"name": "a", "value": "2"}],
+           "atomic": [{"name": "a", "value": "2"}], "labels": {"k": "2", "other": "3"}}
+    assert sorted(v.path for v in cel.admit(new, schema, old)) == ["byName[1].value", "labels.k"]
+    assert cel.admit(new, schema) == []  # a create runs no transition rule
+
+
+def test_harness_reports_rule_errors_and_messages() -> None:
+    schema = {"type": "object", "properties": {"size": {"type": "string"}}, "x-kubernetes-validations": [
+        {"rule": "quantity(self.size).isGreaterThan(quantity('1Gi'))", "fieldPath": ".size"},
+    ]}
+    assert cel.admit({"size": "2Gi"}, schema) == []
+    (small,) = cel.admit({"size": "1Gi"}, schema)
+    assert (small.path, small.message) == ("size", "failed rule: quantity(self.size).isGreaterThan(quantity('1Gi'))")
+    (broken,) = cel.admit({"size": "lots"}, schema)
+    assert broken.path == "size" and "evaluation error" in broken.message
