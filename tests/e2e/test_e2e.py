@@ -39,7 +39,8 @@ from tests.e2e.conftest import (
 from tests.registry.images import Image, image, layout_blob, layout_ref, write_layout
 from tests.registry.processes import skopeo, write_htpasswd
 
-pytestmark = pytest.mark.e2e
+# Creating a kind cluster and building the image happen in the first test's setup.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 EXAMPLES = sorted((ROOT / "examples").glob("registry-*.yaml"))
 READY_TIMEOUT = 420.0  # image pulls and volume provisioning on a cold cluster
@@ -127,9 +128,15 @@ def storage_classes(kube: Kube) -> tuple[set[str], str | None]:
 
 
 def load_example(path: Path, kube: Kube, namespace: str, workdir: Path) -> Example:
-    """The example at PATH, placed in NAMESPACE, with the storage and Secrets this cluster needs."""
+    """The example at PATH, placed in NAMESPACE, with the storage and Secrets this cluster needs.
+
+    The Secrets the Registry names are made here (the test must know the password and trust
+    the certificate), replacing any the example file brings.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
     # The test's namespace replaces the example's (and any Namespace object it brings).
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") != "Namespace"]
+    docs = [d for d in yaml.safe_load_all(path.read_text())
+            if d and d.get("kind") not in ("Namespace", "Secret")]
     for doc in docs:
         doc.setdefault("metadata", {})["namespace"] = namespace
     example = Example(path, namespace, docs)
@@ -148,17 +155,15 @@ def load_example(path: Path, kube: Kube, namespace: str, workdir: Path) -> Examp
                             "StorageClass")
             pvc.pop("storageClassName", None)
 
-    defined = {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
     auth = spec.get("auth")
     if auth:
         ref = auth["htpasswdSecretRef"]
         example.access.user, example.access.password = "e2e", uuid.uuid4().hex
         example.access.anonymous_pull = bool(auth.get("anonymousPull", False))
-        if ref["name"] not in defined:
-            htpasswd = write_htpasswd(workdir / "htpasswd", example.access.user, example.access.password)
-            example.secrets.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                                    "metadata": {"name": ref["name"], "namespace": namespace},
-                                    "stringData": {ref.get("key", "htpasswd"): htpasswd.read_text()}})
+        htpasswd = write_htpasswd(workdir / "htpasswd", example.access.user, example.access.password)
+        example.secrets.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                                "metadata": {"name": ref["name"], "namespace": namespace},
+                                "stringData": {ref.get("key", "htpasswd"): htpasswd.read_text()}})
     tls = spec.get("tls")
     if tls:
         service = example.name
@@ -168,11 +173,10 @@ def load_example(path: Path, kube: Kube, namespace: str, workdir: Path) -> Examp
         example.access.ca_dir = workdir / "ca"
         example.access.ca_dir.mkdir()
         (example.access.ca_dir / "ca.crt").write_bytes(crt.read_bytes())
-        if tls["secretName"] not in defined:
-            example.secrets.append(_tls_secret(tls["secretName"], namespace, crt, key))
+        example.secrets.append(_tls_secret(tls["secretName"], namespace, crt, key))
     ingress = spec.get("ingress") or {}
     tls_name = ingress.get("tlsSecretName")
-    if tls_name and tls_name not in defined and tls_name not in {s["metadata"]["name"] for s in example.secrets}:
+    if tls_name and tls_name not in {s["metadata"]["name"] for s in example.secrets}:
         crt, key = _openssl(workdir / "ingress-tls", ingress["host"], [ingress["host"]])
         example.secrets.append(_tls_secret(tls_name, namespace, crt, key))
     return example
