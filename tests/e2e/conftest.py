@@ -247,7 +247,9 @@ def installed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Ins
                     "--timeout=300s", check=False, timeout=360)
     if done.returncode != 0:
         pods = kube.run("-n", OPERATOR_NAMESPACE, "describe", "pods", check=False).stdout
-        raise AssertionError(f"the operator did not become available on {cluster.description}:\n"
+        hint = ("" if cluster.description.startswith("kind") else
+                f"(the nodes pull {cluster.image} themselves: push it, or set DOCKYARD_IMAGE)\n")
+        raise AssertionError(f"the operator did not become available on {cluster.description}:\n{hint}"
                              f"{done.stderr}\n{pods[-4000:]}\n{kube.operator_log()}")
     return Install(kube, cluster.image, crds)
 
