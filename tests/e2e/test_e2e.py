@@ -167,9 +167,9 @@ def load_example(path: Path, kube: Kube, namespace: str, workdir: Path) -> Examp
     tls = spec.get("tls")
     if tls:
         service = example.name
-        names = [service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
-                 f"{service}.{namespace}.svc.cluster.local", "localhost"]
-        crt, key = _openssl(workdir / "tls", f"{service}.{namespace}.svc", names)
+        dns_names = [service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
+                     f"{service}.{namespace}.svc.cluster.local", "localhost"]
+        crt, key = _openssl(workdir / "tls", f"{service}.{namespace}.svc", dns_names)
         example.access.ca_dir = workdir / "ca"
         example.access.ca_dir.mkdir()
         (example.access.ca_dir / "ca.crt").write_bytes(crt.read_bytes())
