@@ -56,8 +56,10 @@ What the emulator does, as the API server does:
 * ``?dryRun=All`` validates and answers without storing.
 
 Not emulated: admission and validation (CEL), authentication and RBAC, namespace existence and
-namespace deletion, controllers (nothing makes a Deployment available: tests write the status),
-periodic bookmarks, server-side table output, ``$patch`` directives.
+namespace deletion, the defaults built-in types get (a Deployment's ``strategy``, a container's
+``imagePullPolicy``, ...), controllers (nothing makes a Deployment available: tests write its
+status through ``/status``), periodic bookmarks, server-side table output, ``$patch`` directives.
+POST and PUT bodies may be JSON or YAML.
 
 For tests: every request is recorded with its monotonic arrival time, so ``writes(since)`` lists
 the ``(method, path)`` of POST/PUT/PATCH/DELETE requests after a ``time.monotonic()`` mark, and
@@ -855,6 +857,7 @@ class Emulator(kmock.KubernetesEmulator):
                                                 f'resource: {method} {request.url.path}')
 
     def _body(self, request: rendering.Request, *, yaml_ok: bool = False) -> Any:
+        yaml_ok = yaml_ok or 'yaml' in request.headers.get('Content-Type', '')
         try:
             if yaml_ok:
                 return yaml.safe_load(request.body.decode() or 'null')

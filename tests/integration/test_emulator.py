@@ -326,6 +326,51 @@ async def test_apply_removes_fields_the_manager_stopped_applying_and_keeps_other
     assert managers == {('dockyard', 'Apply'), ('argocd', 'Update')}
 
 
+async def test_apply_keeps_a_field_another_manager_still_owns(emulator: Emulator) -> None:
+    await apply(emulator, configmap('cm', {'a': '1', 'shared': 's'}), manager='dockyard')
+    await apply(emulator, configmap('cm', {'shared': 's'}), manager='flux')
+    body = await apply(emulator, configmap('cm', {'a': '1'}), manager='dockyard')
+    assert body['data'] == {'a': '1', 'shared': 's'}
+    body = await apply(emulator, configmap('cm', {'other': 'o'}), manager='flux')
+    assert body['data'] == {'a': '1', 'other': 'o'}
+
+
+async def test_an_update_takes_over_the_fields_it_changes(emulator: Emulator) -> None:
+    await apply(emulator, configmap('cm', {'a': '1', 'b': '2'}), manager='dockyard')
+    body = await patch(emulator, CONFIGMAPS, 'cm', {'data': {'a': 'edited'}}, NS, params={'fieldManager': 'kubectl'})
+    owners = {e['manager']: e['fieldsV1'] for e in body['metadata']['managedFields']}
+    assert owners == {'dockyard': {'f:data': {'f:b': {}}}, 'kubectl': {'f:data': {'f:a': {}}}}
+
+
+async def test_apply_to_the_status_subresource_owns_status_only(emulator: Emulator) -> None:
+    await create(emulator, registry())
+    body = await apply(emulator, registry(replicas=7, status={'endpoint': 'http://x'}), manager='dockyard',
+                       subresource='status')
+    assert body['status']['endpoint'] == 'http://x'
+    assert body['spec']['replicas'] == 1
+    [entry] = [e for e in body['metadata']['managedFields'] if e['operation'] == 'Apply']
+    assert entry['subresource'] == 'status'
+    assert list(entry['fieldsV1']) == ['f:status']
+
+
+async def test_dry_run_stores_nothing(emulator: Emulator) -> None:
+    mark = time.monotonic()
+    status, body = await raw(emulator, 'POST', '/api/v1/namespaces/ns1/configmaps', body=configmap('cm'),
+                             dryRun='All')
+    assert status == 201 and body['metadata']['name'] == 'cm'
+    assert await get(emulator, CONFIGMAPS, 'cm', NS) is None
+    assert emulator.emitted(mark) == []
+
+
+async def test_delete_collection_by_label(emulator: Emulator) -> None:
+    await create(emulator, configmap('a', labels={'app.kubernetes.io/managed-by': 'dockyard'}))
+    await create(emulator, configmap('b'))
+    status, _ = await raw(emulator, 'DELETE', '/api/v1/namespaces/ns1/configmaps',
+                          labelSelector='app.kubernetes.io/managed-by=dockyard')
+    assert status == 200
+    assert [o['metadata']['name'] for o in await list_objects(emulator, CONFIGMAPS, NS)] == ['b']
+
+
 async def test_apply_merges_owner_references_by_uid(emulator: Emulator) -> None:
     first = await create(emulator, registry('one'))
     second = await create(emulator, registry('two'))
@@ -654,6 +699,7 @@ async def test_kopf_operator_runs_against_the_emulator(emulator: Emulator, kubec
     caplog.set_level(logging.DEBUG)
     registry_ = kopf.OperatorRegistry()
     created: list[str] = []
+    deleted: list[str] = []
 
     @kopf.on.login(registry=registry_)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -673,6 +719,10 @@ async def test_kopf_operator_runs_against_the_emulator(emulator: Emulator, kubec
         kopf.info(body, reason='Handled', message='on_create ran')
         patch.status['endpoint'] = f'http://{name}.{namespace}.svc:5000'
 
+    @kopf.on.delete('dockyard.dev', 'v1alpha1', 'registries', registry=registry_)
+    def on_delete(name: str, **_: Any) -> None:
+        deleted.append(name)
+
     stop = asyncio.Event()
     ready = asyncio.Event()
     operator = asyncio.create_task(kopf.operator(registry=registry_, clusterwide=True, standalone=True,
@@ -690,7 +740,9 @@ async def test_kopf_operator_runs_against_the_emulator(emulator: Emulator, kubec
 
         obj = await wait_for(handled, timeout=20, message='the create handler ran and patched the status')
         assert obj['status']['endpoint'] == 'http://main.ns1.svc:5000'
+        assert obj['metadata']['finalizers'] == ['dockyard.dev/test-finalizer']
         assert created == ['main']
+        await create(emulator, configmap('main-config', ownerReferences=[owner_ref(obj)]))
 
         async def posted() -> bool:  # Kopf posts its events in the background, with generateName
             events = await list_objects(emulator, 'v1/events', NS)
@@ -705,6 +757,8 @@ async def test_kopf_operator_runs_against_the_emulator(emulator: Emulator, kubec
         await delete(emulator, REGISTRIES, 'main', NS)
         await wait_for(lambda: emulator.live(REGISTRIES, NS, 'main') is None, timeout=20,
                        message='the registry is gone (Kopf released its finalizer)')
+        assert deleted == ['main']
+        assert emulator.live(CONFIGMAPS, NS, 'main-config') is None  # collected with its owner
     finally:
         stop.set()
         await asyncio.wait_for(operator, timeout=30)
