@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from tests.e2e.conftest import set_image
+
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
 CRDS = ROOT / "crds"
@@ -155,29 +157,6 @@ def test_liveness_probe_targets_the_operators_health_endpoint(built: list[dict[s
     assert default.hostname == "0.0.0.0", "the liveness endpoint must listen beyond loopback for kubelet"
 
 
-def _set_image(directory: Path, ref: str) -> None:
-    """`kustomize edit set image dockyard=REF` in DIRECTORY (the same edit, by hand, without kustomize)."""
-    exe = shutil.which("kustomize")
-    if exe:
-        subprocess.run([exe, "edit", "set", "image", f"{IMAGE_PLACEHOLDER}={ref}"], cwd=directory,
-                       check=True, capture_output=True, timeout=60)
-        return
-    path = directory / "kustomization.yaml"
-    kustomization = yaml.safe_load(path.read_text())
-    name, digest = ref.split("@", 1) if "@" in ref else (ref, None)
-    tag = None
-    if ":" in name.rsplit("/", 1)[-1]:
-        name, tag = name.rsplit(":", 1)
-    entry: dict[str, str] = {"name": IMAGE_PLACEHOLDER, "newName": name}
-    if digest:
-        entry["digest"] = digest
-    elif tag:
-        entry["newTag"] = tag
-    others = [i for i in kustomization.get("images", []) if i["name"] != IMAGE_PLACEHOLDER]
-    kustomization["images"] = [*others, entry]
-    path.write_text(yaml.safe_dump(kustomization, sort_keys=False))
-
-
 @pytest.mark.parametrize("ref", [
     "registry.example.com/platform/dockyard:1.2.3",
     "registry.example.com:5000/dockyard@sha256:" + "ab" * 32,
@@ -185,7 +164,7 @@ def _set_image(directory: Path, ref: str) -> None:
 def test_set_image_moves_the_default_registry_image_with_it(tmp_path: Path, ref: str) -> None:
     copy = tmp_path / "manifests"
     shutil.copytree(MANIFESTS, copy)
-    _set_image(copy, ref)
+    set_image(copy, ref)  # `kustomize edit set image dockyard=REF`
     container = operator_container(kustomize_build(copy))
     assert container["image"] == ref
     assert env_value(container, "DOCKYARD_IMAGE") == ref
