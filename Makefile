@@ -29,6 +29,7 @@ lint: $(STAMP) ## ruff and mypy (strict)
 
 crds: $(STAMP) ## Regenerate crds/ from the API models
 	$(VENV)/bin/dockyard crds --out crds
+	cp crds/*.yaml manifests/crds/
 
 verify-crds: $(STAMP) ## Fail when the committed CRDs are stale
 	@tmp=$$(mktemp -d) && $(VENV)/bin/dockyard crds --out $$tmp && \

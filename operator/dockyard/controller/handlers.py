@@ -43,6 +43,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
+    settings.scanning.disabled = True  # the CRDs ship with the operator; no cluster-wide CRD watch needed
     settings.posting.reporting_component = "dockyard"
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
@@ -83,10 +84,10 @@ def _register_children() -> None:
         group, _, version = api_version.rpartition("/")
 
         @kopf.on.event(group, version, plural, labels=CHILD_LABELS)
-        async def child_changed(*, namespace: str | None, labels: Mapping[str, str], memo: Any,
-                                **_: Any) -> None:
+        async def child_changed(*, type: str | None, namespace: str | None, labels: Mapping[str, str],
+                                memo: Any, **_: Any) -> None:
             instance = labels.get(INSTANCE_LABEL)
-            if instance:
+            if instance and type is not None:  # the initial listing is covered by resuming the Registries
                 await memo.reconciler.request(namespace, instance)
 
 
@@ -94,7 +95,10 @@ _register_children()
 
 
 @kopf.on.event("v1", "secrets")
-async def secret_changed(*, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+async def secret_changed(*, type: str | None, namespace: str | None, name: str, memo: Any,
+                         **kwargs: Any) -> None:
+    if type is None:
+        return
     index: kopf.Index[tuple[str | None, str], str] = kwargs["registry_secrets"]
     for registry in index.get((namespace, name), []):
         await memo.reconciler.request(namespace, registry)
