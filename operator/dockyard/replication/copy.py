@@ -322,7 +322,10 @@ class Engine:
         await self.dest.put_manifest(item.dest_repo, item.tag, target)
         self.result.copied += 1
         if self.spec.referrers:
-            await self._referrers_of(item, manifest, target, children)
+            try:
+                await self._referrers_of(item, manifest, target, children)
+            except Exception as e:  # the image is there; its referrers are retried next run
+                raise RegistryError(f"referrers: {_describe(e)}") from e
 
     async def _referrers_of(self, item: CopyItem, manifest: Manifest, target: Manifest,
                             children: list[str] | None) -> None:
