@@ -58,24 +58,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds per manifest request measurement (default 3, 1 with --quick)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Blob:
+    """A blob to push: a shared random file followed by a short suffix that makes it unique."""
+
     path: Path
-    size: int
+    body_size: int
+    suffix: bytes
     digest: str
 
-    @classmethod
-    def random(cls, path: Path, size: int) -> Blob:
-        """Write SIZE random bytes to PATH, hashing on the way (never all in memory)."""
-        h = hashlib.sha256()
+    @property
+    def size(self) -> int:
+        return self.body_size + len(self.suffix)
+
+
+class BlobSource:
+    """Random bytes written once to a file; `blob(label)` is a distinct blob of the same size.
+
+    Every push in the benchmark is of a blob the server has never seen, as on a real first
+    push: no server gets to skip work for content it already holds. Only the last
+    SUFFIX bytes differ, so the digest costs one copy of the file's hash state, not a re-hash.
+    """
+
+    SUFFIX = 16
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.body_size = size - self.SUFFIX
+        self._hash = hashlib.sha256()
         with open(path, "wb") as f:
-            left = size
+            left = self.body_size
             while left:
                 chunk = os.urandom(min(READ_CHUNK, left))
-                h.update(chunk)
+                self._hash.update(chunk)
                 f.write(chunk)
                 left -= len(chunk)
-        return cls(path, size, "sha256:" + h.hexdigest())
+
+    def blob(self, label: str) -> Blob:
+        suffix = label.encode().rjust(self.SUFFIX, b".")[-self.SUFFIX:]
+        h = self._hash.copy()
+        h.update(suffix)
+        return Blob(self.path, self.body_size, suffix, "sha256:" + h.hexdigest())
 
 
 @dataclass
@@ -92,20 +115,24 @@ class Server:
         return proc_status(self.process.pid, "VmHWM")
 
 
-async def file_chunks(path: Path, start: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-    """Stream a slice of PATH in READ_CHUNK pieces, reading off the event loop."""
-    f = await asyncio.to_thread(open, path, "rb")
-    try:
-        await asyncio.to_thread(f.seek, start)
-        left = length if length is not None else os.fstat(f.fileno()).st_size - start
-        while left > 0:
-            chunk = await asyncio.to_thread(f.read, min(READ_CHUNK, left))
-            if not chunk:
-                raise EOFError(f"{path} ended {left} bytes early")
-            left -= len(chunk)
-            yield chunk
-    finally:
-        await asyncio.to_thread(f.close)
+async def blob_chunks(blob: Blob, start: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+    """Stream bytes [start, start+length) of BLOB in READ_CHUNK pieces, reading off the event loop."""
+    end = blob.size if length is None else start + length
+    if start < blob.body_size:
+        f = await asyncio.to_thread(open, blob.path, "rb")
+        try:
+            await asyncio.to_thread(f.seek, start)
+            pos = start
+            while pos < min(end, blob.body_size):
+                chunk = await asyncio.to_thread(f.read, min(READ_CHUNK, min(end, blob.body_size) - pos))
+                if not chunk:
+                    raise EOFError(f"{blob.path} ended at {pos}")
+                pos += len(chunk)
+                yield chunk
+        finally:
+            await asyncio.to_thread(f.close)
+    if end > blob.body_size:
+        yield blob.suffix[max(start - blob.body_size, 0):end - blob.body_size]
 
 
 class Client:
@@ -137,7 +164,7 @@ class Client:
         location = await self.start_upload(repo)
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(blob.size)}
         async with self.session.put(self._with_digest(location, blob.digest), headers=headers,
-                                    data=file_chunks(blob.path)) as resp:
+                                    data=blob_chunks(blob)) as resp:
             await self._expect(resp, 201, "PUT blob")
 
     async def push_chunked(self, repo: str, blob: Blob) -> None:
@@ -147,7 +174,7 @@ class Client:
             headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length),
                        "Content-Range": f"{start}-{start + length - 1}"}
             async with self.session.patch(location, headers=headers,
-                                          data=file_chunks(blob.path, start, length)) as resp:
+                                          data=blob_chunks(blob, start, length)) as resp:
                 await self._expect(resp, 202, "PATCH chunk")
                 location = self._location(resp)
         async with self.session.put(self._with_digest(location, blob.digest),
@@ -205,6 +232,11 @@ async def sample_rss(servers: list[Server], stop: asyncio.Event) -> None:
             pass
 
 
+async def settle() -> None:
+    """Write back dirty pages, so no measurement pays for the writeback of the one before."""
+    await asyncio.to_thread(os.sync)
+
+
 async def timed(op: Awaitable[None]) -> float:
     t0 = time.perf_counter()
     await op
@@ -252,23 +284,25 @@ async def measure(servers: list[Server], workdir: Path, quick: bool, duration: f
 
         for size in sizes:
             print(f"  blobs of {size // MiB} MiB ...", file=sys.stderr, flush=True)
-            blob = await asyncio.to_thread(Blob.random, workdir / f"blob-{size}", size)
+            source = await asyncio.to_thread(BlobSource, workdir / f"blob-{size}", size)
             results: dict[str, dict[str, list[float]]] = {
                 s.name: {"mono": [], "chunked": [], "pull": []} for s in servers}
             for n in range(reps[size]):
-                for s in servers:
-                    c = clients[s.name]
-                    repo = f"bench/mono-{size}-{n}"
-                    results[s.name]["mono"].append(await timed(c.push_monolithic(repo, blob)))
-                    results[s.name]["pull"].append(await timed(c.pull(repo, blob)))
-                    chunked = f"bench/chunked-{size}-{n}"
-                    results[s.name]["chunked"].append(await timed(c.push_chunked(chunked, blob)))
+                for s in servers if n % 2 == 0 else servers[::-1]:
+                    c, times = clients[s.name], results[s.name]
+                    mono, chunked = source.blob(f"{s.name}-m{n}"), source.blob(f"{s.name}-c{n}")
+                    await settle()
+                    times["mono"].append(await timed(c.push_monolithic(f"bench/mono-{size}", mono)))
+                    await settle()
+                    times["pull"].append(await timed(c.pull(f"bench/mono-{size}", mono)))
+                    await settle()
+                    times["chunked"].append(await timed(c.push_chunked(f"bench/chunked-{size}", chunked)))
             label = f"{size // MiB} MiB"
             for key, text in (("mono", "push monolithic"), ("chunked", "push chunked"), ("pull", "pull")):
                 row(f"{text} {label} (MB/s)",
                     {s.name: size / statistics.median(results[s.name][key]) / 1e6 for s in servers})
             row(f"peak RSS after {label} blobs (MiB)", {s.name: s.peak_rss() / MiB for s in servers})
-            await asyncio.to_thread(blob.path.unlink)
+            await asyncio.to_thread(source.path.unlink)
 
         manifests = {s.name: len(await clients[s.name].push_image("bench/manifest", "latest")) for s in servers}
         for method in ("GET", "HEAD"):
