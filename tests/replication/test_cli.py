@@ -1,0 +1,164 @@
+"""`dockyard replicate -f`: dry runs, summaries, exit codes, credentials and token auth."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import random
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from tests.registry.processes import DOCKYARD, Registries, write_htpasswd
+from tests.replication.conftest import policy, replicate
+from tests.replication.helpers import Pusher, RecordingProxy, fetch_manifest, list_tags
+
+SUMMARY = re.compile(r"^(Succeeded|PartiallyFailed|Failed): copied (\d+), skipped (\d+), failed (\d+)"
+                     r"(, deleted \d+)?, bytes [0-9.]+ (B|KiB|MiB|GiB), duration [0-9.]+s$", re.M)
+
+
+def write_policy(path: Path, spec: dict[str, Any], name: str = "p") -> Path:
+    path.write_text(yaml.safe_dump({"apiVersion": "dockyard.dev/v1alpha1", "kind": "ReplicationPolicy",
+                                    "metadata": {"name": name, "namespace": "ns"}, "spec": spec}))
+    return path
+
+
+async def dockyard(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(subprocess.run, [DOCKYARD, *args], capture_output=True, text=True,
+                                   timeout=120, env={**os.environ, **(env or {})})
+
+
+async def seed(url: str, repo: str = "app", tags: tuple[str, ...] = ("1.0", "1.1")) -> None:
+    async with Pusher(url) as p:
+        for tag in tags:
+            await p.image(repo, tag, [random.randbytes(30_000)])
+
+
+async def test_dry_run_lists_and_writes_nothing(registries: Registries, tmp_path: Path) -> None:
+    src, dst = registries.distribution(), registries.distribution()
+    await seed(src.url)
+    file = write_policy(tmp_path / "p.yaml", {"source": {"url": src.url}, "destination": {"url": dst.url},
+                                               "destinationPath": {"prefix": "mirror/"}})
+    out = await dockyard("replicate", "-f", str(file), "--dry-run", "--state", str(tmp_path / "s.json"))
+    assert out.returncode == 0, out.stderr
+    assert "copy   app:1.0 -> mirror/app:1.0" in out.stdout
+    assert "copy   app:1.1 -> mirror/app:1.1" in out.stdout
+    assert await list_tags(dst.url, "mirror/app") == []
+
+
+async def test_run_prints_a_summary_and_exit_codes_follow_the_result(registries: Registries,
+                                                                     tmp_path: Path) -> None:
+    src, dst = registries.distribution(), registries.distribution()
+    await seed(src.url)
+    state = tmp_path / "state.json"
+    # The destination is a registryRef: outside the cluster, --dest-url says where it is.
+    file = write_policy(tmp_path / "p.yaml", {"source": {"url": src.url},
+                                               "destination": {"registryRef": {"name": "main"}}})
+    out = await dockyard("replicate", "-f", str(file), "--dest-url", dst.url, "--state", str(state))
+    assert out.returncode == 0, out.stderr
+    m = SUMMARY.search(out.stdout)
+    assert m and m.group(1) == "Succeeded" and m.group(2) == "2", out.stdout
+    assert await list_tags(dst.url, "app") == ["1.0", "1.1"]
+    assert json.loads(state.read_text()) == {"failedItems": []}
+    # A repository that does not exist at the source is a failed item: exit 1, remembered.
+    file = write_policy(tmp_path / "p.yaml", {"source": {"url": src.url}, "destination": {"url": dst.url},
+                                               "filters": {"repositories": {"include": ["app", "nope"]}}})
+    out = await dockyard("replicate", "-f", str(file), "--state", str(state))
+    assert out.returncode == 1
+    assert SUMMARY.search(out.stdout).group(1) == "PartiallyFailed"  # type: ignore[union-attr]
+    assert "failed nope:*" in out.stderr
+    assert [i["repository"] for i in json.loads(state.read_text())["failedItems"]] == ["nope"]
+
+
+async def test_bad_arguments_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    ok = write_policy(tmp_path / "ok.yaml", {"source": {"url": "http://127.0.0.1:9"},
+                                              "destination": {"url": "http://127.0.0.1:10"}})
+    bad = write_policy(tmp_path / "bad.yaml", {"source": {"url": "http://127.0.0.1:9"},
+                                                "destination": {"url": "http://127.0.0.1:9"}})
+    cases = [
+        ["replicate"],
+        ["replicate", "-f", str(tmp_path / "missing.yaml")],
+        ["replicate", "-f", str(bad)],
+        ["replicate", "-f", str(ok), "--source-creds", "no-colon"],
+        ["replicate", "-f", str(ok), "--chunk-size", "huge"],
+    ]
+    for argv in cases:
+        out = await dockyard(*argv)
+        assert out.returncode == 2, (argv, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert "Traceback" not in out.stderr
+    assert "must be different" in (await dockyard("replicate", "-f", str(bad))).stderr
+
+
+async def test_unreachable_source_fails_the_run(tmp_path: Path) -> None:
+    file = write_policy(tmp_path / "p.yaml", {"source": {"url": "http://127.0.0.1:9"},
+                                               "destination": {"url": "http://127.0.0.1:10"},
+                                               "limits": {"retry": {"max": 0}}})
+    out = await dockyard("replicate", "-f", str(file), "--state", str(tmp_path / "s.json"))
+    assert out.returncode == 1
+    assert out.stdout.strip().endswith("s") and out.stdout.startswith("Failed:")
+
+
+async def test_basic_auth_from_flags_environment_and_docker_config(registries: Registries,
+                                                                   tmp_path: Path) -> None:
+    src = registries.distribution()
+    dst = registries.distribution(htpasswd=write_htpasswd(tmp_path / "htpasswd", "robot", "s3cr:et"))
+    await seed(src.url)
+    file = write_policy(tmp_path / "p.yaml", {"source": {"url": src.url}, "destination": {"url": dst.url}})
+    state = str(tmp_path / "s.json")
+    denied = await dockyard("replicate", "-f", str(file), "--state", state)
+    assert denied.returncode == 1 and "401" in denied.stderr
+    by_flag = await dockyard("replicate", "-f", str(file), "--state", state, "--dest-creds", "robot:s3cr:et")
+    assert by_flag.returncode == 0, by_flag.stderr
+    by_env = await dockyard("replicate", "-f", str(file), "--state", state,
+                            env={"DOCKYARD_DEST_CREDS": "robot:s3cr:et"})
+    assert by_env.returncode == 0 and SUMMARY.search(by_env.stdout).group(3) == "2"  # type: ignore[union-attr]
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"auths": {dst.host: {"auth": base64.b64encode(b"robot:s3cr:et").decode()}}}))
+    by_config = await dockyard("replicate", "-f", str(file), "--state", state,
+                               env={"DOCKYARD_DEST_DOCKERCONFIG": str(config)})
+    assert by_config.returncode == 0, by_config.stderr
+
+
+async def test_bearer_token_auth_is_fetched_once_per_scope(registries: Registries) -> None:
+    src, dst = registries.distribution(), registries.distribution()
+    await seed(src.url, "team/app", ("1", "2", "3"))
+    token_requests: list[list[str]] = []
+
+    async def token_server(request: web.Request, proxy: RecordingProxy) -> web.StreamResponse | None:
+        if request.path == "/token":
+            if request.headers.get("Authorization") != "Basic " + base64.b64encode(b"me:pw").decode():
+                return web.Response(status=401)
+            scopes = request.query.getall("scope", [])
+            token_requests.append(scopes)
+            return web.json_response({"token": "tok " + " ".join(scopes), "expires_in": 300})
+        m = re.match(r"^/v2/(.+?)/(manifests|blobs|tags)/", request.path)
+        scope = f"repository:{m.group(1)}:pull" if m else ""
+        given = request.headers.get("Authorization", "")
+        if request.path != "/v2/" and (not given.startswith("Bearer tok ") or scope not in given):
+            challenge = f'Bearer realm="{proxy.url}/token",service="test"' + (f',scope="{scope}"' if scope else "")
+            return web.json_response({"errors": [{"code": "UNAUTHORIZED", "message": "token needed"}]},
+                                     status=401, headers={"WWW-Authenticate": challenge})
+        return None
+
+    async with RecordingProxy(src.url, token_server) as proxy:
+        spec = policy(proxy.url, dst.url)
+        from dockyard.replication import Access, EngineOptions, RunAccess, run_policy
+        from dockyard.replication.client import Credentials
+        from dockyard.replication.state import MemoryState
+
+        result = await run_policy(spec, RunAccess(Access(proxy.url, Credentials("me", "pw")), Access(dst.url)),
+                                  MemoryState(), EngineOptions())
+        assert result.result == "Succeeded" and result.copied == 3, (result.failed_items, result.fatal)
+        # One token per scope for the whole run: the catalog, then the repository.
+        assert sorted(map(tuple, token_requests)) == [("registry:catalog:*",), ("repository:team/app:pull",)]
+        wrong = await replicate(policy(proxy.url, dst.url, filters={"repositories": {"include": ["team/app"]}}))
+        assert wrong.failed == 1 and "401" in wrong.failed_items[0].error
+    status, _, _ = await fetch_manifest(dst.url, "team/app", "3")
+    assert status == 200
