@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import Any
 
 from dockyard.api import API_VERSION, SpecError
-from dockyard.api.registry import quantity_bytes
+from dockyard.api.registry import quantity_value
 from dockyard.controller import conditions
 from dockyard.controller.kube import ApiError, Kube
 from dockyard.render.registry import (
@@ -159,7 +159,7 @@ class Pass:
         """A re-attached claim larger than the spec keeps its size: volumes never shrink."""
         pvc = inp.spec.storage.pvc
         live = (((claim or {}).get("spec") or {}).get("resources") or {}).get("requests", {}).get("storage")
-        if pvc and live and quantity_bytes(str(live)) > quantity_bytes(pvc.size):
+        if pvc and live and quantity_value(str(live)) > quantity_value(pvc.size):
             return str(live)
         return None
 

@@ -1,0 +1,61 @@
+"""The real operator process (`dockyard operator run -A`) pointed at the API emulator.
+
+Shared by the integration tests of every kind: they start the operator exactly as a cluster
+would (a process reading KUBECONFIG), drive the emulator like kubectl and a kube-controller-
+manager would, and read what the operator wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.registry.processes import DOCKYARD, free_port
+
+
+class Operator:
+    """The operator process; `check()` fails the test with its log when it died."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, log: Path) -> None:
+        self.proc = proc
+        self.log = log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-8000:]
+
+    def check(self) -> None:
+        if self.proc.returncode is not None:
+            pytest.fail(f"the operator exited with {self.proc.returncode}:\n{self.output()}")
+
+    async def stop(self) -> None:
+        if self.proc.returncode is not None:
+            return
+        self.proc.terminate()
+        try:  # the emulator keeps serving while Kopf shuts down
+            await asyncio.wait_for(self.proc.wait(), 15)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+@asynccontextmanager
+async def running_operator(kubeconfig: Path, log: Path, *, image: str = "dockyard:test"
+                           ) -> AsyncIterator[Operator]:
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "DOCKYARD_IMAGE": image}
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            DOCKYARD, "operator", "run", "-A", "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
+            stdout=fd, stderr=asyncio.subprocess.STDOUT, env=env)
+    finally:
+        os.close(fd)
+    op = Operator(proc, log)
+    try:
+        yield op
+    finally:
+        await op.stop()
