@@ -335,11 +335,16 @@ class PolicyPass:
 
 # ----------------------------------------------------------------------------- Kopf handlers
 
+@kopf.on.startup()
+async def start_policy_reconciler(memo: kopf.Memo, **_: Any) -> None:
+    """Runs after `handlers.configure` (registered first, since this module imports it), which
+    puts the API adapter into `memo`. Created here, in the root memo, the reconciler is shared
+    by the per-object memo copies of every handler: one lock and queue per policy."""
+    memo.policy_reconciler = PolicyReconciler(memo.kube, post_event)
+
+
 def _reconciler(memo: Any) -> PolicyReconciler:
-    """Created on first use: by then the startup handler has put the API adapter into `memo`."""
-    reconciler: PolicyReconciler | None = getattr(memo, "policy_reconciler", None)
-    if reconciler is None:
-        reconciler = memo.policy_reconciler = PolicyReconciler(memo.kube, post_event)
+    reconciler: PolicyReconciler = memo.policy_reconciler
     return reconciler
 
 

@@ -1,0 +1,411 @@
+"""The ReplicationPolicy controller end to end: the real operator process against the API emulator.
+
+`dockyard operator run -A` runs as a subprocess with KUBECONFIG pointing at the emulator, as it
+would in a cluster. Nothing in the emulator runs Jobs, so the tests play the Job controller:
+they mark Jobs complete or failed, and "run" a Job by calling `run_in_cluster` with the very
+arguments the operator rendered, against two real registries on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import kmock
+import pytest
+import pytest_asyncio
+
+from dockyard.render import cron
+from dockyard.render.replication import manual_job_name
+from tests.integration.emulator import Emulator, create, delete, get, list_objects, patch, wait_for
+from tests.registry.processes import DOCKYARD, Registries, free_port, request, write_htpasswd
+
+NS = "registries"
+POLICIES = "dockyard.dev/v1alpha1/replicationpolicies"
+REGISTRIES = "dockyard.dev/v1alpha1/registries"
+CRONJOBS = "batch/v1/cronjobs"
+JOBS = "batch/v1/jobs"
+SYNC = "dockyard.dev/sync-requested-at"
+RBAC = ("rbac.authorization.k8s.io/v1/roles", "rbac.authorization.k8s.io/v1/rolebindings")
+DEADLINE = 30.0
+
+
+class Operator:
+    """The operator process; `check()` fails the test with its log when it died."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, log: Path) -> None:
+        self.proc = proc
+        self.log = log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
+
+    def check(self) -> None:
+        if self.proc.returncode is not None:
+            pytest.fail(f"the operator exited with {self.proc.returncode}:\n{self.output()}")
+
+
+@pytest_asyncio.fixture()
+async def operator(emulator: Emulator, kubeconfig: Path, tmp_path: Path) -> AsyncIterator[Operator]:
+    bundled = kmock.ResourcesArray()
+    bundled.load_bundled()
+    for name in RBAC:  # the run identity of a policy: a Role and RoleBinding per policy
+        if kmock.resource(name) not in emulator.resources:
+            emulator.register(name, bundled[name])
+    log = tmp_path / "operator.log"
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "DOCKYARD_IMAGE": "dockyard:test"}
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            DOCKYARD, "operator", "run", "-A", "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
+            stdout=fd, stderr=asyncio.subprocess.STDOUT, env=env)
+    finally:
+        os.close(fd)
+    try:
+        yield Operator(proc, log)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:  # the emulator keeps serving while Kopf shuts down
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+def registry(name: str) -> dict[str, Any]:
+    return {"apiVersion": "dockyard.dev/v1alpha1", "kind": "Registry",
+            "metadata": {"name": name, "namespace": NS}, "spec": {"storage": {"emptyDir": {}}}}
+
+
+def policy(name: str, spec: dict[str, Any], annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": NS, "labels": {"team": "platform"}}
+    if annotations:
+        meta["annotations"] = annotations
+    return {"apiVersion": "dockyard.dev/v1alpha1", "kind": "ReplicationPolicy", "metadata": meta, "spec": spec}
+
+
+def secret(name: str, **data: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS},
+            "type": "kubernetes.io/basic-auth",
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return {}
+
+
+async def wait_condition(emulator: Emulator, op: Operator, name: str, type_: str, status: str,
+                         reason: str | None = None) -> dict[str, Any]:
+    async def reached() -> dict[str, Any] | None:
+        op.check()
+        obj = await get(emulator, POLICIES, name, NS)
+        cond = condition(obj, type_)
+        ok = cond.get("status") == status and (reason is None or cond.get("reason") == reason)
+        return obj if ok else None
+
+    try:
+        result: dict[str, Any] = await wait_for(reached, timeout=DEADLINE,
+                                                message=f"{name}: {type_}={status} {reason or ''}")
+    except TimeoutError:
+        obj = await get(emulator, POLICIES, name, NS)
+        pytest.fail(f"{name} never reached {type_}={status} ({reason}); status: "
+                    f"{(obj or {}).get('status')}\noperator log:\n{op.output()}")
+    return result
+
+
+async def events(emulator: Emulator, name: str) -> list[dict[str, Any]]:
+    return [e for e in await list_objects(emulator, "v1/events", NS)
+            if (e.get("involvedObject") or {}).get("name") == name
+            and (e.get("involvedObject") or {}).get("kind") == "ReplicationPolicy"]
+
+
+async def jobs_of(emulator: Emulator, name: str) -> list[dict[str, Any]]:
+    return await list_objects(emulator, JOBS, NS, label_selector=f"app.kubernetes.io/instance={name}")
+
+
+async def finish_job(emulator: Emulator, name: str, type_: str = "Complete", message: str = "") -> None:
+    """Play the Job controller: the Job ran to completion (or failed)."""
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    cond = {"type": type_, "status": "True", "lastTransitionTime": now, "reason": type_, "message": message}
+    await patch(emulator, JOBS, name, {"status": {"conditions": [cond], "completionTime": now}}, NS,
+                subresource="status")
+
+
+async def settle(emulator: Emulator, op: Operator, seconds: float = 1.5) -> None:
+    """Wait (with a deadline) until nothing has been written for `seconds`."""
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        op.check()
+        if not await quiet(emulator, seconds):
+            return
+    pytest.fail(f"the operator never settled:\n{op.output()}")
+
+
+async def quiet(emulator: Emulator, seconds: float = 2.0) -> list[Any]:
+    """The writes the operator made during `seconds` of nothing happening (should be none)."""
+    mark = time.monotonic()
+    await asyncio.sleep(seconds)  # observing a quiet period is the point: a hot loop shows up as writes
+    return [w for w in emulator.writes(mark) if "/events" not in w.path]
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+async def test_a_scheduled_policy_renders_its_cronjob_and_reports_next_run(emulator: Emulator,
+                                                                           operator: Operator) -> None:
+    await create(emulator, registry("main"))
+    schedule = "0 3 1 1 *"
+    await create(emulator, policy("mirror", {
+        "source": {"url": "https://registry-1.docker.io", "secretRef": {"name": "hub"}},
+        "destination": {"registryRef": {"name": "main"}},
+        "trigger": {"schedule": schedule}}))
+    await create(emulator, secret("hub", username="u", password="p"))
+    obj = await wait_condition(emulator, operator, "mirror", "Ready", "True", "Scheduled")
+    uid = obj["metadata"]["uid"]
+    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+    assert condition(obj, "Stalled")["status"] == "False"
+    assert condition(obj, "Reconciling")["status"] == "False"
+    expected = cron.next_time(schedule, datetime.datetime.now(datetime.UTC))
+    assert expected is not None
+    assert obj["status"]["nextRun"] == expected.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    cj = await get(emulator, CRONJOBS, "mirror", NS)
+    assert cj is not None
+    assert cj["spec"]["schedule"] == schedule and cj["spec"]["concurrencyPolicy"] == "Forbid"
+    assert cj["spec"]["suspend"] is False
+    args = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args == ["replicate", "--policy", f"{NS}/mirror", "--source-url", "https://registry-1.docker.io",
+                    "--dest-url", "http://main.registries.svc:5000"]
+    assert cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["image"] == "dockyard:test"
+    for kind, name in ((CRONJOBS, "mirror"), ("v1/serviceaccounts", "mirror-replicator"),
+                       (RBAC[0], "mirror-replicator"), (RBAC[1], "mirror-replicator")):
+        child = await get(emulator, kind, name, NS)
+        assert child is not None, f"{kind} {name} was not created"
+        assert [r["uid"] for r in child["metadata"]["ownerReferences"]] == [uid]
+        assert "team" not in child["metadata"]["labels"], "the parent's labels are never copied"
+    role = await get(emulator, RBAC[0], "mirror-replicator", NS)
+    assert role is not None
+    assert {tuple(r["resourceNames"]) for r in role["rules"]} == {("mirror",), ("hub",)}
+
+    assert await quiet(emulator) == [], "steady state: no writes"
+
+    await patch(emulator, POLICIES, "mirror", {"spec": {"suspend": True}}, NS)
+    obj = await wait_condition(emulator, operator, "mirror", "Ready", "True", "Suspended")
+    assert "nextRun" not in obj["status"]
+    cj = await get(emulator, CRONJOBS, "mirror", NS)
+    assert cj is not None and cj["spec"]["suspend"] is True
+
+    await patch(emulator, POLICIES, "mirror", {"spec": {"suspend": False, "trigger": {"schedule": None}}}, NS)
+    await wait_condition(emulator, operator, "mirror", "Ready", "True", "OnDemand")
+    assert await get(emulator, CRONJOBS, "mirror", NS) is None, "no schedule, no CronJob"
+
+    await delete(emulator, POLICIES, "mirror", NS)
+
+    async def gone() -> bool:
+        return await get(emulator, "v1/serviceaccounts", "mirror-replicator", NS) is None
+    await wait_for(gone, timeout=DEADLINE, message="children go away with the policy")
+
+
+async def test_a_manual_trigger_makes_exactly_one_job_and_never_two_runs_at_once(emulator: Emulator,
+                                                                                  operator: Operator) -> None:
+    await create(emulator, registry("main"))
+    await create(emulator, policy("sync", {
+        "source": {"url": "http://10.1.2.3:5000"}, "destination": {"registryRef": {"name": "main"}},
+        "trigger": {"schedule": "*/30 * * * *"}}))
+    await wait_condition(emulator, operator, "sync", "Ready", "True", "Scheduled")
+
+    await patch(emulator, POLICIES, "sync", {"metadata": {"annotations": {SYNC: "first"}}}, NS)
+    obj = await wait_condition(emulator, operator, "sync", "Ready", "True", "Running")
+    assert obj["status"]["lastSyncRequest"] == "first"
+    first = manual_job_name("sync", "first")
+    jobs = await jobs_of(emulator, "sync")
+    assert [j["metadata"]["name"] for j in jobs] == [first]
+    assert jobs[0]["metadata"]["annotations"][SYNC] == "first"
+    assert jobs[0]["spec"]["template"]["spec"]["containers"][0]["args"][:3] == ["replicate", "--policy",
+                                                                                 f"{NS}/sync"]
+    cj = await get(emulator, CRONJOBS, "sync", NS)
+    assert cj is not None and cj["spec"]["suspend"] is True, "the schedule is held while a manual run is active"
+
+    # Unrelated changes and repeated events do not start more runs.
+    await patch(emulator, POLICIES, "sync", {"metadata": {"labels": {"touched": "yes"}}}, NS)
+    await patch(emulator, JOBS, first, {"metadata": {"labels": {"touched": "yes"}}}, NS)
+    await settle(emulator, operator)
+    assert len(await jobs_of(emulator, "sync")) == 1
+
+    # A new request while the run is active waits for it.
+    await patch(emulator, POLICIES, "sync", {"metadata": {"annotations": {SYNC: "second"}}}, NS)
+
+    async def waiting() -> bool:
+        obj = await get(emulator, POLICIES, "sync", NS)
+        return "waits" in condition(obj, "Ready").get("message", "")
+    await wait_for(waiting, timeout=DEADLINE, message="the second request is reported as waiting")
+    assert [j["metadata"]["name"] for j in await jobs_of(emulator, "sync")] == [first]
+
+    await finish_job(emulator, first)
+
+    async def second_started() -> list[str]:
+        names = sorted(j["metadata"]["name"] for j in await jobs_of(emulator, "sync"))
+        return names if len(names) == 2 else []
+    names = await wait_for(second_started, timeout=DEADLINE, message="the waiting request starts after the first")
+    assert names == sorted([first, manual_job_name("sync", "second")])
+    obj = await get(emulator, POLICIES, "sync", NS)
+    assert obj is not None and obj["status"]["lastSyncRequest"] == "second"
+
+    await finish_job(emulator, manual_job_name("sync", "second"))
+    await wait_condition(emulator, operator, "sync", "Ready", "True", "Scheduled")
+    cj = await get(emulator, CRONJOBS, "sync", NS)
+    assert cj is not None and cj["spec"]["suspend"] is False, "the schedule resumes after the manual run"
+    assert len(await jobs_of(emulator, "sync")) == 2
+    started = [e for e in await events(emulator, "sync") if e.get("reason") == "SyncStarted"]
+    assert len(started) == 2
+
+
+async def test_suspend_does_not_block_a_manual_request(emulator: Emulator, operator: Operator) -> None:
+    await create(emulator, policy("paused", {
+        "source": {"url": "http://10.1.2.3:5000"}, "destination": {"url": "http://10.1.2.4:5000"},
+        "trigger": {"schedule": "@daily"}, "suspend": True}, annotations={SYNC: "now"}))
+    obj = await wait_condition(emulator, operator, "paused", "Ready", "True", "Running")
+    assert obj["status"]["lastSyncRequest"] == "now"
+    assert [j["metadata"]["name"] for j in await jobs_of(emulator, "paused")] == [manual_job_name("paused", "now")]
+
+
+async def test_a_missing_registry_stalls_the_policy_until_it_appears(emulator: Emulator,
+                                                                   operator: Operator) -> None:
+    await create(emulator, policy("edge", {
+        "source": {"registryRef": {"name": "upstream", "namespace": "dmz"}},
+        "destination": {"url": "http://10.9.9.9:5000"}, "trigger": {"schedule": "@hourly"}},
+        annotations={SYNC: "asap"}))
+    obj = await wait_condition(emulator, operator, "edge", "Stalled", "True", "RegistryNotFound")
+    assert "upstream" in condition(obj, "Stalled")["message"] and "dmz" in condition(obj, "Stalled")["message"]
+    assert condition(obj, "Ready")["status"] == "False"
+    assert await get(emulator, CRONJOBS, "edge", NS) is None
+    assert await jobs_of(emulator, "edge") == [], "nothing runs against a registry that does not exist"
+    warnings = [e for e in await events(emulator, "edge") if e.get("reason") == "RegistryNotFound"]
+    assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
+    assert await quiet(emulator) == [], "a stalled policy is not retried in a hot loop"
+    assert len([e for e in await events(emulator, "edge") if e.get("reason") == "RegistryNotFound"]) == 1
+
+    upstream = registry("upstream")
+    upstream["metadata"]["namespace"] = "dmz"
+    await create(emulator, upstream)
+    obj = await wait_condition(emulator, operator, "edge", "Stalled", "False")
+    assert condition(obj, "Ready")["status"] == "True"
+
+    async def cronjob() -> dict[str, Any] | None:
+        return await get(emulator, CRONJOBS, "edge", NS)
+    cj = await wait_for(cronjob, timeout=DEADLINE, message="the CronJob once the Registry exists")
+    args = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--source-url") + 1] == "http://upstream.dmz.svc:5000"
+    assert [j["metadata"]["name"] for j in await jobs_of(emulator, "edge")] == [manual_job_name("edge", "asap")]
+    recovered = [e for e in await events(emulator, "edge") if e.get("reason") == "Recovered"]
+    assert len(recovered) == 1
+
+
+async def test_a_missing_secret_stalls_the_policy_until_it_appears(emulator: Emulator, operator: Operator) -> None:
+    await create(emulator, policy("private", {
+        "source": {"url": "https://quay.example", "secretRef": {"name": "quay-creds"}},
+        "destination": {"url": "http://10.9.9.9:5000"}}))
+    obj = await wait_condition(emulator, operator, "private", "Stalled", "True", "SecretNotFound")
+    assert "quay-creds" in condition(obj, "Stalled")["message"]
+    await create(emulator, secret("quay-creds", username="robot", password="s3cret"))
+    await wait_condition(emulator, operator, "private", "Ready", "True", "OnDemand")
+
+
+async def test_an_impossible_schedule_is_an_invalid_spec(emulator: Emulator, operator: Operator) -> None:
+    await create(emulator, policy("typo", {
+        "source": {"url": "http://10.1.1.1:5000"}, "destination": {"url": "http://10.1.1.2:5000"},
+        "trigger": {"schedule": "0 25 * * *"}}))
+    obj = await wait_condition(emulator, operator, "typo", "Stalled", "True", "InvalidSpec")
+    assert "hour" in condition(obj, "Stalled")["message"]
+    assert await get(emulator, CRONJOBS, "typo", NS) is None
+
+
+async def test_a_run_writes_its_result_into_the_status(emulator: Emulator, operator: Operator,
+                                                       kubeconfig: Path, tmp_path: Path) -> None:
+    from dockyard.controller.kube import Kube
+    from dockyard.replication.incluster import parse_policy_ref, run_in_cluster
+    from tests.replication.helpers import Pusher
+
+    with Registries(tmp_path) as servers:
+        source = servers.distribution()
+        htpasswd = write_htpasswd(tmp_path / "htpasswd", "pusher", "pushpass")
+        dest = servers.dockyard("--htpasswd", str(htpasswd))
+        async with Pusher(source.url) as pusher:
+            base = b"base-layer" * 1000
+            app = await pusher.image("team/app", "v1", [base, b"app-one" * 500])
+            await pusher.image("team/app", "v2", [base, b"app-two" * 500])
+
+        await create(emulator, secret("dest-push", username="pusher", password="pushpass"))
+        await create(emulator, policy("copy", {
+            "source": {"url": source.url}, "destination": {"url": dest.url, "secretRef": {"name": "dest-push"}},
+            "filters": {"repositories": {"include": ["team/app"]}},
+            "limits": {"retry": {"max": 2, "backoff": "100ms"}}}))
+        await wait_condition(emulator, operator, "copy", "Ready", "True", "OnDemand")
+        await patch(emulator, POLICIES, "copy", {"metadata": {"annotations": {SYNC: "go"}}}, NS)
+        await wait_condition(emulator, operator, "copy", "Ready", "True", "Running")
+        [job] = await jobs_of(emulator, "copy")
+        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+
+        # Be the Job: run exactly what the operator rendered.
+        assert args[:2] == ["replicate", "--policy"]
+        namespace, name = parse_policy_ref(args[2])
+        kube = await Kube.from_environment()
+        try:
+            result = await run_in_cluster(namespace, name, kube=kube,
+                                          source_url=args[args.index("--source-url") + 1],
+                                          dest_url=args[args.index("--dest-url") + 1])
+        finally:
+            await kube.close()
+        assert result.result == "Succeeded", result
+        got = request("GET", f"{dest.url}/v2/team/app/manifests/v1", auth=("pusher", "pushpass"),
+                      headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        assert got.status == 200 and got.body == app.manifest, "the copy is byte for byte"
+
+        obj = await get(emulator, POLICIES, "copy", NS)
+        assert obj is not None
+        last = obj["status"]["lastRun"]
+        assert last["result"] == "Succeeded"
+        assert last["artifactsCopied"] == 2 and last["artifactsFailed"] == 0
+        assert last["bytesCopied"] > 0
+        assert obj["status"]["lastSuccessfulTime"] == last["completionTime"]
+        assert not obj["status"].get("failedItems")
+
+        await finish_job(emulator, job["metadata"]["name"])
+        await wait_condition(emulator, operator, "copy", "Ready", "True", "OnDemand")
+
+        # The source goes away: the next run fails, says why, and the policy shows it.
+        source.stop()
+        await patch(emulator, POLICIES, "copy", {"metadata": {"annotations": {SYNC: "again"}}}, NS)
+        await wait_condition(emulator, operator, "copy", "Ready", "True", "Running")
+        kube = await Kube.from_environment()
+        try:
+            failed = await run_in_cluster(NS, "copy", kube=kube, source_url=source.url, dest_url=dest.url)
+        finally:
+            await kube.close()
+        assert failed.result == "Failed"
+        await finish_job(emulator, manual_job_name("copy", "again"), "Failed", "BackoffLimitExceeded")
+        obj = await wait_condition(emulator, operator, "copy", "Ready", "False", "LastRunFailed")
+        assert obj["status"]["lastRun"]["result"] == "Failed"
+        assert obj["status"]["lastSuccessfulTime"] == last["completionTime"], "the last success is remembered"
+        assert [e for e in await events(emulator, "copy") if e.get("reason") == "LastRunFailed"]
+
+
+async def test_a_run_that_dies_without_a_report_shows_on_the_policy(emulator: Emulator,
+                                                                   operator: Operator) -> None:
+    await create(emulator, policy("crashy", {
+        "source": {"url": "http://10.1.1.1:5000"}, "destination": {"url": "http://10.1.1.2:5000"}},
+        annotations={SYNC: "1"}))
+    await wait_condition(emulator, operator, "crashy", "Ready", "True", "Running")
+    await finish_job(emulator, manual_job_name("crashy", "1"), "Failed", "Job has reached the specified backoff limit")
+    obj = await wait_condition(emulator, operator, "crashy", "Ready", "False", "RunFailed")
+    assert "backoff limit" in condition(obj, "Ready")["message"]
