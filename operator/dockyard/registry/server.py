@@ -97,15 +97,10 @@ async def _gc_loop(registry: Registry, cfg: ServeConfig) -> None:
                bytes_freed=report.bytes_freed, manifests_deleted=report.manifests_deleted)
 
 
-async def _serve(cfg: ServeConfig) -> None:
-    storage = FilesystemStorage(cfg.root)
-    htpasswd = Htpasswd(cfg.htpasswd) if cfg.htpasswd else None
+async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpasswd | None,
+                 ssl_context: ssl.SSLContext | None) -> None:
     registry = Registry(storage, htpasswd=htpasswd, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only)
     app = registry.application()
-    ssl_context = None
-    if cfg.tls_cert and cfg.tls_key:
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key))
     runner = web.AppRunner(app, access_log_class=JsonAccessLogger, access_log=access,
                            handle_signals=False)
     await runner.setup()
@@ -140,5 +135,12 @@ def serve(cfg: ServeConfig) -> int:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(_serve(cfg))
+    # Everything that touches files happens here, before the event loop starts.
+    storage = FilesystemStorage(cfg.root)
+    htpasswd = Htpasswd(cfg.htpasswd) if cfg.htpasswd else None
+    ssl_context = None
+    if cfg.tls_cert and cfg.tls_key:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key))
+    asyncio.run(_serve(cfg, storage, htpasswd, ssl_context))
     return 0

@@ -27,6 +27,7 @@ from dockyard.registry.storage import FilesystemStorage, UploadInfo
 T = TypeVar("T")
 BATCH_BYTES = 1024 * 1024
 BATCH_CHUNKS = 256
+MAX_TRACKED = 4096  # upload sessions whose hash state and lock are kept in memory
 
 
 class RangeMismatch(Exception):
@@ -63,8 +64,17 @@ class Uploads:
     def _lock(self, upload_id: str) -> asyncio.Lock:
         lock = self._locks.get(upload_id)
         if lock is None:
+            if len(self._locks) >= MAX_TRACKED:  # abandoned sessions: forget idle ones
+                for key in [k for k, v in self._locks.items() if not v.locked()]:
+                    self._forget(key)
             lock = self._locks[upload_id] = asyncio.Lock()
         return lock
+
+    def _remember(self, upload_id: str, hasher: Hasher) -> None:
+        """Keep hash state for the next chunk; dropping it only costs a re-hash."""
+        if len(self._hashers) >= MAX_TRACKED:
+            self._hashers.pop(next(iter(self._hashers)))
+        self._hashers[upload_id] = hasher
 
     async def create(self, name: str) -> UploadInfo:
         return await self._run(self.storage.create_upload, name)
@@ -109,11 +119,11 @@ class Uploads:
                                f"received {received} bytes, but Content-Length says {length}")
         except BaseException:
             await asyncio.shield(self._run(os.ftruncate, fd, info.size))
-            self._hashers[upload_id] = before
+            self._remember(upload_id, before)
             raise
         finally:
             await asyncio.shield(self._run(os.close, fd))
-        self._hashers[upload_id] = hasher
+        self._remember(upload_id, hasher)
         return UploadInfo(info.id, info.name, info.size + received, info.started)
 
     async def _receive(self, body: StreamReader, fd: int, hasher: Hasher) -> int:
