@@ -145,6 +145,7 @@ class Engine:
         self._done = 0
         self._total = 0
         self._rewritten: set[str] = set()
+        self._source_tags: dict[str, frozenset[str]] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -217,6 +218,7 @@ class Engine:
 
     async def plan_repository(self, src_repo: str, dst_repo: str) -> Plan:
         source_tags = await self.source.tags(src_repo)
+        self._source_tags[src_repo] = frozenset(source_tags or ())
         if source_tags is None:
             if self.spec.deletion != "mirror":
                 raise RegistryError(f"repository {src_repo} not found at the source", 404, "NAME_UNKNOWN")
@@ -258,8 +260,8 @@ class Engine:
             return
         jobs: list[Awaitable[None]] = [self._copy(item) for item in plan.ordered()]
         for skip in plan.skips:
-            if skip.reason == "up-to-date" and self.spec.referrers:
-                jobs.append(self._skip_with_referrers(skip.source_repo, skip.dest_repo, skip.tag))
+            if skip.reason == "up-to-date" and self.spec.referrers and skip.digest:
+                jobs.append(self._skip_with_referrers(skip.source_repo, skip.dest_repo, skip.tag, skip.digest))
             else:
                 self.result.skipped += 1
                 self._done += 1
@@ -288,13 +290,11 @@ class Engine:
                 self._done += 1
                 self._progress()
 
-    async def _skip_with_referrers(self, src_repo: str, dst_repo: str, tag: str) -> None:
+    async def _skip_with_referrers(self, src_repo: str, dst_repo: str, tag: str, digest: str) -> None:
         async with self.item_slots:
             self.result.skipped += 1
             try:
-                manifest_digest = await self.source.head_manifest(src_repo, tag)
-                if manifest_digest:
-                    await self._referrers(src_repo, dst_repo, manifest_digest)
+                await self._referrers(src_repo, dst_repo, digest)
             except Exception as e:
                 self.result.fail(src_repo, tag, f"referrers: {_describe(e)}")
             finally:
@@ -373,6 +373,8 @@ class Engine:
 
     async def _referrers(self, src_repo: str, dst_repo: str, subject: str, depth: int = 0) -> None:
         """Copy the manifests whose subject is `subject` (signatures, SBOMs), then theirs."""
+        if self.source.referrers_api is False and referrers_tag(subject) not in self._source_tags.get(src_repo, ()):
+            return  # no referrers API and no tag-schema index in the listing: nothing refers to it
         descriptors, fallback = await self.source.referrers(src_repo, subject)
         if not descriptors:
             return

@@ -72,6 +72,8 @@ class SkipItem:
     dest_repo: str
     tag: str
     reason: Literal["up-to-date", "conflict"]
+    digest: str | None = None
+    """The source digest of the tag."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ def plan_repository(
         if src is not None and dst is not None and not (rewrites_indexes and src != dst):
             verdict = decide(src, dst, conflict)
             if verdict != "copy":
-                plan.skips.append(SkipItem(source_repo, dest_repo, tag, verdict))
+                plan.skips.append(SkipItem(source_repo, dest_repo, tag, verdict, src))
                 continue
         plan.copies.append(CopyItem(source_repo, dest_repo, tag, src, dst,
                                     verify=dst is not None and rewrites_indexes, retry=retry))
