@@ -208,6 +208,9 @@ async def test_a_scheduled_policy_renders_its_cronjob_and_reports_next_run(emula
     await patch(emulator, POLICIES, "mirror", {"spec": {"suspend": False, "trigger": {"schedule": None}}}, NS)
     await wait_condition(emulator, operator, "mirror", "Ready", "True", "OnDemand")
     assert await get(emulator, CRONJOBS, "mirror", NS) is None, "no schedule, no CronJob"
+    posted = await events(emulator, "mirror")
+    assert [e["reason"] for e in posted if e.get("type") == "Warning"] == [], "spec changes are no warnings"
+    assert [e["reason"] for e in posted if e.get("reason") == "Ready"] == ["Ready"], "one Event per transition"
 
     await delete(emulator, POLICIES, "mirror", NS)
 

@@ -194,6 +194,11 @@ class PolicyPass:
         self.status: dict[str, Any] = dict(body.get("status") or {})
 
     async def run(self) -> None:
+        before = self.summary()
+        await self.reconcile()
+        self.announce(before, self.summary())
+
+    async def reconcile(self) -> None:
         try:
             spec = parse(ReplicationPolicySpec, self.body.get("spec"), "spec")
             if spec.trigger.schedule is not None:
@@ -310,27 +315,40 @@ class PolicyPass:
         await self.write(status, policy_conditions(obs))
 
     async def write(self, status: dict[str, Any], new_conditions: list[dict[str, Any]]) -> None:
-        merged, changed = conditions.merge(self.status.get("conditions") or [], new_conditions, now())
+        merged, _ = conditions.merge(self.status.get("conditions") or [], new_conditions, now())
         new = {**status, "conditions": merged}
         patch = status_patch(self.status, new)
         if patch is None:
             return
         await self.kube.patch_status(API_VERSION, KIND, self.namespace, self.name, patch)
         self.status = new
-        for cond in changed:
-            self.announce(cond)
 
-    def announce(self, cond: Mapping[str, Any]) -> None:
-        """One Event per transition of Ready or Stalled."""
-        if cond["type"] == STALLED:
-            if cond["status"] == "True":
-                self.post_event(self.body, "Warning", cond["reason"], cond["message"])
-            else:
-                self.post_event(self.body, "Normal", "Recovered", "the replication policy is no longer stalled")
-        elif cond["type"] == READY:
-            kind = "Normal" if cond["status"] == "True" else "Warning"
-            reason = "Ready" if cond["status"] == "True" else cond["reason"]
-            self.post_event(self.body, kind, reason, cond["message"])
+    def summary(self) -> dict[str, tuple[str, str, str]]:
+        """Condition type -> (status, reason, message), to compare the start and end of a pass."""
+        return {c.get("type", ""): (c.get("status", ""), c.get("reason", ""), c.get("message", ""))
+                for c in self.status.get("conditions") or []}
+
+    def announce(self, before: Mapping[str, tuple[str, str, str]], after: Mapping[str, tuple[str, str, str]]
+                 ) -> None:
+        """One Event per net transition of a pass (the transient Reconciling step posts none).
+
+        A new Stalled reason is a new problem and gets its own Event; a Ready=False that comes
+        with Stalled is already told by the Stalled Event.
+        """
+        s0, r0, _ = before.get(STALLED, ("", "", ""))
+        s1, r1, m1 = after.get(STALLED, ("", "", ""))
+        if s1 == "True" and (s0 != "True" or r0 != r1):
+            self.post_event(self.body, "Warning", r1, m1)
+        elif s1 != "True" and s0 == "True":
+            self.post_event(self.body, "Normal", "Recovered", "the replication policy is no longer stalled")
+        ready0, _, _ = before.get(READY, ("", "", ""))
+        ready1, reason, message = after.get(READY, ("", "", ""))
+        if ready1 == ready0 or not ready1:
+            return
+        if ready1 == "True":
+            self.post_event(self.body, "Normal", "Ready", message)
+        elif s1 != "True" and ready0:
+            self.post_event(self.body, "Warning", reason, message)
 
 
 # ----------------------------------------------------------------------------- Kopf handlers
