@@ -129,12 +129,6 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
 
 def serve(cfg: ServeConfig) -> int:
     _setup_logging()
-    try:
-        import uvloop  # type: ignore[import-not-found,unused-ignore]
-
-        uvloop.install()
-    except ImportError:
-        pass
     # Everything that touches files happens here, before the event loop starts.
     storage = FilesystemStorage(cfg.root)
     htpasswd = Htpasswd(cfg.htpasswd) if cfg.htpasswd else None

@@ -39,12 +39,15 @@ class RangeMismatch(Exception):
 
 
 def _write_batch(fd: int, hasher: Hasher, chunks: list[bytes]) -> None:
-    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    hasher.update(data)
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+    """Hash and append a batch with one writev (no joining copy); finish short writes."""
+    for chunk in chunks:
+        hasher.update(chunk)
+    written = os.writev(fd, chunks)
+    total = sum(len(c) for c in chunks)
+    if written < total:
+        rest = memoryview(b"".join(chunks))[written:]
+        while rest:
+            rest = rest[os.write(fd, rest):]
 
 
 class Uploads:
