@@ -95,7 +95,11 @@ def test_anonymous_pull_with_authenticated_push(tmp_path: Path, htpasswd: Path) 
         alice = Client(server.url, ("alice", "wonderland"))
         digest, manifest = alice.push_image("public/app", "v1")
         anon = Client(server.url)
+        # the base endpoint still challenges, so clients know to send credentials for a push
+        _assert_unauthorized(anon.request("GET", "/v2/"))
         assert anon.request("GET", "/v2/public/app/manifests/v1").body == manifest
+        empty = anon.request("GET", "/v2/public/app/manifests/v1", headers={"Authorization": "Basic Og=="})
+        assert empty.body == manifest  # ":" (empty user and password) counts as anonymous
         assert anon.request("HEAD", f"/v2/public/app/manifests/{digest}").status == 200
         assert anon.request("GET", "/v2/public/app/tags/list").json()["tags"] == ["v1"]
         _assert_unauthorized(anon.request("POST", "/v2/public/app/blobs/uploads/", body=b""))

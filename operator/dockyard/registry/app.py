@@ -119,8 +119,12 @@ class Registry:
         if self.htpasswd is None:
             return
         creds = Htpasswd.parse_header(request.headers.get("Authorization"))
+        if creds == ("", ""):  # some clients answer a challenge with empty credentials
+            creds = None
         if creds is None:
-            if self.anonymous_pull and request.method in READ_METHODS:
+            # With anonymous pull, the base endpoint still challenges: clients decide from
+            # that ping whether to send credentials, and a push needs them.
+            if self.anonymous_pull and request.method in READ_METHODS and request.path not in ("/v2", "/v2/"):
                 return
             raise self._unauthorized("authentication required")
         ok = self.htpasswd.cached(*creds)
