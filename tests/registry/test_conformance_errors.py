@@ -63,7 +63,7 @@ def test_path_traversal_never_escapes_the_storage_root(client: Client, server: R
               ("PUT", "/v2/a/manifests/..%2F..%2Fescape")]
     for method, path in writes:
         raw = _raw(client, f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
-                           "Connection: close\r\n\r\n{{}}".encode())
+                           "Connection: close\r\n\r\n{}".encode())
         assert 400 <= int(raw.split(b" ", 2)[1]) < 500, (method, path)
     assert not list(server.root.parent.glob("escape*"))
     assert outside.read_text() == "sensitive-bytes-42"
@@ -106,3 +106,9 @@ def test_unknown_endpoint_is_404(client: Client) -> None:
     r = client.request("GET", "/v2/a/b/c/unknown-endpoint")
     assert r.status == 404
     assert r.error_codes() == ["NAME_UNKNOWN"]
+
+
+def test_no_unhandled_exceptions_in_the_server_log(client: Client, server: RegistryProcess) -> None:
+    """Runs last in this module: nothing above made the server log a traceback."""
+    assert client.request("GET", "/v2/").status == 200
+    assert "Traceback" not in server.output()

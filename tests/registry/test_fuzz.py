@@ -124,3 +124,4 @@ def test_after_fuzzing_storage_is_consistent(fuzz_server: RegistryProcess) -> No
     siblings = {p.name for p in root.parent.iterdir()}
     assert siblings <= {"root"} | {p for p in siblings if p.startswith("dockyard-") and p.endswith(".log")}
     assert set(os.listdir(root)) <= {"blobs", "repositories", "uploads", "tmp"}
+    assert "Traceback" not in fuzz_server.output(), "the server logged an unhandled exception"

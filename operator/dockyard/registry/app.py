@@ -156,7 +156,11 @@ class Registry:
                                                          status=e.status))
             else:
                 raise
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:
+            # the client went away mid-body; whatever it sent of this chunk was rolled back
+            response = self._error_response(OCIError(ErrorCode.BLOB_UPLOAD_INVALID,
+                                                     "the connection closed before the request body ended"))
+        except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("internal error handling %s %s", request.method, request.path)

@@ -47,7 +47,7 @@ class Metrics:
             "# HELP dockyard_registry_received_bytes_total Blob and manifest bytes received.",
             "# TYPE dockyard_registry_received_bytes_total counter",
             f"dockyard_registry_received_bytes_total {self.bytes_in}",
-            "# HELP dockyard_registry_sent_bytes_total Response body bytes sent.",
+            "# HELP dockyard_registry_sent_bytes_total Response bytes sent, headers included.",
             "# TYPE dockyard_registry_sent_bytes_total counter",
             f"dockyard_registry_sent_bytes_total {self.bytes_out}",
             "# HELP dockyard_registry_upload_duration_seconds Blob uploads, from session start to commit.",

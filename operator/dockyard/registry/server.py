@@ -18,11 +18,13 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
-from dockyard.registry.app import REGISTRY, Registry
+from dockyard.registry.app import Registry
 from dockyard.registry.auth import Htpasswd
 from dockyard.registry.config import ServeConfig
 from dockyard.registry.gc import collect
+from dockyard.registry.metrics import Metrics
 from dockyard.registry.storage import FilesystemStorage
 
 log = logging.getLogger("dockyard.registry")
@@ -32,11 +34,12 @@ access = logging.getLogger("dockyard.registry.access")
 class JsonAccessLogger(AbstractAccessLogger):
     """One JSON line per request; also counts the request in /metrics."""
 
+    metrics: Metrics | None = None  # set by `access_logger_for`
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         size = response.body_length
-        registry = request.app.get(REGISTRY) if isinstance(request, web.Request) else None
-        if registry is not None:
-            registry.metrics.request(request.method, response.status, size)
+        if self.metrics is not None:
+            self.metrics.request(request.method, response.status, size)
         if not self.logger.isEnabledFor(logging.INFO):
             return
         self.logger.info(json.dumps({
@@ -50,8 +53,34 @@ class JsonAccessLogger(AbstractAccessLogger):
         return True
 
 
+def access_logger_for(metrics: Metrics) -> type[JsonAccessLogger]:
+    # aiohttp instantiates the class itself; requests it could not parse have no app to ask
+    return type("RegistryAccessLogger", (JsonAccessLogger,), {"metrics": metrics})
+
+
 def _now() -> float:
     return time.time()
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname,
+                               "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs requests it cannot parse with a traceback; they are the client's fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args, record.exc_info = "rejected a malformed request: %s", (
+                " ".join(str(exc.message).split())[:300],), None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
 
 
 def _setup_logging() -> None:
@@ -60,9 +89,10 @@ def _setup_logging() -> None:
     access.addHandler(handler)
     access.setLevel(logging.INFO)
     access.propagate = False
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format='{"ts":%(created).3f,"level":"%(levelname)s","logger":"%(name)s",'
-                               '"message":"%(message)s"}')
+    root = logging.StreamHandler(sys.stderr)
+    root.setFormatter(JsonFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[root])
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
 
 
 def _event(message: str, **fields: Any) -> None:
@@ -101,7 +131,7 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
                  ssl_context: ssl.SSLContext | None) -> None:
     registry = Registry(storage, htpasswd=htpasswd, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only)
     app = registry.application()
-    runner = web.AppRunner(app, access_log_class=JsonAccessLogger, access_log=access,
+    runner = web.AppRunner(app, access_log_class=access_logger_for(registry.metrics), access_log=access,
                            handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.port, ssl_context=ssl_context, backlog=1024)
