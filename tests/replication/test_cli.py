@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
+import pty
 import random
 import re
 import subprocess
@@ -96,13 +98,41 @@ async def test_bad_arguments_are_one_line_and_exit_2(tmp_path: Path) -> None:
     assert "must be different" in (await dockyard("replicate", "-f", str(bad))).stderr
 
 
-async def test_unreachable_source_fails_the_run(tmp_path: Path) -> None:
+async def test_unreachable_source_fails_the_run_and_keeps_what_is_remembered(tmp_path: Path) -> None:
     file = write_policy(tmp_path / "p.yaml", {"source": {"url": "http://127.0.0.1:9"},
                                                "destination": {"url": "http://127.0.0.1:10"},
                                                "limits": {"retry": {"max": 0}}})
-    out = await dockyard("replicate", "-f", str(file), "--state", str(tmp_path / "s.json"))
+    state = tmp_path / "s.json"
+    remembered = {"failedItems": [{"repository": "app", "tag": "1.0", "error": "HTTP 503"}]}
+    state.write_text(json.dumps(remembered))
+    out = await dockyard("replicate", "-f", str(file), "--state", str(state))
     assert out.returncode == 1
-    assert out.stdout.strip().endswith("s") and out.stdout.startswith("Failed:")
+    assert SUMMARY.search(out.stdout).group(1) == "Failed"  # type: ignore[union-attr]
+    assert "127.0.0.1:9" in out.stderr
+    assert json.loads(state.read_text()) == remembered
+
+
+async def test_progress_bar_on_a_terminal(registries: Registries, tmp_path: Path) -> None:
+    src, dst = registries.distribution(), registries.distribution()
+    await seed(src.url, tags=tuple(f"1.{i}" for i in range(6)))
+    file = write_policy(tmp_path / "p.yaml", {"source": {"url": src.url}, "destination": {"url": dst.url}})
+    controller, terminal = pty.openpty()
+    try:
+        proc = await asyncio.to_thread(
+            subprocess.run, [DOCKYARD, "replicate", "-f", str(file), "--state", str(tmp_path / "s.json")],
+            stdout=subprocess.PIPE, stderr=terminal, text=True, timeout=120)
+        os.set_blocking(controller, False)
+        shown = b""
+        with contextlib.suppress(BlockingIOError, OSError):
+            while chunk := os.read(controller, 65536):
+                shown += chunk
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert proc.returncode == 0
+    text = shown.decode(errors="replace")
+    assert "\r[" in text and "6/6" in text and "copied 6" in text
+    assert "[" not in proc.stdout.split("Succeeded")[0]  # the bar never pollutes stdout
 
 
 async def test_basic_auth_from_flags_environment_and_docker_config(registries: Registries,

@@ -250,8 +250,8 @@ class Engine:
         async with self.repo_slots:
             try:
                 plan = await self.plan_repository(src_repo, dst_repo)
-            except (RegistryError, aiohttp.ClientError, TimeoutError) as e:
-                self.result.fail(src_repo, "*", f"listing failed: {e}")
+            except Exception as e:  # one repository's trouble never stops the others
+                self.result.fail(src_repo, "*", f"listing failed: {_describe(e)}")
                 self._progress()
                 return
         self._total += len(plan.copies) + len(plan.skips) + len(plan.deletes)
@@ -663,5 +663,7 @@ async def run_policy(policy: ReplicationPolicySpec, credentials: RunAccess, stat
     finally:
         await asyncio.gather(source.close(), dest.close())
     if not options.dry_run:
-        await asyncio.to_thread(state.save, result.failed_items)
+        # A run that could not even list the source learned nothing: keep what is remembered.
+        remember = list(failed_before) if result.fatal else result.failed_items
+        await asyncio.to_thread(state.save, remember)
     return result
