@@ -686,6 +686,15 @@ async def test_writes_lists_write_requests_after_a_mark(emulator: Emulator) -> N
     assert len(emulator.writes()) == 4
 
 
+async def test_kmock_reactions_added_by_a_test_take_precedence(emulator: Emulator) -> None:
+    await create(emulator, configmap('cm'))
+    emulator['get /api/v1/namespaces/ns1/configmaps/cm'] << 503 << {'kind': 'Status', 'code': 503}
+    with pytest.raises(ApiError) as err:
+        await get(emulator, CONFIGMAPS, 'cm', NS)
+    assert err.value.status == 503
+    assert await list_objects(emulator, CONFIGMAPS, NS)  # everything else is still served
+
+
 async def test_wait_for_reports_the_condition_on_timeout() -> None:
     with pytest.raises(TimeoutError, match='never true'):
         await wait_for(lambda: False, timeout=0.2, message='never true')
