@@ -156,3 +156,21 @@ def test_upload_continues_on_another_replica_with_shared_storage(tmp_path: Path)
                           headers={"Content-Range": f"{2 * third}-{len(data) - 1}"}).status == 202
         assert cb.request("PUT", f"{location}?digest={digest_of(data)}").status == 201
         assert ca.request("GET", f"/v2/app/blobs/{digest_of(data)}").body == data
+
+
+def test_upload_finished_on_one_replica_is_unknown_on_the_other(tmp_path: Path) -> None:
+    root = tmp_path / "shared"
+    with start_dockyard(root) as a, start_dockyard(root) as b:
+        ca, cb = Client(a.url), Client(b.url)
+        done = ca.start_upload("app")
+        assert cb.request("PATCH", done, body=b"abc").status == 202  # b now holds hash state
+        assert ca.request("PUT", f"{done}?digest={digest_of(b'abc')}").status == 201
+        for method, body in (("PATCH", b"more"), ("PUT", b"")):
+            r = cb.request(method, f"{done}?digest={digest_of(b'abc')}", body=body)
+            assert r.status == 404, method
+            assert r.error_codes() == ["BLOB_UPLOAD_UNKNOWN"]
+        cancelled = ca.start_upload("app")
+        assert cb.request("PATCH", cancelled, body=b"x").status == 202
+        assert ca.request("DELETE", cancelled).status == 204
+        assert cb.request("PATCH", cancelled, body=b"y").status == 404
+        assert "Traceback" not in a.output() + b.output()

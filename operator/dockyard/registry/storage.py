@@ -246,6 +246,12 @@ class FilesystemStorage:
         without it (another replica received the data, the process restarted, a different
         algorithm was requested) the file is hashed once here.
         """
+        try:
+            return self._commit_upload(name, upload_id, digest, hasher)
+        except FileNotFoundError:  # completed or cancelled meanwhile (another request or replica)
+            raise OCIError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id} is no longer in progress") from None
+
+    def _commit_upload(self, name: str, upload_id: str, digest: Digest, hasher: Hasher | None) -> int:
         info = self.upload_info(name, upload_id)
         data = self.upload_data(upload_id)
         if hasher is None or hasher.algorithm != digest.algorithm or hasher.size != info.size:

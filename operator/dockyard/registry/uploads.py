@@ -108,13 +108,16 @@ class Uploads:
             raise RangeMismatch(info)
         path = self.storage.upload_data(upload_id)
         hasher = self._hashers.get(upload_id)
-        if hasher is None or hasher.size != info.size:
-            hasher = await self._run(self.storage.hash_file, path, "sha256")
-            if hasher.size != info.size:  # another writer appended meanwhile
-                raise RangeMismatch(await self._run(self.storage.upload_info, name, upload_id))
+        try:
+            if hasher is None or hasher.size != info.size:
+                hasher = await self._run(self.storage.hash_file, path, "sha256")
+                if hasher.size != info.size:  # another writer appended meanwhile
+                    raise RangeMismatch(await self._run(self.storage.upload_info, name, upload_id))
+            fd = await self._run(os.open, str(path), os.O_WRONLY | os.O_APPEND)
+        except FileNotFoundError:  # completed or cancelled meanwhile (another replica)
+            raise OCIError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id} is no longer in progress") from None
         before = hasher.copy()
         self._hashers.pop(upload_id, None)
-        fd = await self._run(os.open, str(path), os.O_WRONLY | os.O_APPEND)
         try:
             received = await self._receive(body, fd, hasher)
             if length is not None and received != length:
