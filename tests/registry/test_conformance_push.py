@@ -393,3 +393,11 @@ def test_size_invalid_when_body_is_shorter_than_content_length(client: Client, r
     data = os.urandom(1000)
     assert client.request("PATCH", location, body=data, headers={"Content-Range": "0-999"}).status == 202
     assert client.request("PUT", f"{location}?digest={digest_of(data)}").status == 201
+
+
+def test_end11_mount_without_from_needs_a_repository_that_holds_the_blob(client: Client, repo: str) -> None:
+    digest = client.push_blob(f"{repo}/a", b"deleted everywhere")
+    assert client.request("DELETE", f"/v2/{repo}/a/blobs/{digest}").status == 202
+    r = client.request("POST", f"/v2/{repo}/b/blobs/uploads/?mount={digest}")
+    assert r.status == 202  # no repository holds it any more: an upload session instead
+    assert client.request("GET", f"/v2/{repo}/b/blobs/{digest}").status == 404
