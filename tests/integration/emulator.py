@@ -173,6 +173,7 @@ SERVER_METADATA = ('uid', 'creationTimestamp', 'resourceVersion', 'generation', 
 UNOWNED_METADATA = frozenset(SERVER_METADATA) | {'name', 'namespace', 'generateName'}
 OWNER_REFS: FieldPath = ('f:metadata', 'f:ownerReferences')
 FINALIZERS: FieldPath = ('f:metadata', 'f:finalizers')
+NAMESPACES_PATH = re.compile(r'/api/v1/namespaces(?:/(?P<name>[^/]+)(?:/(?P<sub>status|finalize))?)?/?')
 NAME_RE = re.compile(r'^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')
 
 
@@ -702,10 +703,14 @@ class Emulator(kmock.KubernetesEmulator):
             self._schemas[res] = schema
 
     def seed(self, obj: Body) -> Body:
-        """Store an object directly (as if created long ago), with full metadata and an ADDED event."""
+        """Store an object directly, status included, with full metadata and watch events."""
         res, info = self.resource_for(obj['apiVersion'], obj['kind'])
-        return self._create(res, info, obj, namespace=_meta(obj).get('namespace'), manager='seed',
-                            dry_run=False)
+        created = self._create(res, info, obj, namespace=_meta(obj).get('namespace'), manager='seed',
+                               dry_run=False)
+        if 'status' in obj and 'status' in info.subresources:
+            created = self._commit(res, info, created, {**created, 'status': copy.deepcopy(obj['status'])},
+                                   manager='seed', subresource='status', dry_run=False)
+        return created
 
     def resource_for(self, api_version: str, kind: str) -> tuple[kmock.resource, kmock.ResourceInfo]:
         group, _, version = api_version.rpartition('/')
@@ -746,6 +751,31 @@ class Emulator(kmock.KubernetesEmulator):
                 self.close_watches()
 
     # -- plumbing -------------------------------------------------------------------------------
+
+    async def __call__(self, raw_request: Any) -> Any:
+        # kmock's path parser cannot read the namespaces resource itself (/api/v1/namespaces[/NAME]):
+        # it takes every "namespaces/X" for a namespace prefix. Such requests are parsed here.
+        match = NAMESPACES_PATH.fullmatch(raw_request.path)
+        if match is None:
+            return await super().__call__(raw_request)
+        body: bytes = await raw_request.read()
+        text = body.decode(errors='replace')
+        try:
+            data = json.loads(text) if text else None
+        except ValueError:
+            data = None
+        request = rendering.Request(
+            id=len(self._requests), raw_request=raw_request, url=raw_request.url, method=raw_request.method,
+            params=dict(raw_request.query), headers=dict(raw_request.headers),
+            cookies=dict(raw_request.cookies), data=data, body=body, text=text,
+            resource=kmock.resource('', 'v1', 'namespaces'), namespace=None,
+            name=match.group('name'), subresource=match.group('sub'),
+        )
+        self._requests.append(request)
+        try:
+            return await self._handle(request)
+        except Exception as exc:
+            return await self._render_error(exc)
 
     async def _handle(self, request: rendering.Request) -> Any:
         if request.method.value in WRITE_METHODS:

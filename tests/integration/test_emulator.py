@@ -141,6 +141,19 @@ async def test_discovery_lists_every_resource_the_operator_touches(emulator: Emu
     assert entries['replicationpolicies']['kind'] == 'ReplicationPolicy'
 
 
+async def test_namespaces_are_served_as_cluster_scoped_objects(emulator: Emulator) -> None:
+    rv = emulator.resource_version
+    async with watching(emulator, '/api/v1/namespaces', resourceVersion=rv) as events:
+        created = await create(emulator, {'apiVersion': 'v1', 'kind': 'Namespace',
+                                          'metadata': {'name': 'registries'}})
+        assert 'namespace' not in created['metadata']
+        event = await next_event(events)
+        assert (event['type'], event['object']['metadata']['name']) == ('ADDED', 'registries')
+    assert await get(emulator, 'v1/namespaces', 'registries') == created
+    names = {ns['metadata']['name'] for ns in await list_objects(emulator, 'v1/namespaces')}
+    assert names == {'default', 'registries'}
+
+
 async def test_unregistered_resources_do_not_exist(emulator: Emulator) -> None:
     status, body = await raw(emulator, 'GET', '/apis/example.com/v1/namespaces/ns1/widgets')
     assert status == 404
@@ -669,6 +682,14 @@ async def test_crd_schema_defaults_and_prunes(emulator: Emulator) -> None:
     created = await create(emulator, {**registry(), 'spec': {'storage': {'emptyDir': {}}, 'bogus': True}})
     assert created['spec']['replicas'] == 1  # the schema's default
     assert 'bogus' not in created['spec']
+
+
+async def test_seed_stores_an_object_with_its_status_without_a_request(emulator: Emulator) -> None:
+    requests = len(emulator)  # a kmock root is the sequence of its requests
+    seeded = emulator.seed(deployment() | {'status': {'replicas': 1, 'availableReplicas': 1}})
+    assert len(emulator) == requests
+    assert seeded['status'] == {'replicas': 1, 'availableReplicas': 1}
+    assert await get(emulator, DEPLOYMENTS, 'web', NS) == seeded
 
 
 async def test_writes_lists_write_requests_after_a_mark(emulator: Emulator) -> None:
