@@ -9,6 +9,9 @@ servers on every measurement so drift hits both alike:
   to files and streamed from them; the client never holds a whole blob in memory.
 - manifest GET and HEAD requests/s with 1 and 32 concurrent connections, for a fixed time,
   median of three rounds.
+- server CPU time (user + system, all threads, from /proc/PID/stat) per GB moved and per
+  manifest request: on a machine shared with other work this moves far less than wall-clock
+  rates do. For CPU and memory rows the ratio reads "lower is better".
 - server memory: VmRSS sampled during the run, VmHWM (peak RSS) after each blob size, to show
   whether memory follows blob size.
 """
@@ -47,6 +50,7 @@ ORDER = 10
 MiB = 1024 * 1024
 READ_CHUNK = 4 * MiB
 PATCH_CHUNK = 16 * MiB
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MANIFEST_ROUNDS = 3  # median of this many runs per server, alternating servers
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -113,6 +117,11 @@ class Server:
 
     def peak_rss(self) -> int:
         return proc_status(self.process.pid, "VmHWM")
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the server process (all its threads) has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 async def blob_chunks(blob: Blob, start: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
@@ -237,14 +246,33 @@ async def settle() -> None:
     await asyncio.to_thread(os.sync)
 
 
-async def timed(op: Awaitable[None]) -> float:
+@dataclass
+class Cost:
+    """Wall-clock seconds of each run of one operation, and the server CPU seconds they used."""
+
+    walls: list[float] = field(default_factory=list)
+    cpu: float = 0.0
+    work: float = 0.0  # bytes moved or requests answered
+
+    def rate(self, size: float) -> float:
+        return size / statistics.median(self.walls)
+
+    def cpu_per(self, unit: float) -> float:
+        return self.cpu / (self.work / unit)
+
+
+async def timed(server: Server, cost: Cost, op: Awaitable[None], work: float) -> None:
+    cpu0 = await asyncio.to_thread(server.cpu_seconds)
     t0 = time.perf_counter()
     await op
-    return time.perf_counter() - t0
+    cost.walls.append(time.perf_counter() - t0)
+    cost.cpu += await asyncio.to_thread(server.cpu_seconds) - cpu0
+    cost.work += work
 
 
-async def requests_per_second(op: Callable[[], Awaitable[None]], concurrency: int, duration: float) -> float:
-    """Run OP back to back on CONCURRENCY workers for DURATION seconds; completed requests/s."""
+async def requests_per_second(op: Callable[[], Awaitable[None]], concurrency: int,
+                              duration: float) -> tuple[float, int]:
+    """Run OP back to back on CONCURRENCY workers for DURATION seconds: (requests/s, requests)."""
     done = 0
     deadline = time.perf_counter() + duration
 
@@ -256,13 +284,15 @@ async def requests_per_second(op: Callable[[], Awaitable[None]], concurrency: in
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return done / (time.perf_counter() - t0)
+    return done / (time.perf_counter() - t0), done
 
 
 def fmt(value: float | None) -> str:
     if value is None:
         return "n/a"
-    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
 async def measure(servers: list[Server], workdir: Path, quick: bool, duration: float) -> list[list[str]]:
@@ -285,22 +315,23 @@ async def measure(servers: list[Server], workdir: Path, quick: bool, duration: f
         for size in sizes:
             print(f"  blobs of {size // MiB} MiB ...", file=sys.stderr, flush=True)
             source = await asyncio.to_thread(BlobSource, workdir / f"blob-{size}", size)
-            results: dict[str, dict[str, list[float]]] = {
-                s.name: {"mono": [], "chunked": [], "pull": []} for s in servers}
+            costs = {s.name: {"mono": Cost(), "chunked": Cost(), "pull": Cost()} for s in servers}
             for n in range(reps[size]):
                 for s in servers if n % 2 == 0 else servers[::-1]:
-                    c, times = clients[s.name], results[s.name]
+                    c, cost = clients[s.name], costs[s.name]
                     mono, chunked = source.blob(f"{s.name}-m{n}"), source.blob(f"{s.name}-c{n}")
                     await settle()
-                    times["mono"].append(await timed(c.push_monolithic(f"bench/mono-{size}", mono)))
+                    await timed(s, cost["mono"], c.push_monolithic(f"bench/mono-{size}", mono), size)
                     await settle()
-                    times["pull"].append(await timed(c.pull(f"bench/mono-{size}", mono)))
+                    await timed(s, cost["pull"], c.pull(f"bench/mono-{size}", mono), size)
                     await settle()
-                    times["chunked"].append(await timed(c.push_chunked(f"bench/chunked-{size}", chunked)))
+                    await timed(s, cost["chunked"], c.push_chunked(f"bench/chunked-{size}", chunked), size)
             label = f"{size // MiB} MiB"
             for key, text in (("mono", "push monolithic"), ("chunked", "push chunked"), ("pull", "pull")):
-                row(f"{text} {label} (MB/s)",
-                    {s.name: size / statistics.median(results[s.name][key]) / 1e6 for s in servers})
+                row(f"{text} {label} (MB/s)", {s.name: costs[s.name][key].rate(size) / 1e6 for s in servers})
+            for key, text in (("mono", "push monolithic"), ("pull", "pull")):
+                row(f"  server CPU, {text} {label} (s/GB)",
+                    {s.name: costs[s.name][key].cpu_per(1e9) for s in servers})
             row(f"peak RSS after {label} blobs (MiB)", {s.name: s.peak_rss() / MiB for s in servers})
             await asyncio.to_thread(source.path.unlink)
 
@@ -308,14 +339,20 @@ async def measure(servers: list[Server], workdir: Path, quick: bool, duration: f
         for method in ("GET", "HEAD"):
             for concurrency in (1, 32):
                 print(f"  manifest {method} x{concurrency} ...", file=sys.stderr, flush=True)
-                rates: dict[str, list[float]] = {s.name: [] for s in servers}
+                costs_m = {s.name: Cost() for s in servers}
                 for _ in range(MANIFEST_ROUNDS):
                     for s in servers:
                         op = functools.partial(clients[s.name].manifest, method, "bench/manifest", "latest",
                                                manifests[s.name])
-                        rates[s.name].append(await requests_per_second(op, concurrency, duration))
-                values: dict[str, float | None] = {name: statistics.median(r) for name, r in rates.items()}
-                row(f"manifest {method}, {concurrency} conn (req/s)", values)
+                        cpu0 = await asyncio.to_thread(s.cpu_seconds)
+                        rate, count = await requests_per_second(op, concurrency, duration)
+                        costs_m[s.name].walls.append(1 / rate)
+                        costs_m[s.name].cpu += await asyncio.to_thread(s.cpu_seconds) - cpu0
+                        costs_m[s.name].work += count
+                row(f"manifest {method}, {concurrency} conn (req/s)",
+                    {name: cost.rate(1) for name, cost in costs_m.items()})
+                row(f"  server CPU per {method}, {concurrency} conn (us)",
+                    {name: cost.cpu_per(1) * 1e6 for name, cost in costs_m.items()})
         row("max sampled VmRSS (MiB)", {s.name: max(s.rss_samples, default=0) / MiB for s in servers})
         row("peak RSS, VmHWM (MiB)", {s.name: s.peak_rss() / MiB for s in servers})
     return rows
