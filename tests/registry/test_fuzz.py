@@ -89,7 +89,7 @@ def _send(server: RegistryProcess, method: str, path: str, body: bytes,
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(method=st.sampled_from(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
+@given(method=st.sampled_from(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PROPFIND"]),
        parts=paths, upload=st.integers(0, 19), query=queries, hdrs=headers, body=bodies)
 def test_any_request_gets_a_sane_answer(fuzz_server: RegistryProcess, method: str, parts: list[str],
                                         upload: int, query: dict[str, str], hdrs: dict[str, str],

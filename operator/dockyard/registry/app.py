@@ -203,7 +203,8 @@ class Registry:
                 continue
             params = {k: unquote(v) for k, v in m.groupdict().items()}
             _check_name(params["name"])
-            handler = getattr(self, f"{kind}_{request.method.lower()}", None)
+            handler = (getattr(self, f"{kind}_{request.method.lower()}", None)
+                       if request.method in READ_METHODS | WRITE_METHODS else None)
             if handler is None:
                 raise OCIError(ErrorCode.UNSUPPORTED, f"{request.method} is not allowed here", status=405)
             result: web.StreamResponse = await handler(request, **params)
