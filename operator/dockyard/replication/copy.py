@@ -146,6 +146,7 @@ class Engine:
         self._total = 0
         self._rewritten: set[str] = set()
         self._source_tags: dict[str, frozenset[str]] = {}
+        self._fresh: set[str] = set()
 
     # ------------------------------------------------------------------ helpers
 
@@ -223,24 +224,27 @@ class Engine:
             if self.spec.deletion != "mirror":
                 raise RegistryError(f"repository {src_repo} not found at the source", 404, "NAME_UNKNOWN")
             source_tags = []
-        dest_tags = await self.dest.tags(dst_repo, push=True) or []
+        listed = await self.dest.tags(dst_repo, push=True)
+        if listed is None:
+            self._fresh.add(dst_repo)  # no such repository yet: nothing there to HEAD for
+        dest_tags = listed or []
         candidates = [t for t in source_tags if not is_referrers_tag(t)]
         selected = self.selector.select(candidates)
         dest_set = set(dest_tags)
+        # Only tags on both sides need digests to decide; a missing tag is copied regardless.
+        both = [t for t in selected if t in dest_set]
         src_digests, dst_digests = await asyncio.gather(
-            self._heads(self.source, src_repo, selected, False),
-            self._heads(self.dest, dst_repo, [t for t in selected if t in dest_set], True))
+            self._heads(self.source, src_repo, both, False), self._heads(self.dest, dst_repo, both, True))
         source_map: dict[str, str | None] = dict.fromkeys(source_tags)
         source_map.update(src_digests)
-        dest_map: dict[str, str | None] = {t: None for t in dest_tags if t not in dst_digests}
+        dest_map: dict[str, str | None] = dict.fromkeys(dest_tags)
         dest_map.update(dst_digests)
-        # A tag that vanished between listing and HEAD is not copied.
-        for tag in selected:
-            if source_map.get(tag) is None:
+        # A tag that vanished between listing and HEAD is not copied (nor compared).
+        for tag in both:
+            if src_digests[tag] is None:
                 source_map.pop(tag, None)
-        for tag, digest in list(dest_map.items()):
-            if tag in dst_digests and digest is None:
-                dest_map.pop(tag)
+            if dst_digests[tag] is None:
+                dest_map.pop(tag, None)
         return _plan_repository(
             src_repo, dst_repo, source_map, dest_map, self.selector,
             conflict=self.spec.conflict, mirror_deletions=self.spec.deletion == "mirror",
@@ -357,7 +361,7 @@ class Engine:
 
     async def _manifest_by_digest(self, src_repo: str, dst_repo: str, digest: str) -> None:
         async def work() -> None:
-            if await self.dest.head_manifest(dst_repo, digest, push=True):
+            if dst_repo not in self._fresh and await self.dest.head_manifest(dst_repo, digest, push=True):
                 return
             manifest = await self.source.get_manifest(src_repo, digest)
             if manifest is None:
@@ -431,7 +435,7 @@ class Engine:
 
     async def _ensure_blob(self, src_repo: str, dst_repo: str, desc: Mapping[str, Any]) -> None:
         digest = str(desc["digest"])
-        if await self.dest.blob_exists(dst_repo, digest):
+        if dst_repo not in self._fresh and await self.dest.blob_exists(dst_repo, digest):
             self.result.blobs_skipped += 1
             if digest not in self._holders:
                 self._holders[digest] = _resolved(dst_repo)
