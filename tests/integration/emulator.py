@@ -38,7 +38,11 @@ What the emulator does, as the API server does:
   object whose ``metadata.ownerReferences`` names its uid is deleted too (background propagation,
   recursively; dependents with other live owners only lose the dangling reference). The collection
   runs synchronously inside the deleting request, so the DELETED events arrive in one burst.
-  ``propagationPolicy: Orphan`` skips it; ``preconditions`` are honoured.
+  ``propagationPolicy: Orphan`` skips it (``Foreground`` is treated as ``Background``);
+  ``preconditions`` are honoured. An object written with owner references none of which names an
+  existing object is collected right away, as the real collector soon would (the uids are those of
+  objects in this emulator; ``Emulator(collect_dangling=False)`` turns this off for tests that
+  reference owners the emulator does not hold).
 * Scale subresource (registries, deployments): an ``autoscaling/v1`` Scale built from
   ``.spec.replicas``, ``.status.replicas`` and ``.status.selector`` (for deployments, the label
   selector as a string); GET, PUT and PATCH of ``/scale`` set ``.spec.replicas``.
@@ -658,6 +662,7 @@ class Emulator(kmock.KubernetesEmulator):
     """kmock's KubernetesEmulator with the API server's semantics (see the module docstring)."""
 
     crd_dir: Path | None = CRD_DIR
+    collect_dangling: bool = True
     _rv: int = attrs.field(default=100, init=False)
     _uids: dict[str, tuple[kmock.resource, str | None, str]] = attrs.field(factory=dict, init=False)
     _scales: dict[kmock.resource, ScalePaths] = attrs.field(factory=dict, init=False)
@@ -871,6 +876,8 @@ class Emulator(kmock.KubernetesEmulator):
             status, payload = self._dispatch(request)
         except _Failure as failure:
             return rendering.Response(status=failure.code, payload=failure.status)
+        if isinstance(payload, AsyncIterator):  # a watch stream: JSON lines
+            return rendering.Response(status=status, payload=payload, headers={'Content-Type': 'application/json'})
         return rendering.Response(status=status, payload=payload)
 
     def _dispatch(self, request: rendering.Request) -> tuple[int, Any]:
@@ -1099,6 +1106,7 @@ class Emulator(kmock.KubernetesEmulator):
         self._store(key, body)
         self._uids[meta['uid']] = key
         self._emit(res, 'ADDED', None, body)
+        self._collect_if_dangling(res, key, body)
         return body
 
     def _update(self, res: kmock.resource, info: kmock.ResourceInfo, ns: str | None, name: str,
@@ -1215,6 +1223,13 @@ class Emulator(kmock.KubernetesEmulator):
             raise _Failure(400, 'BadRequest', 'the name of the object does not match the name on the URL')
         if sub == 'scale':
             raise _Failure(415, 'UnsupportedMediaType', 'apply is not supported on the scale subresource')
+        api_version = f'{res.group}/{res.version}' if res.group else str(res.version)
+        if (applied['apiVersion'], applied['kind']) != (api_version, info.kind):
+            raise _Failure(400, 'BadRequest', f'the applied {applied["apiVersion"]} {applied["kind"]} does not '
+                                              f'match the resource {api_version} {info.kind}')
+        if info.namespaced and meta.get('namespace', ns) != ns:
+            raise _Failure(400, 'BadRequest', 'the namespace of the provided object does not match the '
+                                              'namespace sent on the request')
         applied = _drop_nulls(applied)
         if sub == 'status':
             applied = {'apiVersion': applied['apiVersion'], 'kind': applied['kind'],
@@ -1353,6 +1368,7 @@ class Emulator(kmock.KubernetesEmulator):
             return new
         self._store(key, new)
         self._emit(res, 'MODIFIED', live, new)
+        self._collect_if_dangling(res, key, new)
         return new
 
     def _track_update(self, info: kmock.ResourceInfo, live: Body, new: Body, manager: str,
@@ -1433,6 +1449,13 @@ class Emulator(kmock.KubernetesEmulator):
         self._emit(res, 'DELETED', final, final)
         if not orphan:
             self._collect_garbage(uid)
+
+    def _collect_if_dangling(self, res: kmock.resource, key: tuple[kmock.resource, str | None, str],
+                             obj: Body) -> None:
+        """An object whose every owner is gone is collected, as the garbage collector would."""
+        refs = _meta(obj).get('ownerReferences') or []
+        if self.collect_dangling and refs and not any(ref.get('uid') in self._uids for ref in refs):
+            self._remove(res, key, obj, orphan=False)
 
     def _collect_garbage(self, uid: str) -> None:
         """Background propagation: dependents of a deleted owner go too (or lose the dangling ref)."""

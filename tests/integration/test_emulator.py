@@ -86,6 +86,7 @@ async def watching(emulator: Emulator, path: str, **params: str) -> AsyncIterato
     async def read() -> None:
         async with emulator.request('GET', path, params={'watch': 'true', **params}) as response:
             assert response.status == 200
+            assert response.headers['Content-Type'].startswith('application/json')
             async for line in response.content:
                 if line.strip():
                     events.put_nowait(json.loads(line))
@@ -496,6 +497,15 @@ async def test_a_dependent_with_another_live_owner_only_loses_the_reference(emul
     assert [ref['uid'] for ref in shared['metadata']['ownerReferences']] == [second['metadata']['uid']]
     await delete(emulator, REGISTRIES, 'two', NS)
     assert await get(emulator, CONFIGMAPS, 'shared', NS) is None
+
+
+async def test_an_object_whose_owners_are_all_gone_is_collected(emulator: Emulator) -> None:
+    owner = await create(emulator, registry())
+    await delete(emulator, REGISTRIES, 'main', NS)
+    # Written after its owner was deleted (a reconcile racing the deletion): collected at once.
+    created = await create(emulator, configmap('late-child', ownerReferences=[owner_ref(owner)]))
+    assert created['metadata']['uid']
+    assert await get(emulator, CONFIGMAPS, 'late-child', NS) is None
 
 
 async def test_orphan_propagation_keeps_dependents(emulator: Emulator) -> None:
