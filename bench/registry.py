@@ -297,7 +297,7 @@ def fmt(value: float | None) -> str:
 
 async def measure(servers: list[Server], workdir: Path, quick: bool, duration: float) -> list[list[str]]:
     sizes = [1 * MiB, 8 * MiB] if quick else [1 * MiB, 64 * MiB, 512 * MiB]
-    reps = {1 * MiB: 20 if quick else 50, 8 * MiB: 3, 64 * MiB: 5, 512 * MiB: 3}
+    reps = {1 * MiB: 20 if quick else 50, 8 * MiB: 3, 64 * MiB: 7, 512 * MiB: 5}
     rows: list[list[str]] = []
 
     def row(label: str, values: dict[str, float | None]) -> None:
