@@ -203,3 +203,45 @@ async def test_one_broken_artifact_does_not_stop_the_others(registries: Registri
     assert await list_tags(dst.url, "app") == ["ok0", "ok1", "ok2"]
 
 
+
+
+async def test_corrupt_bytes_from_the_source_never_complete_at_the_destination(registries: Registries) -> None:
+    src, dst = registries.start("distribution"), registries.start("distribution")
+    async with Pusher(src.url) as p:
+        image = await p.image("app", "1.0", [random.randbytes(200_000)])
+    layer = next(d for d, b in image.blobs.items() if len(b) == 200_000)
+
+    async def flip_a_byte(request: web.Request, proxy: RecordingProxy) -> web.StreamResponse | None:
+        if request.method == "GET" and request.path.endswith(layer):
+            assert proxy._session is not None
+            async with proxy._session.get(proxy.upstream + request.path_qs) as up:
+                body = bytearray(await up.read())
+            body[1000] ^= 0xFF
+            return web.Response(body=bytes(body), headers={"Docker-Content-Digest": layer})
+        return None
+
+    async with RecordingProxy(src.url, flip_a_byte) as proxy, RecordingProxy(dst.url) as gate:
+        result = await replicate(policy(proxy.url, gate.url))
+    assert (result.result, result.failed) == ("Failed", 1)
+    assert "digest" in result.failed_items[0].error
+    # The engine checks the digest before the last bytes leave: no upload of the layer ever
+    # completed (the registry would have had to reject it itself).
+    assert [r for r in gate.records if r.method == "PUT" and layer in r.path] == []
+    assert await fetch_blob(dst.url, "app", layer) is None
+    assert await list_tags(dst.url, "app") == []
+
+
+async def test_requests_per_second_is_respected(registries: Registries) -> None:
+    src, dst = registries.start("distribution"), registries.start("distribution")
+    async with Pusher(src.url) as p:
+        for i in range(4):
+            await p.image("app", f"1.{i}", [random.randbytes(1000)])
+    async with RecordingProxy(src.url) as proxy:
+        started = time.monotonic()
+        result = await replicate(policy(proxy.url, dst.url, limits={"requestsPerSecond": 10}))
+        elapsed = time.monotonic() - started
+    assert result.result == "Succeeded"
+    sent = len(proxy.records)
+    assert sent > 15
+    # a burst of 10, then 10 per second
+    assert elapsed >= (sent - 10) / 10 * 0.9

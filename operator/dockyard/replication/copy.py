@@ -354,7 +354,7 @@ class Engine:
             raise RegistryError(f"no platform of the index matches {', '.join(self.platforms)}", None,
                                 "MANIFEST_INVALID")
         doc["manifests"] = kept
-        body = json.dumps(doc, indent=3).encode()
+        body = json.dumps(doc, separators=(",", ":")).encode()
         rewritten = Manifest(manifest.media_type, body, str(Digest.of(body)))
         self._rewritten.add(manifest.digest)
         return rewritten, [e["digest"] for e in kept]
