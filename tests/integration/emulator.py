@@ -96,7 +96,7 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, overload
 
 import attrs
 import kmock
@@ -545,26 +545,24 @@ def _split_selector(text: str) -> list[str]:
 
 def label_selector(text: str | None) -> Callable[[Mapping[str, str]], bool]:
     """Parse a label selector (``a=b,c!=d,e,!f,g in (x,y),h notin (z)``) into a predicate."""
-    checks: list[Callable[[Mapping[str, str]], bool]] = []
-    for term in _split_selector(text or ''):
-        if m := re.fullmatch(r'(\S+)\s+(in|notin)\s+\((.*)\)', term):
-            key, op, values = m.group(1), m.group(2), {v.strip() for v in m.group(3).split(',')}
-            if op == 'in':
-                checks.append(lambda labels, k=key, vs=values: labels.get(k) in vs)
-            else:
-                checks.append(lambda labels, k=key, vs=values: labels.get(k) not in vs)
-        elif '!=' in term:
-            key, value = (s.strip() for s in term.split('!=', 1))
-            checks.append(lambda labels, k=key, v=value: labels.get(k) != v)
-        elif '=' in term:
-            key, value = (s.strip() for s in term.replace('==', '=').split('=', 1))
-            checks.append(lambda labels, k=key, v=value: labels.get(k) == v)
-        elif term.startswith('!'):
-            absent = term[1:].strip()
-            checks.append(lambda labels, k=absent: k not in labels)
-        else:
-            checks.append(lambda labels, k=term: k in labels)
+    checks = [_label_term(term) for term in _split_selector(text or '')]
     return lambda labels: all(check(labels) for check in checks)
+
+
+def _label_term(term: str) -> Callable[[Mapping[str, str]], bool]:
+    if m := re.fullmatch(r'(\S+)\s+(in|notin)\s+\((.*)\)', term):
+        key, negate, values = m.group(1), m.group(2) == 'notin', {v.strip() for v in m.group(3).split(',')}
+        return lambda labels: (labels.get(key) in values) != negate
+    if '!=' in term:
+        key, value = (part.strip() for part in term.split('!=', 1))
+        return lambda labels: labels.get(key) != value
+    if '=' in term:
+        key, value = (part.strip() for part in term.replace('==', '=').split('=', 1))
+        return lambda labels: labels.get(key) == value
+    if term.startswith('!'):
+        absent = term[1:].strip()
+        return lambda labels: absent not in labels
+    return lambda labels: term in labels
 
 
 def field_selector(text: str | None) -> Callable[[Mapping[str, Any]], bool]:
@@ -900,7 +898,7 @@ class Emulator(kmock.KubernetesEmulator):
             return 200, self._watch(res, info, ns, name, params, request)
         if method == 'GET' and name is None:
             return 200, self._list(res, info, ns, params)
-        if method == 'GET':
+        if method == 'GET' and name is not None:
             obj = self._require(res, ns, name)
             return 200, self._scale_of(res, obj) if sub == 'scale' else obj
         if method == 'POST' and name is None:
@@ -1013,15 +1011,15 @@ class Emulator(kmock.KubernetesEmulator):
                 if wait <= 0:
                     return
                 try:
-                    event = await asyncio.wait_for(watch.queue.get(), wait)
+                    live_event = await asyncio.wait_for(watch.queue.get(), wait)
                 except TimeoutError:
                     transport = request._raw_request.transport if request._raw_request else None
                     if transport is None or transport.is_closing():
                         return  # the client went away
                     continue
-                if event is None:
+                if live_event is None:
                     return
-                yield event
+                yield live_event
         finally:
             self._watches.discard(watch)
 
@@ -1051,11 +1049,11 @@ class Emulator(kmock.KubernetesEmulator):
 
     # -- writes ---------------------------------------------------------------------------------
 
-    def _create(self, res: kmock.resource, info: kmock.ResourceInfo, body: Any, *, namespace: str | None,
+    def _create(self, res: kmock.resource, info: kmock.ResourceInfo, obj: Any, *, namespace: str | None,
                 manager: str, dry_run: bool, managed: list[Body] | None = None) -> Body:
-        if not isinstance(body, dict):
+        if not isinstance(obj, dict):
             raise _Failure(400, 'BadRequest', 'the body must be an object')
-        body = copy.deepcopy(body)
+        body: Body = copy.deepcopy(obj)
         api_version = f'{res.group}/{res.version}' if res.group else str(res.version)
         if body.get('kind', info.kind) != info.kind or body.get('apiVersion', api_version) != api_version:
             raise _Failure(400, 'BadRequest', f'the API version in the data ({body.get("apiVersion")}) and the '
@@ -1479,6 +1477,7 @@ class Emulator(kmock.KubernetesEmulator):
     async def _serve_version(self, request: rendering.Request) -> Any:
         # As the scaffold's, but subresources get their own kinds and verbs, as on a real server.
         payload = await super()._serve_version(request)
+        assert isinstance(payload, dict)
         for entry in payload.get('resources', []):
             if entry['name'].endswith('/scale'):
                 entry.update(kind='Scale', group='autoscaling', version='v1', verbs=['get', 'patch', 'update'])
@@ -1578,8 +1577,18 @@ async def delete(emulator: Emulator, resource: str, name: str, namespace: str | 
     return result
 
 
-async def wait_for(predicate: Callable[[], T | Awaitable[T]], timeout: float = 10.0, *,  # noqa: ASYNC109
-                   interval: float = 0.05, message: str = '') -> T:
+@overload
+async def wait_for(predicate: Callable[[], Awaitable[T]], timeout: float = ..., *,  # noqa: ASYNC109
+                   interval: float = ..., message: str = ...) -> T: ...
+
+
+@overload
+async def wait_for(predicate: Callable[[], T], timeout: float = ..., *,  # noqa: ASYNC109
+                   interval: float = ..., message: str = ...) -> T: ...
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, *,  # noqa: ASYNC109
+                   interval: float = 0.05, message: str = '') -> Any:
     """Poll a (sync or async) predicate until it returns something truthy; return that value."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -1588,7 +1597,7 @@ async def wait_for(predicate: Callable[[], T | Awaitable[T]], timeout: float = 1
         if inspect.isawaitable(result):
             result = await result
         if result:
-            return result  # type: ignore[return-value]
+            return result
         last = result
         if time.monotonic() >= deadline:
             what = message or getattr(predicate, '__name__', repr(predicate))

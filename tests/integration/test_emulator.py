@@ -558,14 +558,16 @@ async def test_registry_scale_subresource(emulator: Emulator) -> None:
 
 async def test_deployment_scale_through_the_kubernetes_client(emulator: Emulator, kubeconfig: Path) -> None:
     await create(emulator, deployment())
-    client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    client = await asyncio.to_thread(kubernetes.config.new_client_from_config, config_file=str(kubeconfig))
     apps = kubernetes.client.AppsV1Api(client)
     try:
         scale = await asyncio.to_thread(apps.read_namespaced_deployment_scale, 'web', NS)
+        assert scale.spec is not None and scale.status is not None
         assert scale.spec.replicas == 1
         assert scale.status.selector == 'app.kubernetes.io/instance=web,app.kubernetes.io/name=dockyard-registry'
         await asyncio.to_thread(apps.patch_namespaced_deployment_scale, 'web', NS, {'spec': {'replicas': 3}})
         fresh = await asyncio.to_thread(apps.read_namespaced_deployment, 'web', NS)
+        assert fresh.spec is not None and fresh.metadata is not None
         assert fresh.spec.replicas == 3 and fresh.metadata.generation == 2
     finally:
         await asyncio.to_thread(client.close)
@@ -593,11 +595,12 @@ async def test_errors_are_status_objects(emulator: Emulator) -> None:
 
 
 async def test_kubernetes_client_sees_api_exceptions(emulator: Emulator, kubeconfig: Path) -> None:
-    client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    client = await asyncio.to_thread(kubernetes.config.new_client_from_config, config_file=str(kubeconfig))
     core = kubernetes.client.CoreV1Api(client)
     try:
         body = kubernetes.client.V1ConfigMap(metadata=kubernetes.client.V1ObjectMeta(name='cm'), data={'a': '1'})
         created = await asyncio.to_thread(core.create_namespaced_config_map, NS, body)
+        assert created.metadata is not None
         assert created.metadata.uid and created.metadata.resource_version
         with pytest.raises(kubernetes.client.ApiException) as err:
             await asyncio.to_thread(core.create_namespaced_config_map, NS, body)
@@ -754,7 +757,7 @@ async def test_kopf_operator_runs_against_the_emulator(emulator: Emulator, kubec
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix='dockyard.dev')
 
     @kopf.on.create('dockyard.dev', 'v1alpha1', 'registries', registry=registry_)
-    def on_create(name: str, namespace: str, body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    def on_create(name: str, namespace: str | None, body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         created.append(name)
         kopf.info(body, reason='Handled', message='on_create ran')
         patch.status['endpoint'] = f'http://{name}.{namespace}.svc:5000'
