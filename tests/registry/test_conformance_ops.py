@@ -168,3 +168,27 @@ def test_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         plain = Client(server.url.replace("https://", "http://"))
         with pytest.raises(OSError):
             plain.request("GET", "/v2/", timeout=5)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("90s", 90), ("30m", 1800), ("1h30m", 5400), ("24h", 86400), ("7d", 604800), ("200ms", 0.2), (45, 45),
+])
+def test_durations(text: str | int, seconds: float) -> None:
+    from dockyard.registry.config import parse_duration
+
+    assert parse_duration(text, "gc.interval") == pytest.approx(seconds)
+
+
+def test_config_document_maps_to_settings() -> None:
+    from dockyard.registry.config import GCConfig, parse_config
+
+    cfg = parse_config({"addr": "127.0.0.1:6000", "root": "/data", "htpasswd": "/auth/htpasswd",
+                        "anonymousPull": True, "readOnly": True,
+                        "tls": {"cert": "/tls/tls.crt", "key": "/tls/tls.key"},
+                        "gc": {"interval": "12h", "deleteUntagged": True, "gracePeriod": "2h"}})
+    assert (cfg.host, cfg.port, str(cfg.root)) == ("127.0.0.1", 6000, "/data")
+    assert cfg.anonymous_pull and cfg.read_only
+    assert str(cfg.tls_cert) == "/tls/tls.crt" and str(cfg.tls_key) == "/tls/tls.key"
+    assert cfg.gc == GCConfig(interval=43200, delete_untagged=True, grace_period=7200)
+    assert parse_config({}).gc is None
+    assert parse_config(None).port == 5000
