@@ -432,7 +432,7 @@ def value_at(obj: Any, path: FieldPath) -> Any:
 
 
 def remove_at(obj: Body, path: FieldPath) -> None:
-    """Remove the field at a path (in place), then prune the maps it leaves empty."""
+    """Remove the field at a path (in place), then prune the maps its removal left empty."""
     trail: list[Any] = [obj]
     for element in path[:-1]:
         nxt = value_at(trail[-1], (element,))
@@ -440,18 +440,19 @@ def remove_at(obj: Body, path: FieldPath) -> None:
             return
         trail.append(nxt)
     parent, (kind, _, raw) = trail[-1], path[-1].partition(':')
-    if kind == 'f' and isinstance(parent, dict):
-        parent.pop(raw, None)
-    elif kind in ('k', 'v') and isinstance(parent, list):
-        item = value_at(parent, (path[-1],))
-        if item is not _MISSING:
-            parent.remove(item)
+    if kind == 'f' and isinstance(parent, dict) and raw in parent:
+        del parent[raw]
+    elif kind in ('k', 'v') and isinstance(parent, list) and (item := value_at(parent, (path[-1],))) is not _MISSING:
+        parent.remove(item)
+    else:
+        return  # nothing was there: nothing to prune either
     # Prune emptied containers below the top level (metadata and spec themselves stay).
     for depth in range(len(trail) - 1, 1, -1):
-        if trail[depth] in ({}, []):
-            container, (_, _, raw) = trail[depth - 1], path[depth - 1].partition(':')
-            if isinstance(container, dict):
-                container.pop(raw, None)
+        if trail[depth] not in ({}, []):
+            break
+        container, (_, _, raw) = trail[depth - 1], path[depth - 1].partition(':')
+        if isinstance(container, dict):
+            container.pop(raw, None)
 
 
 def fields_to_v1(paths: Iterable[FieldPath]) -> Body:
@@ -1240,7 +1241,7 @@ class Emulator(kmock.KubernetesEmulator):
             if sub is not None:
                 raise _Failure(404, 'NotFound', f'{_qualified(res)} "{name}" not found',
                                {'name': name, 'group': res.group, 'kind': res.plural})
-            body = {**applied, 'metadata': {**meta, 'name': name}}
+            body = {**applied, 'metadata': {**_meta(applied), 'name': name}}
             entry = self._entry(manager, 'Apply', api_version, self._owned_paths(info, applied, None), None)
             return 201, self._create(res, info, body, namespace=ns, manager=manager, dry_run=dry_run,
                                      managed=[entry])

@@ -394,6 +394,15 @@ async def test_apply_merges_owner_references_by_uid(emulator: Emulator) -> None:
     assert uids == {first['metadata']['uid'], second['metadata']['uid']}
 
 
+async def test_apply_drops_an_owner_reference_and_the_last_label_it_stopped_applying(emulator: Emulator) -> None:
+    owner = await create(emulator, registry())
+    await apply(emulator, configmap('cm', labels={'a': '1'}, ownerReferences=[owner_ref(owner)]), manager='dockyard')
+    body = await apply(emulator, configmap('cm'), manager='dockyard')
+    assert 'ownerReferences' not in body['metadata']
+    assert 'labels' not in body['metadata']
+    assert body['data'] == {'k': 'v'}
+
+
 async def test_apply_conflicts_on_fields_owned_by_others_unless_forced(emulator: Emulator) -> None:
     await apply(emulator, deployment(replicas=1), manager='dockyard')
     await patch(emulator, DEPLOYMENTS, 'web', {'spec': {'replicas': 5}}, NS, params={'fieldManager': 'kubectl'})
