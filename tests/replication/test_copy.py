@@ -160,3 +160,15 @@ async def test_deletion_mirror_removes_only_what_the_filters_select(pair: Pair) 
     assert await list_tags(dst.url, "app") == ["1.1", "local-build"]
     none = await replicate(policy(src.url, dst.url, filters={"tags": {"semverRange": ">=1"}}))
     assert none.deleted == 0
+
+
+async def test_latest_orders_tags_that_are_not_versions_by_creation_time(pair: Pair) -> None:
+    src, dst = pair
+    async with Pusher(src.url) as p:
+        await p.image("app", "zeta", [random.randbytes(1000)], created="2024-01-01T00:00:00Z")
+        await p.image("app", "alpha", [random.randbytes(1000)], created="2024-03-01T00:00:00Z")
+        await p.image("app", "main", [random.randbytes(1000)], created="2024-02-01T00:00:00Z")
+        await p.image("app", "old", [random.randbytes(1000)], created="2023-06-01T00:00:00Z")
+    result = await replicate(policy(src.url, dst.url, filters={"latest": 2}))
+    assert result.copied == 2
+    assert await list_tags(dst.url, "app") == ["alpha", "main"]

@@ -99,3 +99,10 @@ def test_orphaned_destination_repositories() -> None:
     dest = ["mirror/nginx", "mirror/redis", "mirror/internal/x", "unrelated/app"]
     orphans = orphaned_destinations(dest, {"library/nginx"}, rewrite, ("library/**",), ("library/internal/**",))
     assert orphans == [("library/redis", "mirror/redis")]
+
+
+def test_latest_uses_creation_times_when_given() -> None:
+    source = {"main": "sha256:1", "dev": "sha256:2", "old": "sha256:3"}
+    created = {"main": "2024-02-01T00:00:00Z", "dev": "2024-03-01T00:00:00Z", "old": "2023-01-01T00:00:00Z"}
+    plan = plan_repository("src", "dst", source, {}, TagSelector(latest=2), created=created)
+    assert [c.tag for c in plan.copies] == ["dev", "main"]

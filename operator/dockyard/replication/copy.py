@@ -31,6 +31,7 @@ from dockyard.replication.filters import (
     filter_index_entries,
     is_literal,
     is_referrers_tag,
+    parse_version,
     referrers_tag,
     repository_selected,
 )
@@ -229,7 +230,8 @@ class Engine:
             self._fresh.add(dst_repo)  # no such repository yet: nothing there to HEAD for
         dest_tags = listed or []
         candidates = [t for t in source_tags if not is_referrers_tag(t)]
-        selected = self.selector.select(candidates)
+        created = await self._created_times(src_repo, candidates)
+        selected = self.selector.select(candidates, created)
         dest_set = set(dest_tags)
         # Only tags on both sides need digests to decide; a missing tag is copied regardless.
         both = [t for t in selected if t in dest_set]
@@ -248,7 +250,41 @@ class Engine:
         return _plan_repository(
             src_repo, dst_repo, source_map, dest_map, self.selector,
             conflict=self.spec.conflict, mirror_deletions=self.spec.deletion == "mirror",
-            rewrites_indexes=bool(self.platforms), failed=self.failed_before)
+            rewrites_indexes=bool(self.platforms), failed=self.failed_before, created=created)
+
+    async def _created_times(self, src_repo: str, tags: Sequence[str]) -> dict[str, str] | None:
+        """Creation times for `latest: N` when the tags are not all versions (else version order)."""
+        matching = [t for t in tags if self.selector.matches(t)]
+        if self.selector.latest is None or all(parse_version(t) for t in matching):
+            return None
+        times = await asyncio.gather(*(self._created(src_repo, t) for t in matching))
+        return {t: when for t, when in zip(matching, times, strict=True) if when}
+
+    async def _created(self, src_repo: str, tag: str) -> str:
+        """The image config's `created` (of the first image of an index), or "" when unknown."""
+        manifest = await self.source.get_manifest(src_repo, tag)
+        for _ in range(2):
+            if manifest is None:
+                return ""
+            doc = manifest.parsed()
+            if not manifest.is_index:
+                break
+            entries = doc.get("manifests") or []
+            if not entries:
+                return ""
+            manifest = await self.source.get_manifest(src_repo, entries[0]["digest"])
+        config = doc.get("config") or {}
+        if not config.get("digest") or int(config.get("size", 0)) > 1024 * 1024:
+            return ""
+        resp = await self.source.open_blob(src_repo, config["digest"])
+        try:
+            body = await resp.content.read(1024 * 1024 + 1)
+        finally:
+            resp.release()
+        try:
+            return str(json.loads(body).get("created") or "")
+        except (ValueError, AttributeError):
+            return ""
 
     async def _repository(self, src_repo: str, dst_repo: str) -> None:
         async with self.repo_slots:

@@ -110,6 +110,7 @@ def plan_repository(
     mirror_deletions: bool = False,
     rewrites_indexes: bool = False,
     failed: Collection[tuple[str, str]] = (),
+    created: Mapping[str, str] | None = None,
 ) -> Plan:
     """The plan of one source repository copied into one destination repository.
 
@@ -117,11 +118,12 @@ def plan_repository(
     the referrers tag schema (`sha256-<hex>`) are not tags of their own: they travel with
     their subject. With `rewrites_indexes`, a destination digest that differs from the
     source cannot be judged yet (the filtered index has a new digest): the item is
-    planned as a copy marked `verify`.
+    planned as a copy marked `verify`. `created` (tag -> creation time) orders `latest`
+    when the tags are not all versions.
     """
     plan = Plan()
     candidates = [t for t in source_tags if not is_referrers_tag(t)]
-    for tag in selector.select(candidates):
+    for tag in selector.select(candidates, created):
         src = source_tags[tag]
         dst = dest_tags.get(tag)
         retry = (source_repo, tag) in failed
