@@ -245,3 +245,38 @@ async def test_requests_per_second_is_respected(registries: Registries) -> None:
     assert sent > 15
     # a burst of 10, then 10 per second
     assert elapsed >= (sent - 10) / 10 * 0.9
+
+
+async def test_a_token_expiring_during_a_chunked_upload_is_renewed_and_the_upload_resumes(
+        registries: Registries) -> None:
+    src, dst = registries.start("distribution"), registries.start("distribution")
+    big = random.randbytes(3 * 1024 * 1024 + 7)
+    async with Pusher(src.url) as p:
+        image = await p.image("big", "1.0", [big])
+    generation = 1
+    tokens_issued = 0
+    patches = 0
+
+    async def expiring_tokens(request: web.Request, proxy: RecordingProxy) -> web.StreamResponse | None:
+        nonlocal generation, tokens_issued, patches
+        if request.path == "/token":
+            tokens_issued += 1
+            return web.json_response({"token": f"gen{generation}", "expires_in": 3600})
+        if request.path == "/v2/":
+            return None
+        if request.headers.get("Authorization") != f"Bearer gen{generation}":
+            return web.json_response(
+                {"errors": [{"code": "UNAUTHORIZED", "message": "token expired"}]}, status=401,
+                headers={"WWW-Authenticate": f'Bearer realm="{proxy.url}/token",service="t"'})
+        if request.method == "PATCH":
+            patches += 1
+            if patches == 2:
+                generation += 1  # every token issued so far expires now
+        return None
+
+    async with RecordingProxy(dst.url, expiring_tokens) as proxy:
+        result = await replicate(policy(src.url, proxy.url), chunk_size=1024 * 1024)
+    assert result.result == "Succeeded", result.failed_items
+    assert generation == 2 and tokens_issued >= 2
+    assert await fetch_blob(dst.url, "big", digest_of(big)) == big
+    assert digest_of((await fetch_manifest(dst.url, "big", "1.0"))[1]) == image.digest

@@ -461,13 +461,18 @@ class Registry:
     async def send(self, repo: str, method: str, location: str, *, data: Any, headers: Mapping[str, str],
                    ok: tuple[int, ...]) -> Response:
         """One body-carrying upload request, not retried here (the body is a stream)."""
+        scope = self.scope(repo, True)
         hdrs = CIMultiDict(headers)
-        hdrs.update(await self._auth_header(self.scope(repo, True)))
+        hdrs.update(await self._auth_header(scope))
         await self.limiter.take()
         self.stats.requests[method] += 1
         try:
             async with self.session.request(method, location, headers=hdrs, data=data) as resp:
                 body = await resp.read()
+                if resp.status == 401 and scope in self._tokens:
+                    # A token that expired during a long upload: the caller resumes with a new one.
+                    self._tokens.pop(scope, None)
+                    raise RegistryError(f"{method} upload: token expired", None, "TOKEN_EXPIRED")
                 if resp.status not in ok:
                     raise _error_of(method, location, resp.status, body)
                 return Response(resp.status, resp.headers, body)
