@@ -52,6 +52,14 @@ async def test_dry_run_lists_and_writes_nothing(registries: Registries, tmp_path
     assert "copy   app:1.0 -> mirror/app:1.0" in out.stdout
     assert "copy   app:1.1 -> mirror/app:1.1" in out.stdout
     assert await list_tags(dst.url, "mirror/app") == []
+    # With the deletion mirror, tags the source lost are listed for deletion, and kept.
+    await seed(dst.url, "mirror/app", ("0.9",))
+    file = write_policy(tmp_path / "p.yaml", {"source": {"url": src.url}, "destination": {"url": dst.url},
+                                               "destinationPath": {"prefix": "mirror/"}, "deletion": "mirror"})
+    out = await dockyard("replicate", "-f", str(file), "--dry-run", "--state", str(tmp_path / "s.json"))
+    assert out.returncode == 0, out.stderr
+    assert "delete mirror/app:0.9" in out.stdout
+    assert await list_tags(dst.url, "mirror/app") == ["0.9"]
 
 
 async def test_run_prints_a_summary_and_exit_codes_follow_the_result(registries: Registries,
