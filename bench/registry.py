@@ -358,6 +358,17 @@ async def measure(servers: list[Server], workdir: Path, quick: bool, duration: f
     return rows
 
 
+def post_mortem(servers: list[Server]) -> str:
+    """Which server died (exit status) and the end of every server's log."""
+    report = []
+    for s in servers:
+        proc = s.process.proc
+        state = "running" if s.process.alive() else f"exited with {proc.returncode if proc else '?'}"
+        tail = "\n    ".join(s.process.output().splitlines()[-15:])
+        report.append(f"{s.name} ({s.url}, pid {s.process.pid}): {state}\n    {tail}")
+    return "\n".join(report)
+
+
 async def run_async(options: argparse.Namespace) -> list[Table]:
     quick: bool = options.quick
     duration: float = options.duration or (1.0 if quick else 3.0)
@@ -381,6 +392,8 @@ async def run_async(options: argparse.Namespace) -> list[Table]:
             sampler = asyncio.create_task(sample_rss(servers, stop))
             try:
                 rows = await measure(servers, workdir, quick, duration)
+            except (aiohttp.ClientError, RuntimeError) as failed:
+                raise SystemExit(f"registry benchmark failed: {failed!r}\n{post_mortem(servers)}") from failed
             finally:
                 stop.set()
                 await sampler
