@@ -5,7 +5,9 @@ things a real cluster gives: an API server and a ``KUBECONFIG`` pointing at it.
 
 * ``emulator`` — an ``emulator.Emulator`` served on a free port of 127.0.0.1 with every resource
   Dockyard touches registered (and the CRDs from ``crds/``); ``emulator.url`` is its base URL.
-  Watch streams are closed when the test ends, so the server shuts down promptly.
+  Watch streams are closed when the test ends, so the server shuts down promptly. Custom
+  resources are validated against their CRDs; a test that needs an invalid object to get past
+  admission sets ``emulator.validate = False`` first.
 * ``kubeconfig`` — writes a kubeconfig (plain HTTP, a bearer token the emulator ignores) into the
   test's temporary directory, points ``KUBECONFIG`` at it (also for an already imported
   ``kubernetes`` client, which reads the variable once at import), and returns its path. Kopf's

@@ -47,7 +47,13 @@ What the emulator does, as the API server does:
   ``.spec.replicas``, ``.status.replicas`` and ``.status.selector`` (for deployments, the label
   selector as a string); GET, PUT and PATCH of ``/scale`` set ``.spec.replicas``.
 * CRD schemas from ``crds/`` apply their ``default`` values and prune unknown fields, as a
-  structural schema does. They are not validated (the unit tier does that).
+  structural schema does, and writes are validated as admission would (422 Invalid naming the
+  fields) with the unit tier's admission harness (``tests/unit/cel.py``: the structural schema
+  and the CEL ``x-kubernetes-validations``, transition rules included). The CEL rules run on
+  create and whenever anything but metadata and status changes; metadata and status writes are
+  checked against the structural schema only. ``Emulator(validate=False)``, or
+  ``emulator.validate = False`` inside a test, turns this off: for a test of what the operator
+  does when an invalid object gets past admission anyway.
 * Errors are ``Status`` objects: NotFound 404, AlreadyExists 409, Conflict 409, Invalid 422,
   BadRequest 400, MethodNotAllowed 405, UnsupportedMediaType 415.
 * Lists carry ``metadata.resourceVersion`` (the current counter) and honour ``labelSelector``,
@@ -59,7 +65,7 @@ What the emulator does, as the API server does:
   objects that start or stop matching as ADDED or DELETED.
 * ``?dryRun=All`` validates and answers without storing.
 
-Not emulated: admission and validation (CEL), authentication and RBAC, namespace existence and
+Not emulated: validation of built-in kinds, admission webhooks, authentication and RBAC, namespace existence and
 namespace deletion, the defaults built-in types get (a Deployment's ``strategy``, a container's
 ``imagePullPolicy``, ...), controllers (nothing makes a Deployment available: tests write its
 status through ``/status``), periodic bookmarks, server-side table output, ``$patch`` directives.
@@ -99,9 +105,12 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, overload
 
 import attrs
+import jsonschema  # type: ignore[import-untyped]
 import kmock
 import yaml
 from kmock._internal import apps, k8s, rendering
+
+from tests.unit import cel as admission
 
 T = TypeVar('T')
 Body = dict[str, Any]
@@ -662,10 +671,12 @@ class Emulator(kmock.KubernetesEmulator):
 
     crd_dir: Path | None = CRD_DIR
     collect_dangling: bool = True
+    validate: bool = True
     _rv: int = attrs.field(default=100, init=False)
     _uids: dict[str, tuple[kmock.resource, str | None, str]] = attrs.field(factory=dict, init=False)
     _scales: dict[kmock.resource, ScalePaths] = attrs.field(factory=dict, init=False)
     _schemas: dict[kmock.resource, Body] = attrs.field(factory=dict, init=False)
+    _validators: dict[kmock.resource, Any] = attrs.field(factory=dict, init=False)
     _custom: set[kmock.resource] = attrs.field(factory=set, init=False)
     _builtin_reactions: int = attrs.field(default=0, init=False)
     _owners: dict[tuple[kmock.resource, str | None, str], set[str]] = attrs.field(factory=dict, init=False)
@@ -1090,6 +1101,7 @@ class Emulator(kmock.KubernetesEmulator):
             body.pop('status', None)
         if res in self._schemas:
             body = _apply_crd_schema(self._schemas[res], body)
+            self._admit(res, info, name, body, None)
         meta = body['metadata']
         meta['uid'] = str(uuid.uuid4())
         meta['creationTimestamp'] = _now()
@@ -1349,6 +1361,8 @@ class Emulator(kmock.KubernetesEmulator):
 
         if content(live) == content(new) and ownership(old_meta.get('managedFields', [])) == ownership(managed):
             return live  # a no-op: no new resourceVersion, no event
+        if res in self._schemas:
+            self._admit(res, info, name, new, live, spec_changed=essence(live) != essence(new))
         new = {**new, 'metadata': dict(new_meta)}
         meta = new['metadata']
         meta['generation'] = old_meta.get('generation', 1) + (essence(live) != essence(new))
@@ -1369,6 +1383,28 @@ class Emulator(kmock.KubernetesEmulator):
         self._emit(res, 'MODIFIED', live, new)
         self._collect_if_dangling(res, key, new)
         return new
+
+    def _admit(self, res: kmock.resource, info: kmock.ResourceInfo, name: str, new: Body, old: Body | None, *,
+               spec_changed: bool = True) -> None:
+        """Validate a custom resource against its CRD: the schema always, the CEL rules on spec changes."""
+        if not self.validate:
+            return
+        schema = self._schemas[res]
+        if old is None or spec_changed:
+            problems = [(v.path, v.message) for v in admission.admit(new, schema, old)]
+        else:  # only metadata or status changed: the structural schema (cached) is enough
+            if res not in self._validators:
+                self._validators[res] = jsonschema.Draft4Validator(admission.to_jsonschema(schema))
+            problems = [('.'.join(str(p) for p in error.absolute_path), error.message)
+                        for error in self._validators[res].iter_errors(new)]
+        if problems:
+            causes = [{'reason': 'FieldValueInvalid', 'field': path,
+                       'message': message if message == 'Required value' else f'Invalid value: {message}'}
+                      for path, message in problems]
+            listed = [f'{c["field"]}: {c["message"]}' for c in causes]
+            summary = listed[0] if len(listed) == 1 else '[' + ', '.join(listed) + ']'
+            raise _Failure(422, 'Invalid', f'{info.kind}.{res.group} "{name}" is invalid: {summary}',
+                           {'name': name, 'group': res.group, 'kind': info.kind, 'causes': causes})
 
     def _track_update(self, info: kmock.ResourceInfo, live: Body, new: Body, manager: str,
                       sub: str | None) -> list[Body]:

@@ -44,7 +44,7 @@ def registry(name: str = 'main', replicas: int = 1, **extra: Any) -> dict[str, A
     return {
         'apiVersion': 'dockyard.dev/v1alpha1', 'kind': 'Registry',
         'metadata': {'name': name, 'namespace': NS},
-        'spec': {'replicas': replicas, 'storage': {'emptyDir': {}}},
+        'spec': {'replicas': replicas, 'storage': {'pvc': {'size': '1Gi', 'accessModes': ['ReadWriteMany']}}},
         **extra,
     }
 
@@ -712,6 +712,35 @@ async def test_seed_stores_an_object_with_its_status_without_a_request(emulator:
     assert len(emulator) == requests
     assert seeded['status'] == {'replicas': 1, 'availableReplicas': 1}
     assert await get(emulator, DEPLOYMENTS, 'web', NS) == seeded
+
+
+async def test_custom_resources_are_validated_as_admission_would(emulator: Emulator) -> None:
+    single = {'apiVersion': 'dockyard.dev/v1alpha1', 'kind': 'Registry', 'metadata': {'name': 'one', 'namespace': NS},
+              'spec': {'replicas': 3, 'storage': {'emptyDir': {}}}}
+    with pytest.raises(ApiError) as err:
+        await create(emulator, single)
+    assert err.value.status == 422 and err.value.reason == 'Invalid'
+    assert [c['field'] for c in err.value.body['details']['causes']] == ['spec.replicas']
+    assert 'shared storage' in err.value.body['message']
+    assert await get(emulator, REGISTRIES, 'one', NS) is None
+
+    await create(emulator, registry())
+    with pytest.raises(ApiError) as err:  # a transition rule: sizes only grow
+        await patch(emulator, REGISTRIES, 'main', {'spec': {'storage': {'pvc': {'size': '500Mi'}}}}, NS)
+    assert err.value.status == 422 and 'cannot shrink' in err.value.body['message']
+    grown = await patch(emulator, REGISTRIES, 'main', {'spec': {'storage': {'pvc': {'size': '2Gi'}}}}, NS)
+    assert grown['spec']['storage']['pvc']['size'] == '2Gi'
+
+    with pytest.raises(ApiError) as err:  # status writes meet the structural schema
+        await patch(emulator, REGISTRIES, 'main', {'status': {'observedGeneration': 'two'}}, NS, subresource='status')
+    assert err.value.status == 422
+    assert err.value.body['details']['causes'][0]['field'] == 'status.observedGeneration'
+
+
+async def test_validation_can_be_turned_off() -> None:
+    async with Emulator(validate=False).serving() as emulator:
+        created = await create(emulator, {**registry(replicas=3), 'spec': {'replicas': 3, 'storage': {'emptyDir': {}}}})
+        assert created['spec']['replicas'] == 3
 
 
 async def test_writes_lists_write_requests_after_a_mark(emulator: Emulator) -> None:
