@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 import aiohttp
 
 from dockyard.api.replication import FailedItem, ReplicationPolicySpec
-from dockyard.oci import Digest, Hasher, mediatypes
-from dockyard.replication.client import Credentials, Manifest, Registry, RegistryError, with_query
+from dockyard.oci import Digest, mediatypes
+from dockyard.replication.client import Credentials, Manifest, Registry, RegistryError
 from dockyard.replication.filters import (
     TagSelector,
     filter_index_entries,
@@ -35,25 +35,21 @@ from dockyard.replication.filters import (
     referrers_tag,
     repository_selected,
 )
-from dockyard.replication.limits import Limiter, ProgressGuard, RetryPolicy, Stalled, parse_bytes, parse_duration
+from dockyard.replication.limits import Limiter, RetryPolicy, parse_bytes, parse_duration
 from dockyard.replication.plan import CopyItem, DeleteItem, PathRewrite, Plan, decide, orphaned_destinations
 from dockyard.replication.plan import plan_repository as _plan_repository
 from dockyard.replication.result import RunResult
 from dockyard.replication.state import StateStore
+from dockyard.replication.transfer import PIECE, BlobMover
 
 T = TypeVar("T")
 
-PIECE = 256 * 1024
 FOREIGN_LAYERS = frozenset({
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
     "application/vnd.oci.image.layer.nondistributable.v1.tar",
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
     "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
 })
-
-
-class DigestMismatch(Exception):
-    """The source sent bytes that do not hash to the digest that names them."""
 
 
 @dataclass(frozen=True)
@@ -92,33 +88,6 @@ class EngineOptions:
     progress: Callable[[Progress], None] | None = None
 
 
-def _retryable(error: BaseException) -> bool:
-    if isinstance(error, RegistryError):
-        return error.status is None or error.status in (408, 429, 500, 502, 503, 504)
-    return isinstance(error, Stalled | aiohttp.ClientError | TimeoutError | ConnectionError | DigestMismatch)
-
-
-class _Reader:
-    """A source blob stream positioned at `offset`, read in bounded pieces."""
-
-    def __init__(self, resp: aiohttp.ClientResponse, offset: int) -> None:
-        self.resp = resp
-        self.offset = offset
-        self._buffer = b""
-
-    async def read(self, limit: int) -> bytes:
-        if not self._buffer:
-            self._buffer = await self.resp.content.read(PIECE)
-            if not self._buffer:
-                return b""
-        piece, self._buffer = self._buffer[:limit], self._buffer[limit:]
-        self.offset += len(piece)
-        return piece
-
-    def close(self) -> None:
-        self.resp.release()
-
-
 class Engine:
     """One run: plan every selected repository, then copy, then delete (mirror)."""
 
@@ -143,6 +112,8 @@ class Engine:
         self.bandwidth = Limiter(bandwidth, burst=max(bandwidth or 0, PIECE) if bandwidth else None)
         self._once: dict[tuple[str, ...], asyncio.Future[Any]] = {}
         self._holders: dict[str, asyncio.Future[str | None]] = {}
+        self.mover = BlobMover(source, dest, self.retry, self.bandwidth, options.stall_timeout,
+                               options.chunk_size, self._moved)
         self._done = 0
         self._total = 0
         self._rewritten: set[str] = set()
@@ -150,6 +121,9 @@ class Engine:
         self._fresh: set[str] = set()
 
     # ------------------------------------------------------------------ helpers
+
+    def _moved(self, count: int) -> None:
+        self.result.bytes_copied += count
 
     def _progress(self) -> None:
         if self.options.progress:
@@ -307,7 +281,7 @@ class Engine:
                 self._done += 1
         await asyncio.gather(*jobs)
         if plan.deletes:
-            await asyncio.gather(*(self._delete(d, plan) for d in plan.deletes))
+            await asyncio.gather(*(self._delete(d) for d in plan.deletes))
         self._progress()
 
     def _dry_run(self, plan: Plan) -> None:
@@ -498,147 +472,13 @@ class Engine:
         await self._transfer(src_repo, dst_repo, desc, location)
 
     async def _transfer(self, src_repo: str, dst_repo: str, desc: Mapping[str, Any], location: str | None) -> None:
-        size = int(desc.get("size", -1))
         async with self.blob_slots:
-            if size > self.options.chunk_size:
-                await self._chunked(src_repo, dst_repo, desc, location)
-            else:
-                await self._monolithic(src_repo, dst_repo, desc, location)
+            await self.mover.copy(src_repo, dst_repo, desc, location)
         self.result.blobs_copied += 1
-
-    async def _pieces(self, reader: _Reader, count: int, hasher: Hasher, guard: ProgressGuard,
-                      verify: Digest | None) -> AsyncIterator[bytes]:
-        """`count` bytes from the source; with `verify`, the last piece is held back until the
-        digest of everything read checks out, so a corrupt blob never completes upstream."""
-        pending = b""
-        remaining = count
-        while remaining > 0:
-            piece = await reader.read(min(PIECE, remaining))
-            if not piece:
-                raise DigestMismatch(f"source blob ended {remaining} bytes early")
-            guard.tick()
-            await self.bandwidth.take(len(piece))
-            hasher.update(piece)
-            remaining -= len(piece)
-            if pending:
-                self.result.bytes_copied += len(pending)
-                yield pending
-            pending = piece
-        if verify is not None and not hasher.verify(verify):
-            raise DigestMismatch(f"source sent content of digest {hasher.digest()} for {verify}")
-        if pending:
-            self.result.bytes_copied += len(pending)
-            yield pending
-
-    async def _monolithic(self, src_repo: str, dst_repo: str, desc: Mapping[str, Any],
-                          location: str | None) -> None:
-        digest = str(desc["digest"])
-        size = int(desc["size"])
-        expected = Digest.parse(digest)
-        attempt = 0
-        while True:
-            try:
-                if location is None:
-                    _, location = await self.dest.start_upload(dst_repo)
-                async with ProgressGuard(self.options.stall_timeout) as guard:
-                    reader = _Reader(await self.source.open_blob(src_repo, digest), 0)
-                    try:
-                        body = self._pieces(reader, size, Hasher(expected.algorithm), guard, expected)
-                        await self.dest.send(dst_repo, "PUT", with_query(location, digest=digest), data=body,
-                                             headers={"Content-Type": "application/octet-stream",
-                                                      "Content-Length": str(size)}, ok=(201, 204))
-                    finally:
-                        reader.close()
-                return
-            except Exception as e:
-                attempt += 1
-                delay = self.retry.delay(attempt, getattr(e, "status", None)) if _retryable(e) else None
-                if delay is None:
-                    raise
-                if location is not None:
-                    await self.dest.cancel_upload(dst_repo, location)
-                location = None
-                await asyncio.sleep(delay)
-
-    async def _open_at(self, src_repo: str, digest: str, offset: int, snapshots: dict[int, Hasher],
-                       guard: ProgressGuard) -> tuple[_Reader, Hasher]:
-        """A reader at `offset` and the hash of the bytes before it (re-read from a snapshot)."""
-        base = max(k for k in snapshots if k <= offset)
-        hasher = snapshots[base].copy()
-        resp = await self.source.open_blob(src_repo, digest, base)
-        reader = _Reader(resp, base)
-        if resp.status == 200 and base:  # the source ignored Range: skip what it resent
-            reader.offset = 0
-            while reader.offset < base:
-                if not await reader.read(base - reader.offset):
-                    raise DigestMismatch("source blob ended early")
-                guard.tick()
-        while reader.offset < offset:
-            piece = await reader.read(offset - reader.offset)
-            if not piece:
-                raise DigestMismatch("source blob ended early")
-            hasher.update(piece)
-            guard.tick()
-        return reader, hasher
-
-    async def _chunked(self, src_repo: str, dst_repo: str, desc: Mapping[str, Any], location: str | None) -> None:
-        """PATCH chunks; after a failure, ask the server how much it holds and resume there."""
-        digest = str(desc["digest"])
-        size = int(desc["size"])
-        expected = Digest.parse(digest)
-        chunk = self.options.chunk_size
-        if location is None:
-            _, location = await self.dest.start_upload(dst_repo)
-        offset = 0
-        snapshots: dict[int, Hasher] = {0: Hasher(expected.algorithm)}
-        attempt = 0
-        reader: _Reader | None = None
-        try:
-            while True:
-                try:
-                    async with ProgressGuard(self.options.stall_timeout) as guard:
-                        while offset < size:
-                            if reader is None or reader.offset != offset:
-                                if reader is not None:
-                                    reader.close()
-                                reader, hasher = await self._open_at(src_repo, digest, offset, snapshots, guard)
-                            n = min(chunk, size - offset)
-                            last = offset + n == size
-                            body = self._pieces(reader, n, hasher, guard, expected if last else None)
-                            resp = await self.dest.send(
-                                dst_repo, "PATCH", location, data=body, ok=(202, 204),
-                                headers={"Content-Type": "application/octet-stream", "Content-Length": str(n),
-                                         "Content-Range": f"{offset}-{offset + n - 1}"})
-                            location = self.dest.absolute(resp.headers.get("Location") or location)
-                            offset += n
-                            snapshots = {k: v for k, v in snapshots.items() if k == 0 or k >= offset - 4 * chunk}
-                            snapshots[offset] = hasher.copy()
-                            attempt = 0
-                        await self.dest.send(dst_repo, "PUT", with_query(location, digest=digest), data=b"",
-                                             headers={"Content-Length": "0"}, ok=(201, 204))
-                    return
-                except Exception as e:
-                    attempt += 1
-                    delay = self.retry.delay(attempt, getattr(e, "status", None)) if _retryable(e) else None
-                    if delay is None:
-                        raise
-                    if reader is not None:
-                        reader.close()
-                        reader = None
-                    await asyncio.sleep(delay)
-                    held = await self.dest.upload_status(dst_repo, location)
-                    if held is None or held > size:  # the session is gone: start over
-                        _, location = await self.dest.start_upload(dst_repo)
-                        offset, snapshots = 0, {0: Hasher(expected.algorithm)}
-                    else:
-                        offset = held
-        finally:
-            if reader is not None:
-                reader.close()
 
     # ------------------------------------------------------------------ deletion
 
-    async def _delete(self, item: DeleteItem, plan: Plan) -> None:
+    async def _delete(self, item: DeleteItem) -> None:
         async with self.item_slots:
             try:
                 await self._delete_tag(item)
