@@ -58,9 +58,11 @@ What the emulator does, as the API server does:
   BadRequest 400, MethodNotAllowed 405, UnsupportedMediaType 415.
 * Lists carry ``metadata.resourceVersion`` (the current counter) and honour ``labelSelector``,
   ``fieldSelector`` (equality on any dotted path), ``limit`` and ``continue``.
-* Watches stream the events after ``?resourceVersion=`` from a complete event history (nothing
-  is ever compacted, so 410 Gone never happens); without it, ADDED events for the current state
-  come first. ``sendInitialEvents=true`` ends the initial ADDED events with a BOOKMARK, and
+* Watches stream the events after ``?resourceVersion=`` from the event history; without it,
+  ADDED events for the current state come first. The history is complete until a test calls
+  ``compact()``; a watch from an older version then gets an ERROR event with a 410 Expired
+  Status and ends, as after etcd compaction. ``close_watches()`` ends every open stream, as an
+  API server restart would. ``sendInitialEvents=true`` ends the initial ADDED events with a BOOKMARK, and
   ``timeoutSeconds`` closes the stream server-side, as Kopf expects. Label-selected watches see
   objects that start or stop matching as ADDED or DELETED.
 * ``?dryRun=All`` validates and answers without storing.
@@ -682,6 +684,7 @@ class Emulator(kmock.KubernetesEmulator):
     _owners: dict[tuple[kmock.resource, str | None, str], set[str]] = attrs.field(factory=dict, init=False)
     _dependents: dict[str, set[tuple[kmock.resource, str | None, str]]] = attrs.field(factory=dict, init=False)
     _events: list[tuple[int, kmock.resource, str, Body | None, Body]] = attrs.field(factory=list, init=False)
+    _compacted: int = attrs.field(default=0, init=False)
     _watches: set[_Watch] = attrs.field(factory=set, init=False)
     _writes: list[tuple[float, Write]] = attrs.field(factory=list, init=False)
     _emitted: list[tuple[float, Emitted]] = attrs.field(factory=list, init=False)
@@ -750,6 +753,11 @@ class Emulator(kmock.KubernetesEmulator):
     def live(self, resource: str | kmock.resource, namespace: str | None, name: str) -> Body | None:
         """The stored object (read-only by convention), or None."""
         return self._live((kmock.resource(resource), namespace, name))
+
+    def compact(self) -> None:
+        """Forget the event history, as etcd compaction does: older watch versions get 410 Gone."""
+        self._compacted = self._rv
+        self._events.clear()
 
     def close_watches(self) -> None:
         """End every open watch stream (before the server shuts down)."""
@@ -1000,9 +1008,12 @@ class Emulator(kmock.KubernetesEmulator):
                     'apiVersion': api_version, 'kind': info.kind,
                     'metadata': {'resourceVersion': str(self._rv),
                                  'annotations': {'k8s.io/initial-events-end': 'true'}}}})
+        elif not since.isdigit():
+            raise _Failure(400, 'BadRequest', f'invalid resource version: {since!r}')
+        elif int(since) < self._compacted:
+            expired = _Failure(410, 'Expired', f'too old resource version: {since} ({self._compacted})')
+            return self._stream(watch, [{'type': 'ERROR', 'object': expired.status}], request, 0.0)
         else:
-            if not since.isdigit():
-                raise _Failure(400, 'BadRequest', f'invalid resource version: {since!r}')
             for rv, r, kind, old, new in self._events:
                 if rv > int(since) and r == res and (event := watch.translate(kind, old, new)) is not None:
                     initial.append(event)

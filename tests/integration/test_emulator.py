@@ -679,6 +679,21 @@ async def test_watch_without_a_resource_version_starts_with_the_current_state(em
         assert bookmark['object']['metadata']['annotations'] == {'k8s.io/initial-events-end': 'true'}
 
 
+async def test_a_watch_from_a_compacted_version_is_gone(emulator: Emulator) -> None:
+    await create(emulator, configmap('a'))
+    old = emulator.resource_version
+    await create(emulator, configmap('b'))
+    emulator.compact()
+    async with watching(emulator, '/api/v1/configmaps', resourceVersion=old) as events:
+        error = await next_event(events)
+        assert error['type'] == 'ERROR'
+        assert (error['object']['code'], error['object']['reason']) == (410, 'Expired')
+        assert await next_event(events) is None  # the stream ends
+    async with watching(emulator, '/api/v1/configmaps', resourceVersion=emulator.resource_version) as events:
+        await patch(emulator, CONFIGMAPS, 'a', {'data': {'k': 'new'}}, NS)
+        assert (await next_event(events))['type'] == 'MODIFIED'
+
+
 async def test_watch_ends_after_its_timeout(emulator: Emulator) -> None:
     started = time.monotonic()
     async with watching(emulator, '/api/v1/configmaps', resourceVersion=emulator.resource_version,
@@ -830,10 +845,18 @@ async def test_kopf_operator_runs_against_the_emulator(emulator: Emulator, kubec
             return any('on_create' in event.get('message', '') for event in events)
         await wait_for(posted, timeout=10, message="Kopf's event about the handler")
 
-        # Converged: nothing writes any more (no hot loop against the emulator).
+        # Converged: nothing writes any more (no hot loop against the emulator), not even after
+        # every watch stream was cut and Kopf resumed them from the versions it had seen.
         mark = time.monotonic()
+        watches = len([r for r in emulator if r.params.get('watch') == 'true'])
+        emulator.close_watches()
+        await wait_for(lambda: len([r for r in emulator if r.params.get('watch') == 'true']) > watches,
+                       timeout=10, message='Kopf watches again')
         with pytest.raises(TimeoutError):
             await wait_for(lambda: emulator.writes(mark), timeout=2, message='a write after convergence')
+        assert created == ['main']
+        resumed = [r for r in emulator if r.params.get('watch') == 'true'][watches:]
+        assert all(r.params.get('resourceVersion') for r in resumed)
 
         await delete(emulator, REGISTRIES, 'main', NS)
         await wait_for(lambda: emulator.live(REGISTRIES, NS, 'main') is None, timeout=20,
