@@ -242,6 +242,11 @@ def _qualified(res: kmock.resource) -> str:
     return f'{res.plural}.{res.group}' if res.group else str(res.plural)
 
 
+def _flag(params: Mapping[str, str], name: str) -> bool:
+    """A boolean query parameter, as Go's strconv.ParseBool reads it (the Python client sends "True")."""
+    return params.get(name, '').lower() in ('true', '1', 't')
+
+
 def _meta(obj: Mapping[str, Any]) -> Body:
     meta = obj.get('metadata')
     return meta if isinstance(meta, dict) else {}
@@ -914,7 +919,7 @@ class Emulator(kmock.KubernetesEmulator):
         dry_run = params.get('dryRun') == 'All'
         manager = params.get('fieldManager') or request.headers.get('User-Agent', 'unknown').split('/')[0]
 
-        if method == 'GET' and params.get('watch') in ('true', '1'):
+        if method == 'GET' and _flag(params, 'watch'):
             return 200, self._watch(res, info, ns, name, params, request)
         if method == 'GET' and name is None:
             return 200, self._list(res, info, ns, params)
@@ -1000,9 +1005,9 @@ class Emulator(kmock.KubernetesEmulator):
                        field_selector(params.get('fieldSelector')))
         since = params.get('resourceVersion') or ''
         initial: list[Body] = []
-        if since in ('', '0') or params.get('sendInitialEvents') == 'true':
+        if since in ('', '0') or _flag(params, 'sendInitialEvents'):
             initial = [{'type': 'ADDED', 'object': obj} for obj in self._select(res, ns, {}) if watch.sees(obj)]
-            if params.get('sendInitialEvents') == 'true':
+            if _flag(params, 'sendInitialEvents'):
                 api_version = f'{res.group}/{res.version}' if res.group else str(res.version)
                 initial.append({'type': 'BOOKMARK', 'object': {
                     'apiVersion': api_version, 'kind': info.kind,
@@ -1234,7 +1239,7 @@ class Emulator(kmock.KubernetesEmulator):
         if not manager:
             raise _Failure(400, 'BadRequest', 'PATCH, application/apply-patch+yaml requires fieldManager to be '
                                               'set')
-        force = request.params.get('force') == 'true'
+        force = _flag(request.params, 'force')
         applied = self._body(request, yaml_ok=True)
         if not isinstance(applied, dict):
             raise _Failure(400, 'BadRequest', 'the applied configuration must be an object')

@@ -630,6 +630,26 @@ async def test_kubernetes_client_sees_api_exceptions(emulator: Emulator, kubecon
 
 # --- lists and watches ---------------------------------------------------------------------------
 
+async def test_the_kubernetes_client_watches(emulator: Emulator, kubeconfig: Path) -> None:
+    await create(emulator, configmap('a'))
+    client = await asyncio.to_thread(kubernetes.config.new_client_from_config, config_file=str(kubeconfig))
+    core = kubernetes.client.CoreV1Api(client)
+
+    def first_events() -> list[tuple[str, str]]:
+        stream = kubernetes.watch.Watch().stream(core.list_namespaced_config_map, NS, timeout_seconds=5)
+        seen = []
+        for event in stream:
+            seen.append((event['type'], event['object'].metadata.name))
+            if len(seen) == 1:
+                break
+        return seen
+
+    try:
+        assert await asyncio.to_thread(first_events) == [('ADDED', 'a')]
+    finally:
+        await asyncio.to_thread(client.close)
+
+
 async def test_lists_filter_by_selectors_and_paginate(emulator: Emulator) -> None:
     for index in range(5):
         await create(emulator, configmap(f'cm{index}', labels={'parity': 'even' if index % 2 == 0 else 'odd'}))
