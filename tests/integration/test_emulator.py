@@ -636,7 +636,8 @@ async def test_the_kubernetes_client_watches(emulator: Emulator, kubeconfig: Pat
     core = kubernetes.client.CoreV1Api(client)
 
     def first_events() -> list[tuple[str, str]]:
-        stream = kubernetes.watch.Watch().stream(core.list_namespaced_config_map, NS, timeout_seconds=5)
+        stream = kubernetes.watch.Watch().stream(  # type: ignore[no-untyped-call]
+            core.list_namespaced_config_map, NS, timeout_seconds=5)
         seen = []
         for event in stream:
             seen.append((event['type'], event['object'].metadata.name))
