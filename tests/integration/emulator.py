@@ -62,25 +62,29 @@ What the emulator does, as the API server does:
   ADDED events for the current state come first. The history is complete until a test calls
   ``compact()``; a watch from an older version then gets an ERROR event with a 410 Expired
   Status and ends, as after etcd compaction. ``close_watches()`` ends every open stream, as an
-  API server restart would. ``sendInitialEvents=true`` ends the initial ADDED events with a BOOKMARK, and
-  ``timeoutSeconds`` closes the stream server-side, as Kopf expects. Label-selected watches see
-  objects that start or stop matching as ADDED or DELETED.
-* ``?dryRun=All`` validates and answers without storing.
+  API server restart would. ``sendInitialEvents=true`` ends the initial ADDED events with a
+  BOOKMARK, and ``timeoutSeconds`` closes the stream server-side, as Kopf expects.
+  Label-selected watches see objects that start or stop matching as ADDED or DELETED.
+* ``?dryRun=All`` validates and answers without storing. Bodies may be JSON or YAML.
 
-Not emulated: validation of built-in kinds, admission webhooks, authentication and RBAC, namespace existence and
-namespace deletion, the defaults built-in types get (a Deployment's ``strategy``, a container's
+Not emulated: validation of built-in kinds, admission webhooks, authentication and RBAC,
+namespace existence and namespace deletion (``/api/v1/namespaces`` is an ordinary cluster-scoped
+resource), the defaults built-in kinds get (a Deployment's ``strategy``, a container's
 ``imagePullPolicy``, ...), controllers (nothing makes a Deployment available: tests write its
-status through ``/status``), periodic bookmarks, server-side table output, ``$patch`` directives.
-POST and PUT bodies may be JSON or YAML.
+status through ``/status``, or ``seed()`` an object with its status), periodic bookmarks,
+server-side table output, ``$patch`` directives.
 
 kmock's reactions still work and take precedence (``emulator['get /api/v1/...'] << 503`` injects
 a failure); while a test has added none, object requests skip kmock's request matching, which
 re-filters every request ever received and would make long runs quadratic.
 
-For tests: every request is recorded with its monotonic arrival time, so ``writes(since)`` lists
-the ``(method, path)`` of POST/PUT/PATCH/DELETE requests after a ``time.monotonic()`` mark, and
-``emitted(since)`` the watch events the emulator sent. Stored objects stay available through
-kmock's ``emulator.objects[resource, namespace, name]`` with their full history.
+For tests: every write request is recorded with its monotonic arrival time, so
+``writes(since)`` lists the ``(method, path)`` of POST/PUT/PATCH/DELETE requests after a
+``time.monotonic()`` mark (no-ops and refused writes included: they are requests all the same),
+and ``emitted(since)`` the watch events the emulator produced. ``live(resource, namespace, name)``
+reads a stored object without a request; kmock's ``emulator.objects[resource, namespace, name]``
+keeps each object's full history; ``seed(obj)`` stores one without a request; ``resource_version``
+is the current counter (a watch from it sees only what happens next).
 
 The module-level helpers ``create``, ``get``, ``list_objects``, ``patch``, ``apply``, ``delete``
 and ``wait_for`` drive the emulator over real HTTP, as any client would; ``ApiError`` carries a
