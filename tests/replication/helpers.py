@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import os
 import random
@@ -71,7 +72,7 @@ class Pusher:
         if not location.startswith("http"):
             location = self.url + location
         sep = "&" if "?" in location else "?"
-        async with self.session.put(f"{location}{sep}digest={digest}", data=data,
+        async with self.session.put(f"{location}{sep}digest={digest}", data=io.BytesIO(data),
                                     headers={"Content-Type": "application/octet-stream"}) as r:
             assert r.status == 201, await r.text()
         return {"mediaType": OCI_LAYER, "digest": digest, "size": len(data)}
@@ -231,7 +232,7 @@ class RecordingProxy:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
         async with self._session.request(request.method, self.upstream + request.path_qs, headers=headers,
-                                         data=body if body else None, allow_redirects=False) as up:
+                                         data=io.BytesIO(body) if body else None, allow_redirects=False) as up:
             payload = await up.read()
             out = web.Response(status=up.status, body=payload if request.method != "HEAD" else None)
             for k, v in up.headers.items():

@@ -4,6 +4,7 @@ transfer, and a large blob whose chunked upload is interrupted and resumed."""
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 import time
 
@@ -165,7 +166,7 @@ async def test_large_blob_goes_in_chunks_and_resumes_after_an_interruption(
         if not partial:
             return web.Response(status=502, text="upstream connection reset")
         assert proxy._session is not None
-        async with proxy._session.patch(proxy.upstream + request.path_qs, data=half, headers={
+        async with proxy._session.patch(proxy.upstream + request.path_qs, data=io.BytesIO(half), headers={
                 "Content-Type": "application/octet-stream",
                 "Content-Range": f"{start}-{start + len(half) - 1}"}) as up:
             assert up.status == 202
