@@ -148,8 +148,9 @@ def register(sub: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="list what would be copied and deleted")
     p.add_argument("--source-creds", metavar="USER:PASS", help="source credentials (or DOCKYARD_SOURCE_CREDS)")
     p.add_argument("--dest-creds", metavar="USER:PASS", help="destination credentials (or DOCKYARD_DEST_CREDS)")
-    p.add_argument("--source-url", help="source URL, overriding the policy (needed for a registryRef)")
-    p.add_argument("--dest-url", help="destination URL, overriding the policy (needed for a registryRef)")
+    p.add_argument("--source-url", help="source URL, overriding the policy; a registryRef side defaults "
+                                        "to its in-cluster Service http://NAME.NAMESPACE.svc:5000")
+    p.add_argument("--dest-url", help="destination URL, overriding the policy (same default as --source-url)")
     p.add_argument("--state", help="file remembering failed items between runs "
                                    "(default: ~/.local/state/dockyard/replicate/NS-NAME.json)")
     p.add_argument("--chunk-size", default="32Mi", help="blobs above this size upload in resumable chunks")
