@@ -88,7 +88,8 @@ class Filters(Model):
         metadata=meta("Keep only these platforms (os/arch[/variant]) of image indexes; the copied index is "
                       "then a new index with its own digest. Empty keeps indexes byte for byte."))
     latest: int | None = field(
-        default=None, metadata=meta("Keep the newest N selected tags per repository (version order).",
+        default=None, metadata=meta("Keep the newest N selected tags per repository: by image creation time "
+                                    "when the configs carry one, else by version order.",
                                     minimum=1))
 
 
