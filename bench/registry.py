@@ -383,7 +383,8 @@ async def run_async(options: argparse.Namespace) -> list[Table]:
             except ToolMissing as missing:
                 notes.append(f"dockyard not measured: {missing}")
             try:
-                servers.append(Server("distribution", start_distribution(workdir / "distribution" / "root")))
+                peer = start_distribution(workdir / "distribution" / "root", descriptor_cache=True)
+                servers.append(Server("distribution", peer))
             except (FileNotFoundError, ToolMissing) as missing:
                 notes.append(f"distribution not measured: {missing}")
             if not servers:
