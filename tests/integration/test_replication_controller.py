@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kmock
 import pytest
 import pytest_asyncio
@@ -34,14 +35,19 @@ JOBS = "batch/v1/jobs"
 SYNC = "dockyard.dev/sync-requested-at"
 RBAC = ("rbac.authorization.k8s.io/v1/roles", "rbac.authorization.k8s.io/v1/rolebindings")
 DEADLINE = 30.0
+EVENTS_TOKEN = "push-token-for-tests"
 
 
 class Operator:
-    """The operator process; `check()` fails the test with its log when it died."""
+    """The operator process; `check()` fails the test with its log when it died.
 
-    def __init__(self, proc: asyncio.subprocess.Process, log: Path) -> None:
+    It receives push events on `events_url` with the bearer token `EVENTS_TOKEN`.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process, log: Path, events_url: str) -> None:
         self.proc = proc
         self.log = log
+        self.events_url = events_url
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-6000:]
@@ -59,7 +65,9 @@ async def operator(emulator: Emulator, kubeconfig: Path, tmp_path: Path) -> Asyn
         if kmock.resource(name) not in emulator.resources:
             emulator.register(name, bundled[name])
     log = tmp_path / "operator.log"
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "DOCKYARD_IMAGE": "dockyard:test"}
+    events_port = free_port()
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "DOCKYARD_IMAGE": "dockyard:test",
+           "DOCKYARD_EVENTS_ADDR": f"127.0.0.1:{events_port}", "DOCKYARD_EVENTS_TOKEN": EVENTS_TOKEN}
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -68,7 +76,7 @@ async def operator(emulator: Emulator, kubeconfig: Path, tmp_path: Path) -> Asyn
     finally:
         os.close(fd)
     try:
-        yield Operator(proc, log)
+        yield Operator(proc, log, f"http://127.0.0.1:{events_port}/v1/push")
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -118,15 +126,26 @@ async def wait_condition(emulator: Emulator, op: Operator, name: str, type_: str
                                                 message=f"{name}: {type_}={status} {reason or ''}")
     except TimeoutError:
         obj = await get(emulator, POLICIES, name, NS)
+        jobs = [(j["metadata"]["name"], j["metadata"].get("annotations"), (j.get("status") or {}).get("conditions"))
+                for j in await jobs_of(emulator, name)]
         pytest.fail(f"{name} never reached {type_}={status} ({reason}); status: "
-                    f"{(obj or {}).get('status')}\noperator log:\n{op.output()}")
+                    f"{(obj or {}).get('status')}\njobs: {jobs}\noperator log:\n{op.output()}")
     return result
 
 
-async def events(emulator: Emulator, name: str) -> list[dict[str, Any]]:
+async def events(emulator: Emulator, name: str, reason: str | None = None) -> list[dict[str, Any]]:
     return [e for e in await list_objects(emulator, "v1/events", NS)
             if (e.get("involvedObject") or {}).get("name") == name
-            and (e.get("involvedObject") or {}).get("kind") == "ReplicationPolicy"]
+            and (e.get("involvedObject") or {}).get("kind") == "ReplicationPolicy"
+            and (reason is None or e.get("reason") == reason)]
+
+
+async def posted(emulator: Emulator, name: str, reason: str, count: int = 1) -> list[dict[str, Any]]:
+    """The Events of `reason` about a policy, once `count` of them arrived (they are posted in the background)."""
+    async def enough() -> list[dict[str, Any]]:
+        found = await events(emulator, name, reason)
+        return found if len(found) >= count else []
+    return await wait_for(enough, timeout=DEADLINE, message=f"{count} {reason} Event(s) about {name}")
 
 
 async def jobs_of(emulator: Emulator, name: str) -> list[dict[str, Any]]:
@@ -197,7 +216,8 @@ async def test_a_scheduled_policy_renders_its_cronjob_and_reports_next_run(emula
     assert role is not None
     assert {tuple(r["resourceNames"]) for r in role["rules"]} == {("mirror",), ("hub",)}
 
-    assert await quiet(emulator) == [], "steady state: no writes"
+    await settle(emulator, operator)  # Kopf records the handled state once the handlers returned
+    assert (w := await quiet(emulator)) == [], f"steady state: no writes, got {w}"
 
     await patch(emulator, POLICIES, "mirror", {"spec": {"suspend": True}}, NS)
     obj = await wait_condition(emulator, operator, "mirror", "Ready", "True", "Suspended")
@@ -208,9 +228,11 @@ async def test_a_scheduled_policy_renders_its_cronjob_and_reports_next_run(emula
     await patch(emulator, POLICIES, "mirror", {"spec": {"suspend": False, "trigger": {"schedule": None}}}, NS)
     await wait_condition(emulator, operator, "mirror", "Ready", "True", "OnDemand")
     assert await get(emulator, CRONJOBS, "mirror", NS) is None, "no schedule, no CronJob"
-    posted = await events(emulator, "mirror")
-    assert [e["reason"] for e in posted if e.get("type") == "Warning"] == [], "spec changes are no warnings"
-    assert [e["reason"] for e in posted if e.get("reason") == "Ready"] == ["Ready"], "one Event per transition"
+    await posted(emulator, "mirror", "Ready")
+    await settle(emulator, operator)
+    told = await events(emulator, "mirror")
+    assert [e["reason"] for e in told if e.get("type") == "Warning"] == [], "spec changes are no warnings"
+    assert [e["reason"] for e in told if e.get("reason") == "Ready"] == ["Ready"], "one Event per transition"
 
     await delete(emulator, POLICIES, "mirror", NS)
 
@@ -269,8 +291,9 @@ async def test_a_manual_trigger_makes_exactly_one_job_and_never_two_runs_at_once
     cj = await get(emulator, CRONJOBS, "sync", NS)
     assert cj is not None and cj["spec"]["suspend"] is False, "the schedule resumes after the manual run"
     assert len(await jobs_of(emulator, "sync")) == 2
-    started = [e for e in await events(emulator, "sync") if e.get("reason") == "SyncStarted"]
-    assert len(started) == 2
+    await posted(emulator, "sync", "SyncStarted", 2)
+    await settle(emulator, operator)
+    assert len(await events(emulator, "sync", "SyncStarted")) == 2
 
 
 async def test_suspend_does_not_block_a_manual_request(emulator: Emulator, operator: Operator) -> None:
@@ -293,9 +316,10 @@ async def test_a_missing_registry_stalls_the_policy_until_it_appears(emulator: E
     assert condition(obj, "Ready")["status"] == "False"
     assert await get(emulator, CRONJOBS, "edge", NS) is None
     assert await jobs_of(emulator, "edge") == [], "nothing runs against a registry that does not exist"
-    warnings = [e for e in await events(emulator, "edge") if e.get("reason") == "RegistryNotFound"]
+    warnings = await posted(emulator, "edge", "RegistryNotFound")
     assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
-    assert await quiet(emulator) == [], "a stalled policy is not retried in a hot loop"
+    await settle(emulator, operator)
+    assert (w := await quiet(emulator)) == [], f"a stalled policy is not retried in a hot loop: {w}"
     assert len([e for e in await events(emulator, "edge") if e.get("reason") == "RegistryNotFound"]) == 1
 
     upstream = registry("upstream")
@@ -310,8 +334,9 @@ async def test_a_missing_registry_stalls_the_policy_until_it_appears(emulator: E
     args = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--source-url") + 1] == "http://upstream.dmz.svc:5000"
     assert [j["metadata"]["name"] for j in await jobs_of(emulator, "edge")] == [manual_job_name("edge", "asap")]
-    recovered = [e for e in await events(emulator, "edge") if e.get("reason") == "Recovered"]
-    assert len(recovered) == 1
+    await posted(emulator, "edge", "Recovered")
+    await settle(emulator, operator)
+    assert len(await events(emulator, "edge", "Recovered")) == 1
 
 
 async def test_a_missing_secret_stalls_the_policy_until_it_appears(emulator: Emulator, operator: Operator) -> None:
@@ -400,7 +425,7 @@ async def test_a_run_writes_its_result_into_the_status(emulator: Emulator, opera
         obj = await wait_condition(emulator, operator, "copy", "Ready", "False", "LastRunFailed")
         assert obj["status"]["lastRun"]["result"] == "Failed"
         assert obj["status"]["lastSuccessfulTime"] == last["completionTime"], "the last success is remembered"
-        assert [e for e in await events(emulator, "copy") if e.get("reason") == "LastRunFailed"]
+        await posted(emulator, "copy", "LastRunFailed")
 
 
 async def test_a_run_that_dies_without_a_report_shows_on_the_policy(emulator: Emulator,
@@ -412,3 +437,73 @@ async def test_a_run_that_dies_without_a_report_shows_on_the_policy(emulator: Em
     await finish_job(emulator, manual_job_name("crashy", "1"), "Failed", "Job has reached the specified backoff limit")
     obj = await wait_condition(emulator, operator, "crashy", "Ready", "False", "RunFailed")
     assert "backoff limit" in condition(obj, "Ready")["message"]
+
+
+async def post_push(op: Operator, repository: str, tag: str, *, registry: str = "main",
+                    token: str = EVENTS_TOKEN) -> tuple[int, Any]:
+    """What a Dockyard registry sends after a tag push; waits (with a deadline) for the receiver."""
+    event = {"registry": {"namespace": NS, "name": registry}, "repository": repository, "tag": tag,
+             "digest": "sha256:" + "ab" * 32}
+    deadline = time.monotonic() + DEADLINE
+    async with aiohttp.ClientSession() as session:
+        while True:
+            op.check()
+            try:
+                async with session.post(op.events_url, json=event,
+                                        headers={"Authorization": f"Bearer {token}"}) as r:
+                    return r.status, await r.json()
+            except aiohttp.ClientConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)  # the operator is still starting its receiver
+
+
+async def test_pushes_to_a_dockyard_source_run_on_push_policies_once_at_a_time(emulator: Emulator,
+                                                                               operator: Operator) -> None:
+    await create(emulator, registry("main"))
+    await create(emulator, policy("on-push", {
+        "source": {"registryRef": {"name": "main"}}, "destination": {"url": "http://10.2.2.2:5000"},
+        "filters": {"repositories": {"include": ["team/**"]}, "tags": {"exclude": ["*-dev"]}},
+        "trigger": {"onPush": True, "schedule": "@daily"}}))
+    await create(emulator, policy("nightly", {
+        "source": {"registryRef": {"name": "main"}}, "destination": {"url": "http://10.3.3.3:5000"},
+        "trigger": {"schedule": "@daily"}}))
+    await wait_condition(emulator, operator, "on-push", "Ready", "True", "Scheduled")
+    await wait_condition(emulator, operator, "nightly", "Ready", "True", "Scheduled")
+
+    assert (await post_push(operator, "team/app", "v1", token="wrong"))[0] == 401
+    assert await post_push(operator, "other/app", "v1") == (202, {"policies": []}), "filtered repository"
+    assert await post_push(operator, "team/app", "v1-dev") == (202, {"policies": []}), "excluded tag"
+    assert await post_push(operator, "team/app", "v1", registry="elsewhere") == (202, {"policies": []})
+    assert await jobs_of(emulator, "on-push") == []
+
+    assert await post_push(operator, "team/app", "v1") == (202, {"policies": [f"{NS}/on-push"]})
+    obj = await wait_condition(emulator, operator, "on-push", "Ready", "True", "Running")
+    [first] = await jobs_of(emulator, "on-push")
+    assert first["metadata"]["name"].startswith("on-push-push-")
+    assert first["metadata"]["annotations"]["dockyard.dev/push-event"].startswith("team/app:v1@sha256:")
+    cj = await get(emulator, CRONJOBS, "on-push", NS)
+    assert cj is not None and cj["spec"]["suspend"] is True, "the schedule is held during the push run"
+    assert obj["status"].get("lastSyncRequest") is None
+    assert await jobs_of(emulator, "nightly") == [], "a policy without onPush does not run on pushes"
+
+    # Pushes during the run coalesce into one more run after it.
+    for tag in ("v2", "v3", "v4"):
+        assert (await post_push(operator, "team/app", tag))[0] == 202
+
+    async def waiting() -> bool:
+        return "waits" in condition(await get(emulator, POLICIES, "on-push", NS), "Ready").get("message", "")
+    await wait_for(waiting, timeout=DEADLINE, message="the coalesced pushes wait for the running job")
+    assert len(await jobs_of(emulator, "on-push")) == 1
+    await finish_job(emulator, first["metadata"]["name"])
+
+    async def second() -> list[dict[str, Any]]:
+        jobs = await jobs_of(emulator, "on-push")
+        return jobs if len(jobs) == 2 else []
+    jobs = await wait_for(second, timeout=DEADLINE, message="one more run for the pushes during the first")
+    [later] = [j for j in jobs if j["metadata"]["name"] != first["metadata"]["name"]]
+    assert later["metadata"]["annotations"]["dockyard.dev/push-event"].startswith("team/app:v4@")
+    await finish_job(emulator, later["metadata"]["name"])
+    await wait_condition(emulator, operator, "on-push", "Ready", "True", "Scheduled")
+    await settle(emulator, operator)
+    assert len(await jobs_of(emulator, "on-push")) == 2

@@ -267,3 +267,15 @@ def test_next_run_follows_the_schedule_and_stops_when_suspended() -> None:
     assert next_run("0 */6 * * *", False, at) == "2026-11-27T12:00:00Z"
     assert next_run("0 */6 * * *", True, at) is None
     assert next_run(None, False, at) is None
+
+
+def test_a_push_run_is_its_own_job_named_by_the_push() -> None:
+    from dockyard.render.replication import PUSH_ANNOTATION, push_job, push_job_name
+
+    inp = PolicyInput.from_body(policy(SCHEDULED), registries=REGISTRIES, image="dockyard:test")
+    event = "team/app:v1@sha256:ab at 2026-11-27T06:00:00.000001Z"
+    job = push_job(inp, event)
+    assert job["metadata"]["name"] == push_job_name("mirror", event) != manual_job_name("mirror", event)
+    assert job["metadata"]["annotations"] == {PUSH_ANNOTATION: event}
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == \
+        manual_job(inp, "x")["spec"]["template"]["spec"]["containers"][0]["args"]

@@ -11,7 +11,8 @@ def run(*, namespaces: Sequence[str], all_namespaces: bool, liveness: str | None
     import kopf
 
     import dockyard.controller.handlers  # registers the handlers of Registries
-    import dockyard.controller.replication  # noqa: F401 - and those of ReplicationPolicies
+    import dockyard.controller.push  # push events behind `trigger.onPush`
+    import dockyard.controller.replication  # noqa: F401 - ReplicationPolicies
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)

@@ -23,22 +23,24 @@ events of a referenced Registry or Secret (found through an index), so a policy 
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import aiohttp
 import kopf
 
 from dockyard.api import API_VERSION, GROUP, VERSION, SpecError
 from dockyard.api.replication import ReplicationPolicySpec
 from dockyard.api.schema import parse
 from dockyard.controller import conditions
+from dockyard.controller import handlers as _registry_handlers  # noqa: F401 - its startup goes first
 from dockyard.controller.conditions import READY, RECONCILING, STALLED, Verdict
-from dockyard.controller.handlers import post_event
-from dockyard.controller.kube import ApiError
-from dockyard.controller.reconcile import Reconciler, contains, now, stamp, status_patch
+from dockyard.controller.kube import ApiError, Kube
+from dockyard.controller.reconcile import EventPoster, Reconciler, contains, now, stamp, status_patch
 from dockyard.render import cron
 from dockyard.render.registry import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, NAME_LABEL
 from dockyard.render.replication import (
@@ -47,6 +49,7 @@ from dockyard.render.replication import (
     PolicyInput,
     cronjob_name,
     manual_job,
+    push_job,
     referenced_secrets,
     registry_refs,
     render_policy,
@@ -127,7 +130,7 @@ def verdict(obs: Observed) -> Verdict:
     if obs.apply_error:
         return Verdict(False, "ApplyFailed", obs.apply_error, stalled=True)
     if obs.active_run:
-        waiting = "; a sync request waits for it to finish" if obs.request_waiting else ""
+        waiting = "; a requested run waits for it to finish" if obs.request_waiting else ""
         return Verdict(True, "Running", f"run {obs.active_run} is in progress{waiting}")
     if obs.unreported_failure:
         return Verdict(False, "RunFailed", obs.unreported_failure)
@@ -166,23 +169,87 @@ def next_run(schedule: str | None, suspended: bool, at: datetime.datetime) -> st
     return when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
 
 
+# ----------------------------------------------------------------------------- events
+
+def event_object(body: Mapping[str, Any], type_: str, reason: str, message: str, at: str) -> dict[str, Any]:
+    """A core/v1 Event about a policy, as `kubectl describe` and `kubectl events` show it."""
+    meta = body["metadata"]
+    return {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta.get("uid")},
+        "type": type_, "reason": reason, "message": message[:1024],
+        "source": {"component": "dockyard"}, "reportingComponent": "dockyard", "reportingInstance": "dockyard",
+        "firstTimestamp": at, "lastTimestamp": at, "count": 1,
+    }
+
+
+class ApiEvents:
+    """Posts Events through the API adapter, from any task.
+
+    Kopf's `kopf.event` works only inside Kopf's handlers; policies are also reconciled from
+    push events (see `controller.push`), so their Events take this path. Posting never blocks
+    or fails a reconcile: it runs in the background and a refused Event is only logged.
+    """
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.post(event_object(body, type_, reason, message, now())))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def post(self, event: dict[str, Any]) -> None:
+        try:
+            await self.kube.create(event)
+        except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
+            log.warning("could not post the Event %s about %s: %s", event["reason"],
+                        event["involvedObject"]["name"], e)
+
+
 # ----------------------------------------------------------------------------- reconcile
 
 class PolicyReconciler(Reconciler):
-    """Serialised, coalesced reconciles of ReplicationPolicies (same machinery as Registries)."""
+    """Serialised, coalesced reconciles of ReplicationPolicies (same machinery as Registries).
+
+    `pushes` holds, per policy, the latest push to its Dockyard source that no run has answered
+    yet (see `controller.push`); pushes during a run coalesce into one run after it.
+    """
+
+    def __init__(self, kube: Kube, post_event: EventPoster) -> None:
+        super().__init__(kube, post_event)
+        self.pushes: dict[tuple[str, str], str] = {}
+
+    async def push(self, namespace: str, name: str, event: str) -> None:
+        self.pushes[(namespace, name)] = event
+        await self.request(namespace, name)
+
+    def answered(self, key: tuple[str, str], event: str | None) -> None:
+        """A run started after `event` arrived covers it (unless a newer push came meanwhile)."""
+        if event is not None and self.pushes.get(key) == event:
+            del self.pushes[key]
 
     async def reconcile(self, namespace: str, name: str) -> None:
         body = await self.kube.get(API_VERSION, KIND, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self._locks.pop((namespace, name), None)
+            self.pushes.pop((namespace, name), None)
             return
         await PolicyPass(self, body).run()
+
+
+def started_by_cronjob(job: Mapping[str, Any]) -> bool:
+    return any(ref.get("kind") == "CronJob" for ref in (job.get("metadata") or {}).get("ownerReferences") or [])
 
 
 class PolicyPass:
     """One reconcile of one ReplicationPolicy body."""
 
-    def __init__(self, reconciler: Reconciler, body: Mapping[str, Any]) -> None:
+    def __init__(self, reconciler: PolicyReconciler, body: Mapping[str, Any]) -> None:
+        self.reconciler = reconciler
         self.kube = reconciler.kube
         self.post_event = reconciler.post_event
         self.body = body
@@ -222,18 +289,28 @@ class PolicyPass:
         active = [j for j in jobs if job_state(j) == "active"]
         request = (self.body["metadata"].get("annotations") or {}).get(SYNC_ANNOTATION)
         pending = bool(request) and request != self.status.get("lastSyncRequest")
+        key = (self.namespace, self.name)
+        push = self.reconciler.pushes.get(key) if spec.trigger.on_push else None
         start_manual = pending and not active
-        hold = start_manual or any(SYNC_ANNOTATION in (j["metadata"].get("annotations") or {}) for j in active)
+        start_push = push is not None and not active and not start_manual
+        # the schedule is held while a run it does not know about is active (at most one at a time)
+        hold = start_manual or start_push or any(not started_by_cronjob(j) for j in active)
         apply_error = await self.apply(inp, hold)
         handled: dict[str, Any] = {}
         if apply_error is None and start_manual:
             assert request is not None
-            active.append(await self.start(inp, request))
+            active += await self.start(manual_job(inp, request), f"{SYNC_ANNOTATION}={request!r}")
             handled["lastSyncRequest"] = request
+            self.reconciler.answered(key, push)
+        elif apply_error is None and start_push:
+            assert push is not None
+            active += await self.start(push_job(inp, push), f"the push of {push}")
+            self.reconciler.answered(key, push)
         await self.report(replace(
             base, apply_error=apply_error,
             active_run=active[0]["metadata"]["name"] if active else None,
-            request_waiting=pending and not start_manual,
+            request_waiting=(pending and not start_manual) or (push is not None and not start_push
+                                                                 and not start_manual),
             unreported_failure=unreported_failure(jobs, self.status.get("lastRun")),
         ), handled)
 
@@ -284,18 +361,18 @@ class PolicyPass:
             await self.delete_if_owned("batch/v1", "CronJob", cronjob_name(self.name))
         return None
 
-    async def start(self, inp: PolicyInput, request: str) -> dict[str, Any]:
-        """Create the Job of a sync request; an existing one (status write lost) answers it already."""
-        job = manual_job(inp, request)
+    async def start(self, job: dict[str, Any], cause: str) -> list[dict[str, Any]]:
+        """Create a triggered Job: [the Job], or [] when one of that name exists and has finished
+        (it answered the same trigger already, and a status write was lost)."""
         try:
             created = await self.kube.create(job)
         except ApiError as e:
             if e.status != 409:
                 raise
-            return await self.kube.get("batch/v1", "Job", self.namespace, job["metadata"]["name"]) or job
-        self.post_event(self.body, "Normal", "SyncStarted",
-                        f"started Job {job['metadata']['name']} for {SYNC_ANNOTATION}={request!r}")
-        return created
+            existing = await self.kube.get("batch/v1", "Job", self.namespace, job["metadata"]["name"])
+            return [existing] if existing and job_state(existing) == "active" else []
+        self.post_event(self.body, "Normal", "SyncStarted", f"started Job {job['metadata']['name']} for {cause}")
+        return [created]
 
     async def delete_if_owned(self, api_version: str, kind: str, name: str) -> None:
         obj = await self.kube.get(api_version, kind, self.namespace, name)
@@ -358,7 +435,7 @@ async def start_policy_reconciler(memo: kopf.Memo, **_: Any) -> None:
     """Runs after `handlers.configure` (registered first, since this module imports it), which
     puts the API adapter into `memo`. Created here, in the root memo, the reconciler is shared
     by the per-object memo copies of every handler: one lock and queue per policy."""
-    memo.policy_reconciler = PolicyReconciler(memo.kube, post_event)
+    memo.policy_reconciler = PolicyReconciler(memo.kube, ApiEvents(memo.kube))
 
 
 def _reconciler(memo: Any) -> PolicyReconciler:

@@ -2,7 +2,8 @@
 
 A policy runs as Jobs of the operator image executing `dockyard replicate --policy NS/NAME`:
 a CronJob when `trigger.schedule` is set, one Job per manual request (the
-`dockyard.dev/sync-requested-at` annotation). Each run uses its own ServiceAccount whose
+`dockyard.dev/sync-requested-at` annotation) or per burst of pushes to a Dockyard source
+(`trigger.onPush`, see `controller.push`). Each run uses its own ServiceAccount whose
 Role grants exactly what the run needs, by resource name: read the policy, write its
 status, read the Secrets it references. `registryRef` sides are resolved by the operator to
 the Registry's in-cluster endpoint and passed as `--source-url`/`--dest-url`, so runs never
@@ -33,6 +34,8 @@ from dockyard.render.registry import (
 APP = "dockyard-replication"
 KIND = "ReplicationPolicy"
 SYNC_ANNOTATION = "dockyard.dev/sync-requested-at"
+PUSH_ANNOTATION = "dockyard.dev/push-event"
+"""On a Job started by a push to the source: `REPOSITORY:TAG@DIGEST at TIME` of the latest push."""
 TIME_ZONE = "Etc/UTC"
 """CronJobs are pinned to UTC so `status.nextRun` (computed in UTC) tells the truth."""
 BACKOFF_LIMIT = 2
@@ -81,6 +84,10 @@ def cronjob_name(policy: str) -> str:
 def manual_job_name(policy: str, request: str) -> str:
     """The Job of one manual request: the same request value always names the same Job."""
     return _fit(policy, f"-manual-{_short_hash(request, 8)}", JOB_NAME_MAX)
+
+
+def push_job_name(policy: str, event: str) -> str:
+    return _fit(policy, f"-push-{_short_hash(event, 8)}", JOB_NAME_MAX)
 
 
 def registry_endpoint(registry: Mapping[str, Any]) -> str:
@@ -280,12 +287,19 @@ def cron_job(inp: PolicyInput, *, hold: bool = False) -> dict[str, Any] | None:
     }
 
 
+def _triggered_job(inp: PolicyInput, name: str, annotations: Mapping[str, str]) -> dict[str, Any]:
+    spec = {**_job_spec(inp, annotations), "ttlSecondsAfterFinished": MANUAL_JOB_TTL_SECONDS}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(inp, name, annotations), "spec": spec}
+
+
 def manual_job(inp: PolicyInput, request: str) -> dict[str, Any]:
     """The Job answering one value of the sync-requested-at annotation."""
-    annotations = {SYNC_ANNOTATION: request}
-    spec = {**_job_spec(inp, annotations), "ttlSecondsAfterFinished": MANUAL_JOB_TTL_SECONDS}
-    return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": _meta(inp, manual_job_name(inp.name, request), annotations), "spec": spec}
+    return _triggered_job(inp, manual_job_name(inp.name, request), {SYNC_ANNOTATION: request})
+
+
+def push_job(inp: PolicyInput, event: str) -> dict[str, Any]:
+    """The Job answering pushes to a Dockyard source (`trigger.onPush`); `event` names the latest."""
+    return _triggered_job(inp, push_job_name(inp.name, event), {PUSH_ANNOTATION: event})
 
 
 def render_policy(inp: PolicyInput, *, hold_schedule: bool = False) -> list[dict[str, Any]]:
