@@ -40,9 +40,10 @@ What the emulator does, as the API server does:
   runs synchronously inside the deleting request, so the DELETED events arrive in one burst.
   ``propagationPolicy: Orphan`` skips it (``Foreground`` is treated as ``Background``);
   ``preconditions`` are honoured. An object written with owner references none of which names an
-  existing object is collected right away, as the real collector soon would (the uids are those of
-  objects in this emulator; ``Emulator(collect_dangling=False)`` turns this off for tests that
-  reference owners the emulator does not hold).
+  existing object in its own namespace (or a cluster-scoped one) is collected right away, as the
+  real collector soon would. The uids are those of objects in this emulator:
+  ``Emulator(collect_dangling=False)`` turns this off for tests that reference owners it does not
+  hold.
 * Scale subresource (registries, deployments): an ``autoscaling/v1`` Scale built from
   ``.spec.replicas``, ``.status.replicas`` and ``.status.selector`` (for deployments, the label
   selector as a string); GET, PUT and PATCH of ``/scale`` set ``.spec.replicas``.
@@ -1505,11 +1506,17 @@ class Emulator(kmock.KubernetesEmulator):
         if not orphan:
             self._collect_garbage(uid)
 
+    def _owner_exists(self, ref: Mapping[str, Any], dependent: tuple[kmock.resource, str | None, str]) -> bool:
+        """Whether an owner reference names a live owner the dependent may have (same namespace or
+        cluster-scoped: a reference across namespaces counts as absent, as for the real collector)."""
+        owner = self._uids.get(ref.get('uid', ''))
+        return owner is not None and owner[1] in (None, dependent[1])
+
     def _collect_if_dangling(self, res: kmock.resource, key: tuple[kmock.resource, str | None, str],
                              obj: Body) -> None:
         """An object whose every owner is gone is collected, as the garbage collector would."""
         refs = _meta(obj).get('ownerReferences') or []
-        if self.collect_dangling and refs and not any(ref.get('uid') in self._uids for ref in refs):
+        if self.collect_dangling and refs and not any(self._owner_exists(ref, key) for ref in refs):
             self._remove(res, key, obj, orphan=False)
 
     def _collect_garbage(self, uid: str) -> None:
@@ -1521,7 +1528,7 @@ class Emulator(kmock.KubernetesEmulator):
             res = key[0]
             refs = _meta(live).get('ownerReferences') or []
             others = [ref for ref in refs if ref.get('uid') != uid]
-            if any(ref.get('uid') in self._uids for ref in others):
+            if any(self._owner_exists(ref, key) for ref in others):
                 new = copy.deepcopy(live)
                 new['metadata']['ownerReferences'] = others
                 self._commit(res, self.resources[res], live, new, manager='generic-garbage-collector',

@@ -517,6 +517,14 @@ async def test_an_object_whose_owners_are_all_gone_is_collected(emulator: Emulat
     assert await get(emulator, CONFIGMAPS, 'late-child', NS) is None
 
 
+async def test_an_owner_in_another_namespace_counts_as_absent(emulator: Emulator) -> None:
+    owner = await create(emulator, registry())
+    await create(emulator, {**configmap('elsewhere', ownerReferences=[owner_ref(owner)]),
+                            'metadata': {'name': 'elsewhere', 'namespace': 'ns2',
+                                         'ownerReferences': [owner_ref(owner)]}})
+    assert await get(emulator, CONFIGMAPS, 'elsewhere', 'ns2') is None
+
+
 async def test_orphan_propagation_keeps_dependents(emulator: Emulator) -> None:
     owner = await create(emulator, registry())
     await create(emulator, configmap('child', ownerReferences=[owner_ref(owner)]))
