@@ -4,11 +4,13 @@ One idempotent reconcile per policy (serialised and coalesced per object by the 
 `Reconciler` machinery as Registries) resolves both sides, checks the referenced Secrets,
 applies the run identity (ServiceAccount, Role, RoleBinding) and the CronJob of a scheduled
 policy, and answers a new value of the `dockyard.dev/sync-requested-at` annotation with one
-Job, recorded in `status.lastSyncRequest` so each value runs once.
+Job, recorded in `status.lastSyncRequest` so each value runs once. Pushes to a Dockyard
+source (`trigger.onPush`, received by `controller.push`) get a Job the same way.
 
 At most one run per policy at a time: the CronJob forbids overlapping runs of its own; a
-manual request waits while any run is active (the run's completion triggers the next
-reconcile), and the CronJob is held suspended while a manual run is active. `suspend`
+manual or push run waits while any run is active (the run's completion triggers the next
+reconcile), and the CronJob is held suspended while a manual or push run is active. Left: a
+scheduled start in the very second a manual Job is created can still overlap it. `suspend`
 pauses scheduled runs only: a manual request is an explicit human act and still runs.
 
 The controller writes conditions, `observedGeneration`, `nextRun` and `lastSyncRequest`;
