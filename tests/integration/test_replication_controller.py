@@ -349,6 +349,21 @@ async def test_a_missing_secret_stalls_the_policy_until_it_appears(emulator: Emu
     await wait_condition(emulator, operator, "private", "Ready", "True", "OnDemand")
 
 
+async def test_a_registry_that_requires_login_needs_credentials_in_the_policy(emulator: Emulator,
+                                                                            operator: Operator) -> None:
+    locked = registry("locked")
+    locked["spec"]["auth"] = {"htpasswdSecretRef": {"name": "locked-users"}}
+    await create(emulator, locked)
+    await create(emulator, policy("into-locked", {
+        "source": {"url": "http://10.4.4.4:5000"}, "destination": {"registryRef": {"name": "locked"}}}))
+    obj = await wait_condition(emulator, operator, "into-locked", "Stalled", "True", "CredentialsRequired")
+    assert "destination.secretRef" in condition(obj, "Stalled")["message"]
+    await create(emulator, secret("locked-pusher", username="pusher", password="pw"))
+    await patch(emulator, POLICIES, "into-locked",
+                {"spec": {"destination": {"secretRef": {"name": "locked-pusher"}}}}, NS)
+    await wait_condition(emulator, operator, "into-locked", "Ready", "True", "OnDemand")
+
+
 async def test_an_impossible_schedule_is_an_invalid_spec(emulator: Emulator, operator: Operator) -> None:
     await create(emulator, policy("typo", {
         "source": {"url": "http://10.1.1.1:5000"}, "destination": {"url": "http://10.1.1.2:5000"},

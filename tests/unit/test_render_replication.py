@@ -224,6 +224,8 @@ def ready(obs: Observed) -> tuple[str, str]:
     (Observed(3, missing_registries=("the destination Registry 'main' does not exist",)),
      ("False/Stalled", "RegistryNotFound")),
     (Observed(3, secret_problems=("Secret 'hub' not found",)), ("False/Stalled", "SecretNotFound")),
+    (Observed(3, credential_problems=("the destination Registry 'main' requires authentication",)),
+     ("False/Stalled", "CredentialsRequired")),
     (Observed(3, apply_error="Role refused"), ("False/Stalled", "ApplyFailed")),
     (Observed(3, schedule="@daily", active_run="mirror-manual-1"), ("True", "Running")),
     (Observed(3, schedule="@daily", unreported_failure="run x failed"), ("False", "RunFailed")),
@@ -279,3 +281,27 @@ def test_a_push_run_is_its_own_job_named_by_the_push() -> None:
     assert job["metadata"]["annotations"] == {PUSH_ANNOTATION: event}
     assert job["spec"]["template"]["spec"]["containers"][0]["args"] == \
         manual_job(inp, "x")["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+@pytest.mark.parametrize(("side", "endpoint", "auth", "problem"), [
+    ("destination", {"registryRef": {"name": "main"}}, None, False),
+    ("destination", {"registryRef": {"name": "main"}}, {"htpasswdSecretRef": {"name": "users"}}, True),
+    ("destination", {"registryRef": {"name": "main"}, "secretRef": {"name": "pusher"}},
+     {"htpasswdSecretRef": {"name": "users"}}, False),
+    ("source", {"registryRef": {"name": "main"}}, {"htpasswdSecretRef": {"name": "users"}, "anonymousPull": True},
+     False),
+    ("source", {"registryRef": {"name": "main"}}, {"htpasswdSecretRef": {"name": "users"}}, True),
+    ("destination", {"registryRef": {"name": "main"}}, {"htpasswdSecretRef": {"name": "users"},
+                                                         "anonymousPull": True}, True),
+])
+def test_a_registry_with_authentication_needs_credentials_of_the_policy(
+        side: str, endpoint: dict[str, Any], auth: dict[str, Any] | None, problem: bool) -> None:
+    from dockyard.api.replication import Endpoint
+    from dockyard.api.schema import parse
+    from dockyard.render.replication import credentials_problem
+
+    spec = {"storage": {"emptyDir": {}}, **({"auth": auth} if auth else {})}
+    found = credentials_problem(side, parse(Endpoint, endpoint), registry("main", spec=spec))
+    assert (found is not None) == problem
+    if found:
+        assert f"{side}.secretRef" in found and "'main'" in found

@@ -49,6 +49,7 @@ from dockyard.render.replication import (
     APP,
     SYNC_ANNOTATION,
     PolicyInput,
+    credentials_problem,
     cronjob_name,
     manual_job,
     push_job,
@@ -111,6 +112,7 @@ class Observed:
     generation: int
     spec_error: str | None = None
     missing_registries: tuple[str, ...] = ()
+    credential_problems: tuple[str, ...] = ()
     secret_problems: tuple[str, ...] = ()
     apply_error: str | None = None
     schedule: str | None = None
@@ -127,6 +129,8 @@ def verdict(obs: Observed) -> Verdict:
         return Verdict(False, "InvalidSpec", obs.spec_error, stalled=True)
     if obs.missing_registries:
         return Verdict(False, "RegistryNotFound", "; ".join(obs.missing_registries), stalled=True)
+    if obs.credential_problems:
+        return Verdict(False, "CredentialsRequired", "; ".join(obs.credential_problems), stalled=True)
     if obs.secret_problems:
         return Verdict(False, "SecretNotFound", "; ".join(obs.secret_problems), stalled=True)
     if obs.apply_error:
@@ -282,9 +286,14 @@ class PolicyPass:
         base = Observed(self.generation, schedule=spec.trigger.schedule, suspended=spec.suspend,
                         last_run=self.status.get("lastRun"))
         registries, missing = await self.read_registries(spec)
+        refs = registry_refs(spec, self.namespace)
+        endpoints = {"source": spec.source, "destination": spec.destination}
+        unauthenticated = [p for side, key in refs.items() if key in registries
+                           and (p := credentials_problem(side, endpoints[side], registries[key]))]
         problems = await self.check_secrets(spec)
-        if missing or problems:  # leave what exists alone; nothing can run until this is fixed
-            await self.report(replace(base, missing_registries=tuple(missing), secret_problems=tuple(problems)))
+        if missing or unauthenticated or problems:  # leave what exists alone; nothing can run like this
+            await self.report(replace(base, missing_registries=tuple(missing),
+                                      credential_problems=tuple(unauthenticated), secret_problems=tuple(problems)))
             return
         inp = PolicyInput.from_body(self.body, registries=registries)
         jobs = await self.runs()

@@ -122,6 +122,22 @@ def referenced_secrets(spec: ReplicationPolicySpec) -> dict[str, tuple[str, ...]
     return {name: tuple(sorted(keys)) for name, keys in sorted(needs.items())}
 
 
+def credentials_problem(side: str, endpoint: Endpoint, registry: Mapping[str, Any]) -> str | None:
+    """Why a run cannot authenticate to a Dockyard Registry that requires it, or None.
+
+    A Registry's htpasswd Secret holds password hashes, so the run cannot log in with it: the
+    side needs a `secretRef` of its own (a user of that htpasswd). Anonymous pull serves a source.
+    """
+    if endpoint.secret_ref is not None:
+        return None
+    auth = (registry.get("spec") or {}).get("auth")
+    if not auth or (side == "source" and auth.get("anonymousPull")):
+        return None
+    name = (registry.get("metadata") or {}).get("name")
+    return (f"the {side} Registry {name!r} requires authentication: set {side}.secretRef to a "
+            "kubernetes.io/basic-auth Secret of one of its htpasswd users")
+
+
 def secret_problem(name: str, needs: tuple[str, ...], data: Mapping[str, Any]) -> str | None:
     """Why a referenced Secret cannot serve the run, or None."""
     if "credentials" in needs and ".dockerconfigjson" not in data and not {"username", "password"} <= set(data):
