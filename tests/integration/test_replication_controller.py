@@ -487,6 +487,10 @@ async def test_pushes_to_a_dockyard_source_run_on_push_policies_once_at_a_time(e
     await wait_condition(emulator, operator, "nightly", "Ready", "True", "Scheduled")
 
     assert (await post_push(operator, "team/app", "v1", token="wrong"))[0] == 401
+    async with aiohttp.ClientSession() as session, session.post(
+            operator.events_url, json={"registry": {"namespace": NS, "name": "main"}, "repository": "team/app"},
+            headers={"Authorization": f"Bearer {EVENTS_TOKEN}"}) as r:
+        assert r.status == 400 and "tag" in (await r.json())["error"]
     assert await post_push(operator, "other/app", "v1") == (202, {"policies": []}), "filtered repository"
     assert await post_push(operator, "team/app", "v1-dev") == (202, {"policies": []}), "excluded tag"
     assert await post_push(operator, "team/app", "v1", registry="elsewhere") == (202, {"policies": []})
