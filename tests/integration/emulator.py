@@ -56,7 +56,7 @@ What the emulator does, as the API server does:
   ``emulator.validate = False`` inside a test, turns this off: for a test of what the operator
   does when an invalid object gets past admission anyway.
 * Errors are ``Status`` objects: NotFound 404, AlreadyExists 409, Conflict 409, Invalid 422,
-  BadRequest 400, MethodNotAllowed 405, UnsupportedMediaType 415.
+  BadRequest 400, Forbidden 403, MethodNotAllowed 405, UnsupportedMediaType 415.
 * Lists carry ``metadata.resourceVersion`` (the current counter) and honour ``labelSelector``,
   ``fieldSelector`` (equality on any dotted path), ``limit`` and ``continue``.
 * Watches stream the events after ``?resourceVersion=`` from the event history; without it,
@@ -68,12 +68,15 @@ What the emulator does, as the API server does:
   Label-selected watches see objects that start or stop matching as ADDED or DELETED.
 * ``?dryRun=All`` validates and answers without storing. Bodies may be JSON or YAML.
 
-Not emulated: validation of built-in kinds, admission webhooks, authentication and RBAC,
-namespace existence and namespace deletion (``/api/v1/namespaces`` is an ordinary cluster-scoped
-resource), the defaults built-in kinds get (a Deployment's ``strategy``, a container's
-``imagePullPolicy``, ...), controllers (nothing makes a Deployment available: tests write its
-status through ``/status``, or ``seed()`` an object with its status), periodic bookmarks,
-server-side table output, ``$patch`` directives.
+Namespaces start ``Active``; deleting one makes it ``Terminating``, deletes everything in it
+(finalizers still hold objects, and the namespace waits for them), then the namespace itself;
+nothing new can be created in a terminating namespace (403 Forbidden).
+
+Not emulated: validation of built-in kinds, admission webhooks, authentication and RBAC, the need
+for a namespace to exist before objects are created in it, the defaults built-in kinds get (a
+Deployment's ``strategy``, a container's ``imagePullPolicy``, ...), controllers (nothing makes a
+Deployment available: tests write its status through ``/status``, or ``seed()`` an object with its
+status), periodic bookmarks, server-side table output, ``$patch`` directives.
 
 kmock's reactions still work and take precedence (``emulator['get /api/v1/...'] << 503`` injects
 a failure); while a test has added none, object requests skip kmock's request matching, which
@@ -193,6 +196,7 @@ SERVER_METADATA = ('uid', 'creationTimestamp', 'resourceVersion', 'generation', 
 UNOWNED_METADATA = frozenset(SERVER_METADATA) | {'name', 'namespace', 'generateName'}
 OWNER_REFS: FieldPath = ('f:metadata', 'f:ownerReferences')
 FINALIZERS: FieldPath = ('f:metadata', 'f:finalizers')
+NAMESPACES = kmock.resource('', 'v1', 'namespaces')
 NAMESPACES_PATH = re.compile(r'/api/v1/namespaces(?:/(?P<name>[^/]+)(?:/(?P<sub>status|finalize))?)?/?')
 NAME_RE = re.compile(r'^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')
 
@@ -1113,6 +1117,11 @@ class Emulator(kmock.KubernetesEmulator):
                                            f'alphanumeric characters, \'-\' or \'.\'',
                            {'name': name, 'kind': info.kind, 'causes': [{'field': 'metadata.name'}]})
         key = (res, meta.get('namespace'), name)
+        home = self._live((NAMESPACES, None, meta['namespace'])) if info.namespaced else None
+        if home is not None and _meta(home).get('deletionTimestamp'):
+            raise _Failure(403, 'Forbidden', f'{_qualified(res)} "{name}" is forbidden: unable to create new '
+                                             f'content in namespace {meta["namespace"]} because it is being '
+                                             f'terminated', {'name': name, 'group': res.group, 'kind': res.plural})
         if self._live(key) is not None:
             raise _Failure(409, 'AlreadyExists', f'{_qualified(res)} "{name}" already exists',
                            {'name': name, 'group': res.group, 'kind': res.plural})
@@ -1120,6 +1129,9 @@ class Emulator(kmock.KubernetesEmulator):
             meta.pop(field, None)
         if 'status' in info.subresources:
             body.pop('status', None)
+        if res == NAMESPACES:
+            body['spec'] = {'finalizers': ['kubernetes'], **(body.get('spec') or {})}
+            body['status'] = {'phase': 'Active'}
         if res in self._schemas:
             body = _apply_crd_schema(self._schemas[res], body)
             self._admit(res, info, name, body, None)
@@ -1484,6 +1496,8 @@ class Emulator(kmock.KubernetesEmulator):
     def _remove(self, res: kmock.resource, key: tuple[kmock.resource, str | None, str], live: Body, *,
                 orphan: bool) -> Body:
         meta = _meta(live)
+        if res == NAMESPACES:
+            return self._terminate_namespace(key, live)
         if meta.get('finalizers'):
             if meta.get('deletionTimestamp'):
                 return live
@@ -1505,6 +1519,37 @@ class Emulator(kmock.KubernetesEmulator):
         self._emit(res, 'DELETED', final, final)
         if not orphan:
             self._collect_garbage(uid)
+        if key[1] is not None:
+            self._finish_namespace(key[1])
+
+    def _terminate_namespace(self, key: tuple[kmock.resource, str | None, str], live: Body) -> Body:
+        """Namespace deletion: Terminating, every object in it deleted, then the namespace itself."""
+        if _meta(live).get('deletionTimestamp'):
+            return live
+        new = copy.deepcopy(live)
+        new['metadata'].update(deletionTimestamp=_now(), deletionGracePeriodSeconds=0,
+                               resourceVersion=self._next_rv())
+        new['status'] = {**(new.get('status') or {}), 'phase': 'Terminating'}
+        self._store(key, new)
+        self._emit(NAMESPACES, 'MODIFIED', live, new)
+        name = key[2]
+        for (res, ns, obj_name), obj in list(self.objects.items()):
+            if ns == name and not obj.deleted:
+                self._remove(res, (res, ns, obj_name), obj.raw, orphan=False)
+        self._finish_namespace(name)
+        return self._live(key) or new
+
+    def _finish_namespace(self, name: str) -> None:
+        key = (NAMESPACES, None, name)
+        namespace = self._live(key)
+        if namespace is None or not _meta(namespace).get('deletionTimestamp'):
+            return
+        if any(ns == name and not obj.deleted for (_, ns, _), obj in self.objects.items()):
+            return  # objects with finalizers still hold it
+        final = {**namespace, 'spec': {**(namespace.get('spec') or {}), 'finalizers': []},
+                 'metadata': {**_meta(namespace), 'resourceVersion': self._next_rv()}}
+        self._store(key, final)
+        self._erase(NAMESPACES, key, final, orphan=False)
 
     def _owner_exists(self, ref: Mapping[str, Any], dependent: tuple[kmock.resource, str | None, str]) -> bool:
         """Whether an owner reference names a live owner the dependent may have (same namespace or

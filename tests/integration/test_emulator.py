@@ -155,6 +155,26 @@ async def test_namespaces_are_served_as_cluster_scoped_objects(emulator: Emulato
     assert names == {'default', 'registries'}
 
 
+async def test_deleting_a_namespace_deletes_its_content_then_itself(emulator: Emulator) -> None:
+    await create(emulator, {'apiVersion': 'v1', 'kind': 'Namespace', 'metadata': {'name': NS}})
+    await create(emulator, configmap('plain'))
+    await create(emulator, configmap('held', finalizers=['dockyard.dev/finalizer']))
+    other = await create(emulator, configmap('other', namespace='ns2'))
+
+    terminating = await delete(emulator, 'v1/namespaces', NS)
+    assert terminating is not None and terminating['status']['phase'] == 'Terminating'
+    assert await get(emulator, CONFIGMAPS, 'plain', NS) is None
+    with pytest.raises(ApiError) as err:
+        await create(emulator, configmap('new'))
+    assert err.value.status == 403 and err.value.reason == 'Forbidden'
+    assert await get(emulator, 'v1/namespaces', NS) is not None  # held by the finalizer of 'held'
+
+    await patch(emulator, CONFIGMAPS, 'held', {'metadata': {'finalizers': None}}, NS)
+    assert await get(emulator, CONFIGMAPS, 'held', NS) is None
+    assert await get(emulator, 'v1/namespaces', NS) is None
+    assert await get(emulator, CONFIGMAPS, 'other', 'ns2') == other
+
+
 async def test_unregistered_resources_do_not_exist(emulator: Emulator) -> None:
     status, body = await raw(emulator, 'GET', '/apis/example.com/v1/namespaces/ns1/widgets')
     assert status == 404
