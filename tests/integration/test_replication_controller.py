@@ -11,21 +11,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
-import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import kmock
 import pytest
 import pytest_asyncio
 
 from dockyard.render import cron
 from dockyard.render.replication import manual_job_name
 from tests.integration.emulator import Emulator, create, delete, get, list_objects, patch, wait_for
-from tests.registry.processes import DOCKYARD, Registries, free_port, request, write_htpasswd
+from tests.integration.operator import Operator, running_operator
+from tests.registry.processes import Registries, free_port, request, write_htpasswd
 
 NS = "registries"
 POLICIES = "dockyard.dev/v1alpha1/replicationpolicies"
@@ -38,53 +37,20 @@ DEADLINE = 30.0
 EVENTS_TOKEN = "push-token-for-tests"
 
 
-class Operator:
-    """The operator process; `check()` fails the test with its log when it died.
-
-    It receives push events on `events_url` with the bearer token `EVENTS_TOKEN`.
-    """
-
-    def __init__(self, proc: asyncio.subprocess.Process, log: Path, events_url: str) -> None:
-        self.proc = proc
-        self.log = log
-        self.events_url = events_url
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-6000:]
-
-    def check(self) -> None:
-        if self.proc.returncode is not None:
-            pytest.fail(f"the operator exited with {self.proc.returncode}:\n{self.output()}")
+@pytest.fixture()
+def events_url(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where the operator started by `operator` receives push events (bearer token `EVENTS_TOKEN`)."""
+    port = free_port()
+    monkeypatch.setenv("DOCKYARD_EVENTS_ADDR", f"127.0.0.1:{port}")
+    monkeypatch.setenv("DOCKYARD_EVENTS_TOKEN", EVENTS_TOKEN)
+    return f"http://127.0.0.1:{port}/v1/push"
 
 
 @pytest_asyncio.fixture()
-async def operator(emulator: Emulator, kubeconfig: Path, tmp_path: Path) -> AsyncIterator[Operator]:
-    bundled = kmock.ResourcesArray()
-    bundled.load_bundled()
-    for name in RBAC:  # the run identity of a policy: a Role and RoleBinding per policy
-        if kmock.resource(name) not in emulator.resources:
-            emulator.register(name, bundled[name])
-    log = tmp_path / "operator.log"
-    events_port = free_port()
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "DOCKYARD_IMAGE": "dockyard:test",
-           "DOCKYARD_EVENTS_ADDR": f"127.0.0.1:{events_port}", "DOCKYARD_EVENTS_TOKEN": EVENTS_TOKEN}
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            DOCKYARD, "operator", "run", "-A", "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
-            stdout=fd, stderr=asyncio.subprocess.STDOUT, env=env)
-    finally:
-        os.close(fd)
-    try:
-        yield Operator(proc, log, f"http://127.0.0.1:{events_port}/v1/push")
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:  # the emulator keeps serving while Kopf shuts down
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+async def operator(emulator: Emulator, kubeconfig: Path, tmp_path: Path, events_url: str
+                   ) -> AsyncIterator[Operator]:
+    async with running_operator(kubeconfig, tmp_path / "operator.log") as op:
+        yield op
 
 
 def registry(name: str) -> dict[str, Any]:
@@ -454,7 +420,7 @@ async def test_a_run_that_dies_without_a_report_shows_on_the_policy(emulator: Em
     assert "backoff limit" in condition(obj, "Ready")["message"]
 
 
-async def post_push(op: Operator, repository: str, tag: str, *, registry: str = "main",
+async def post_push(op: Operator, url: str, repository: str, tag: str, *, registry: str = "main",
                     token: str = EVENTS_TOKEN) -> tuple[int, Any]:
     """What a Dockyard registry sends after a tag push; waits (with a deadline) for the receiver."""
     event = {"registry": {"namespace": NS, "name": registry}, "repository": repository, "tag": tag,
@@ -464,7 +430,7 @@ async def post_push(op: Operator, repository: str, tag: str, *, registry: str = 
         while True:
             op.check()
             try:
-                async with session.post(op.events_url, json=event,
+                async with session.post(url, json=event,
                                         headers={"Authorization": f"Bearer {token}"}) as r:
                     return r.status, await r.json()
             except aiohttp.ClientConnectionError:
@@ -473,8 +439,8 @@ async def post_push(op: Operator, repository: str, tag: str, *, registry: str = 
                 await asyncio.sleep(0.1)  # the operator is still starting its receiver
 
 
-async def test_pushes_to_a_dockyard_source_run_on_push_policies_once_at_a_time(emulator: Emulator,
-                                                                               operator: Operator) -> None:
+async def test_pushes_to_a_dockyard_source_run_on_push_policies_once_at_a_time(
+        emulator: Emulator, operator: Operator, events_url: str) -> None:
     await create(emulator, registry("main"))
     await create(emulator, policy("on-push", {
         "source": {"registryRef": {"name": "main"}}, "destination": {"url": "http://10.2.2.2:5000"},
@@ -486,17 +452,17 @@ async def test_pushes_to_a_dockyard_source_run_on_push_policies_once_at_a_time(e
     await wait_condition(emulator, operator, "on-push", "Ready", "True", "Scheduled")
     await wait_condition(emulator, operator, "nightly", "Ready", "True", "Scheduled")
 
-    assert (await post_push(operator, "team/app", "v1", token="wrong"))[0] == 401
+    assert (await post_push(operator, events_url, "team/app", "v1", token="wrong"))[0] == 401
     async with aiohttp.ClientSession() as session, session.post(
-            operator.events_url, json={"registry": {"namespace": NS, "name": "main"}, "repository": "team/app"},
+            events_url, json={"registry": {"namespace": NS, "name": "main"}, "repository": "team/app"},
             headers={"Authorization": f"Bearer {EVENTS_TOKEN}"}) as r:
         assert r.status == 400 and "tag" in (await r.json())["error"]
-    assert await post_push(operator, "other/app", "v1") == (202, {"policies": []}), "filtered repository"
-    assert await post_push(operator, "team/app", "v1-dev") == (202, {"policies": []}), "excluded tag"
-    assert await post_push(operator, "team/app", "v1", registry="elsewhere") == (202, {"policies": []})
+    assert await post_push(operator, events_url, "other/app", "v1") == (202, {"policies": []}), "filtered repository"
+    assert await post_push(operator, events_url, "team/app", "v1-dev") == (202, {"policies": []}), "excluded tag"
+    assert await post_push(operator, events_url, "team/app", "v1", registry="elsewhere") == (202, {"policies": []})
     assert await jobs_of(emulator, "on-push") == []
 
-    assert await post_push(operator, "team/app", "v1") == (202, {"policies": [f"{NS}/on-push"]})
+    assert await post_push(operator, events_url, "team/app", "v1") == (202, {"policies": [f"{NS}/on-push"]})
     obj = await wait_condition(emulator, operator, "on-push", "Ready", "True", "Running")
     [first] = await jobs_of(emulator, "on-push")
     assert first["metadata"]["name"].startswith("on-push-push-")
@@ -508,7 +474,7 @@ async def test_pushes_to_a_dockyard_source_run_on_push_policies_once_at_a_time(e
 
     # Pushes during the run coalesce into one more run after it.
     for tag in ("v2", "v3", "v4"):
-        assert (await post_push(operator, "team/app", tag))[0] == 202
+        assert (await post_push(operator, events_url, "team/app", tag))[0] == 202
 
     async def waiting() -> bool:
         return "waits" in condition(await get(emulator, POLICIES, "on-push", NS), "Ready").get("message", "")
