@@ -9,6 +9,7 @@ compared byte for byte with what went in.
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,11 +24,10 @@ USER, PASSWORD = "pusher", "s3cret-pass"
 
 
 def copy_in(tmp_path: Path, layout: Path, tag: str, server: RegistryProcess, repo: str,
-            *extra: str, check: bool = True) -> str:
-    done = skopeo("copy", "--insecure-policy", "--dest-tls-verify=false", *extra,
+            *extra: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    return skopeo("copy", "--insecure-policy", "--dest-tls-verify=false", *extra,
                   f"oci:{layout}:{tag}", f"docker://{server.host}/{repo}:{tag}",
                   workdir=tmp_path, check=check)
-    return done.stderr.decode(errors="replace")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -132,3 +132,30 @@ def test_copy_all_of_a_multi_arch_index(kind: str, tmp_path: Path) -> None:
         assert layout_ref(out, "multi")["digest"] == idx.digest
         for blob in idx.blobs:
             assert layout_blob(out, blob.digest) == blob.data
+
+
+def test_anonymous_pull_with_authenticated_push(tmp_path: Path) -> None:
+    """`--anonymous-pull`: anyone may pull, only a user with a password may push or delete."""
+    img = images.image(seed=15)
+    layout = write_layout(tmp_path / "in", {"v1": img, "v2": images.image(seed=16)})
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", USER, PASSWORD)
+    with Registries(tmp_path) as regs:
+        server = regs.dockyard("--htpasswd", str(htpasswd), "--anonymous-pull")
+        anonymous_push = copy_in(tmp_path, layout, "v2", server, "open/app", check=False)
+        assert anonymous_push.returncode != 0, "a push without credentials must fail"
+        assert request("GET", f"{server.url}/v2/open/app/manifests/v2", headers=ACCEPT).status == 404
+
+        copy_in(tmp_path, layout, "v1", server, "open/app", f"--dest-creds={USER}:{PASSWORD}")
+        raw = skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{server.host}/open/app:v1",
+                     workdir=tmp_path).stdout
+        assert raw == img.manifest.data
+        out = tmp_path / "out"
+        skopeo("copy", "--insecure-policy", "--src-tls-verify=false",
+               f"docker://{server.host}/open/app:v1", f"oci:{out}:v1", workdir=tmp_path)
+        for blob in img.blobs:
+            assert layout_blob(out, blob.digest) == blob.data
+
+        refused = skopeo("delete", "--tls-verify=false", f"docker://{server.host}/open/app:v1",
+                         workdir=tmp_path, check=False)
+        assert refused.returncode != 0, "an anonymous delete must be refused"
+        assert request("GET", f"{server.url}/v2/open/app/manifests/v1", headers=ACCEPT).status == 200
