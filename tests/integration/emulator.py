@@ -927,6 +927,12 @@ class Emulator(kmock.KubernetesEmulator):
         params = request.params
         dry_run = params.get('dryRun') == 'All'
         manager = params.get('fieldManager') or request.headers.get('User-Agent', 'unknown').split('/')[0]
+        verb = ('watch' if method == 'GET' and _flag(params, 'watch') else
+                {'GET': 'get', 'POST': 'create', 'PUT': 'update', 'PATCH': 'patch', 'DELETE': 'delete'}.get(method))
+        verb = {'get': 'list', 'delete': 'deletecollection'}.get(verb or '', verb) if name is None else verb
+        if sub is None and info.verbs and verb not in info.verbs:
+            raise _Failure(405, 'MethodNotAllowed', f'the server does not allow this method on the requested '
+                                                    f'resource: {method} {request.url.path}')
 
         if method == 'GET' and _flag(params, 'watch'):
             return 200, self._watch(res, info, ns, name, params, request)

@@ -175,6 +175,11 @@ async def test_deleting_a_namespace_deletes_its_content_then_itself(emulator: Em
     assert await get(emulator, CONFIGMAPS, 'other', 'ns2') == other
 
 
+async def test_verbs_a_resource_does_not_serve_are_not_allowed(emulator: Emulator) -> None:
+    status, body = await raw(emulator, 'DELETE', '/api/v1/namespaces')  # no deletecollection there
+    assert status == 405 and body['reason'] == 'MethodNotAllowed'
+
+
 async def test_unregistered_resources_do_not_exist(emulator: Emulator) -> None:
     status, body = await raw(emulator, 'GET', '/apis/example.com/v1/namespaces/ns1/widgets')
     assert status == 404
