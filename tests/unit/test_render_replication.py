@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from dockyard.api import SpecError
+from dockyard.cli import build_parser
 from dockyard.controller.replication import Observed, next_run, policy_conditions, unreported_failure, verdict
 from dockyard.render.replication import (
     SYNC_ANNOTATION,
@@ -75,6 +76,8 @@ def test_the_run_executes_dockyard_replicate_with_both_sides_resolved() -> None:
     assert container["args"] == ["replicate", "--policy", "registries/mirror",
                                  "--source-url", "https://registry-1.docker.io",
                                  "--dest-url", "http://main.registries.svc:5000"]
+    args = build_parser().parse_args(container["args"])  # the image's CLI accepts exactly this command
+    assert (args.policy, args.file, args.source_url) == ("registries/mirror", None, "https://registry-1.docker.io")
 
 
 def test_the_run_pod_is_restricted() -> None:

@@ -1,4 +1,8 @@
-"""`dockyard replicate -f POLICY.yaml`: one replication pass from a workstation or a Job.
+"""`dockyard replicate -f POLICY.yaml | --policy NS/NAME`: one replication pass.
+
+`-f` runs from a workstation with a local state file; `--policy` is what the operator's Jobs
+run: the policy, its Secrets and its remembered failures come from the API and the result
+goes into the policy's status.
 
 Credentials come from flags or the environment (`DOCKYARD_SOURCE_CREDS`,
 `DOCKYARD_DEST_CREDS` as user:password, or `DOCKYARD_SOURCE_DOCKERCONFIG`,
@@ -89,6 +93,15 @@ def _cmd_replicate(args: argparse.Namespace) -> int:
     from dockyard.replication.state import FileState
 
     prog = "dockyard replicate"
+    if args.policy:
+        from dockyard.replication.incluster import main as in_cluster
+
+        try:
+            options = EngineOptions(chunk_size=parse_bytes(args.chunk_size), stall_timeout=args.stall_timeout)
+        except ValueError as e:
+            print(f"{prog}: {e}", file=sys.stderr)
+            return 2
+        return in_cluster(args.policy, source_url=args.source_url, dest_url=args.dest_url, options=options)
     try:
         with open(args.file) if args.file != "-" else sys.stdin as f:
             docs = [d for d in yaml.safe_load_all(f) if d]
@@ -144,7 +157,10 @@ def _cmd_replicate(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("replicate", help="run one replication pass of a ReplicationPolicy")
-    p.add_argument("-f", "--file", required=True, help="ReplicationPolicy YAML ('-' for stdin)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("-f", "--file", help="ReplicationPolicy YAML ('-' for stdin)")
+    which.add_argument("--policy", metavar="NS/NAME",
+                       help="in a cluster Job: read the policy and its Secrets from the API, report into its status")
     p.add_argument("--dry-run", action="store_true", help="list what would be copied and deleted")
     p.add_argument("--source-creds", metavar="USER:PASS", help="source credentials (or DOCKYARD_SOURCE_CREDS)")
     p.add_argument("--dest-creds", metavar="USER:PASS", help="destination credentials (or DOCKYARD_DEST_CREDS)")
