@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.integration.emulator import Emulator, create, delete, get, list_objects, patch, wait_for
+from tests.integration.emulator import ApiError, Emulator, create, delete, get, list_objects, patch, wait_for
 from tests.integration.operator import Operator, running_operator
 
 NS = "registries"
@@ -211,7 +211,11 @@ async def test_missing_secret_stalls_then_recovers_and_rotation_rolls_pods(
 
 async def test_invalid_spec_stalls_with_one_event_and_touches_nothing(
         emulator: Emulator, operator: Operator) -> None:
-    # Admission (CEL) would refuse this; an operator must still not act on it if it gets through.
+    # Admission refuses this today; a Registry stored before a rule existed (or on a server that
+    # skipped validation) must still not be acted on; the emulator's validation is switched off to model it.
+    with pytest.raises(ApiError, match=r"exactly one of storage\.pvc or storage\.emptyDir"):
+        await create(emulator, registry("bad", {"storage": {"pvc": {"size": "1Gi"}, "emptyDir": {}}}))
+    emulator.validate = False
     await create(emulator, registry("bad", {"storage": {"pvc": {"size": "1Gi"}, "emptyDir": {}}}))
     cond = await wait_condition(emulator, operator, "bad", "Stalled", "True", "InvalidSpec")
     assert "spec.storage" in cond["message"]
