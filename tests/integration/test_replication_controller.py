@@ -342,7 +342,7 @@ async def test_an_impossible_schedule_is_an_invalid_spec(emulator: Emulator, ope
 async def test_a_run_writes_its_result_into_the_status(emulator: Emulator, operator: Operator,
                                                        kubeconfig: Path, tmp_path: Path) -> None:
     from dockyard.controller.kube import Kube
-    from dockyard.replication.incluster import parse_policy_ref, run_in_cluster
+    from dockyard.controller.runs import parse_policy_ref, run_in_cluster
     from tests.replication.helpers import Pusher
 
     with Registries(tmp_path) as servers:

@@ -19,7 +19,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from dockyard.controller.kube import Kube
-from dockyard.replication.incluster import (
+from dockyard.controller.runs import (
     RunError,
     credentials_from_secret,
     exit_code,

@@ -15,7 +15,7 @@ pauses scheduled runs only: a manual request is an explicit human act and still 
 
 The controller writes conditions, `observedGeneration`, `nextRun` and `lastSyncRequest`;
 the run itself writes `lastRun`, `failedItems` and `lastSuccessfulTime` (see
-`dockyard.replication.incluster`). Both use merge patches of disjoint fields.
+`dockyard.controller.runs`). Both use merge patches of disjoint fields.
 
 Triggers: create, `spec` update and resume of a policy; a pending sync request; events of
 the policy's Jobs and CronJob (labelled `app.kubernetes.io/name: dockyard-replication`);

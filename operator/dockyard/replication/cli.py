@@ -94,7 +94,7 @@ def _cmd_replicate(args: argparse.Namespace) -> int:
 
     prog = "dockyard replicate"
     if args.policy:
-        from dockyard.replication.incluster import main as in_cluster
+        from dockyard.controller.runs import main as in_cluster
 
         try:
             options = EngineOptions(chunk_size=parse_bytes(args.chunk_size), stall_timeout=args.stall_timeout)
