@@ -110,22 +110,31 @@ async def measure(n: int, quiet: float) -> dict[str, Any]:
             "writes": len(writes), "kinds": kinds, "steady": steady, "quiet": quiet}
 
 
-def main(quick: bool = False) -> None:
-    sizes = [20] if quick else [100, 500]
-    print("\n## Operator (real operator process, API emulator)\n")
-    print("| registries | apply all (s) | all reconciled (s) | reconciles/s | ready after available (s) "
-          "| writes/registry | steady-state writes |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    breakdown = []
+TITLE = "the operator: Registries applied at once, until reconciled and Ready, then silence"
+ORDER = 30
+
+
+def run(options: Any) -> list[tuple[str, list[str], list[list[str]]]]:
+    sizes = [20] if options.quick else [100, 500]
+    rows: list[list[str]] = []
+    notes: list[list[str]] = []
     for n in sizes:
-        r = asyncio.run(measure(n, quiet=5.0 if not quick else 2.0))
-        print(f"| {n} | {r['create_s']:.1f} | {r['reconciled_s']:.1f} | {n / r['reconciled_s']:.0f} "
-              f"| {r['ready_s']:.1f} | {r['writes'] / n:.1f} | {r['steady']} in {r['quiet']:.0f}s |")
-        breakdown.append(r)
-    for r in breakdown:
-        parts = ", ".join(f"{k}: {v / r['n']:.1f}" for k, v in sorted(r["kinds"].items()))
-        print(f"\nwrites per registry at n={r['n']}: {parts}")
+        r = asyncio.run(measure(n, quiet=2.0 if options.quick else 5.0))
+        rows.append([str(n), f"{r['create_s']:.1f}", f"{r['reconciled_s']:.1f}", f"{n / r['reconciled_s']:.0f}",
+                     f"{r['ready_s']:.1f}", f"{r['writes'] / n:.1f}", f"{r['steady']} in {r['quiet']:.0f}s"])
+        notes.extend([str(n), kind, f"{count / n:.1f}"] for kind, count in sorted(r["kinds"].items()))
+    return [
+        ("Operator (real operator process against the API emulator)",
+         ["registries", "apply all s", "all reconciled s", "reconciles/s", "Ready after available s",
+          "writes/registry", "steady-state writes"], rows),
+        ("Operator writes per Registry, by kind", ["registries", "write", "per registry"], notes),
+    ]
 
 
 if __name__ == "__main__":
-    main("--quick" in sys.argv)
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    for title, columns, table in run(parser.parse_args()):
+        print(title, columns, *table, sep="\n")
