@@ -157,6 +157,29 @@ def test_liveness_probe_targets_the_operators_health_endpoint(built: list[dict[s
     assert default.hostname == "0.0.0.0", "the liveness endpoint must listen beyond loopback for kubelet"
 
 
+def test_registries_reach_the_operators_push_event_receiver(built: list[dict[str, Any]]) -> None:
+    """DOCKYARD_EVENTS_URL (what registries post to) must lead through the Service to the receiver."""
+    container = operator_container(built)
+    addr = env_value(container, "DOCKYARD_EVENTS_ADDR")
+    url = env_value(container, "DOCKYARD_EVENTS_URL")
+    assert addr and url, "the operator runs without its push-event receiver"
+    host, _, listen_port = addr.rpartition(":")
+    assert host == "0.0.0.0", "the receiver must listen beyond loopback for registry pods"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert int(listen_port) in ports.values()
+    target = urlsplit(url)
+    assert target.scheme == "http" and target.path in ("", "/")
+    service_name, _, rest = (target.hostname or "").partition(".")
+    assert rest in (NAMESPACE, f"{NAMESPACE}.svc", f"{NAMESPACE}.svc.cluster.local")
+    service = find(built, "Service", service_name)
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+    [port] = [p for p in service["spec"]["ports"] if p["port"] == target.port]
+    assert ports.get(port["targetPort"], port["targetPort"]) == int(listen_port)
+    pod_labels = find(built, "Deployment", OPERATOR)["spec"]["template"]["metadata"]["labels"]
+    selector = service["spec"]["selector"]
+    assert selector and all(pod_labels.get(k) == v for k, v in selector.items()), "the Service selects no operator pod"
+
+
 @pytest.mark.parametrize("ref", [
     "registry.example.com/platform/dockyard:1.2.3",
     "registry.example.com:5000/dockyard@sha256:" + "ab" * 32,
@@ -200,7 +223,9 @@ EXPECTED_RBAC: dict[tuple[str, str], set[str]] = {
     ("networking.k8s.io", "ingresses"): _CRUD,
     ("batch", "jobs"): _CRUD,
     ("batch", "cronjobs"): _CRUD,
-    ("", "secrets"): {"get", "list", "watch"},
+    ("", "secrets"): {"get", "list", "watch", "create"},
+    ("rbac.authorization.k8s.io", "roles"): _CRUD,
+    ("rbac.authorization.k8s.io", "rolebindings"): _CRUD,
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("", "namespaces"): {"get", "list", "watch"},

@@ -21,6 +21,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     import yaml
 
     from dockyard.api import SpecError
+    from dockyard.controller.reconcile import events_url_from_environment
     from dockyard.render import RenderInput, render_registry
 
     try:
@@ -36,8 +37,10 @@ def _cmd_render(args: argparse.Namespace) -> int:
         registries = [d for d in docs if isinstance(d, dict) and d.get("kind") == "Registry"]
         if not registries:
             raise SpecError("kind", "no Registry in the file")
+        events_url = events_url_from_environment()
         for doc in registries:
-            objects.extend(render_registry(RenderInput.from_body(doc, image=args.image, secrets=secrets)))
+            objects.extend(render_registry(RenderInput.from_body(doc, image=args.image, secrets=secrets,
+                                                                 events_url=events_url)))
     except SpecError as e:
         print(f"dockyard render: {args.file}: {e}", file=sys.stderr)
         return 2
@@ -68,7 +71,10 @@ def _cmd_operator_run(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    render = sub.add_parser("render", help="print the objects the operator would apply for a Registry")
+    render = sub.add_parser("render", help="print the objects the operator would apply for a Registry",
+                            description="Print the objects the operator would apply for a Registry. With "
+                            "DOCKYARD_EVENTS_URL set, as in the operator's Deployment, the registry is "
+                            "configured to post push events (its token Secret is not printed).")
     render.add_argument("-f", "--file", required=True, help="Registry YAML file ('-' for stdin)")
     render.add_argument("--image", default=None, help="registry image (default: the operator's image)")
     render.set_defaults(func=_cmd_render)

@@ -2,7 +2,8 @@
 
 Triggers: create, `spec` update and resume of a Registry; any event of a child labelled
 `app.kubernetes.io/managed-by: dockyard` (drift repair, readiness changes); any event of a
-Secret that some Registry references (rollout on rotation, recovery from SecretNotFound).
+Secret that some Registry references (rollout on rotation, recovery from SecretNotFound);
+the deletion of a Registry's events Secret (created anew by the reconcile).
 """
 
 from __future__ import annotations
@@ -17,8 +18,16 @@ from dockyard.api import GROUP, VERSION
 from dockyard.api.registry import RegistrySpec
 from dockyard.api.schema import SpecError, parse
 from dockyard.controller.kube import Kube
-from dockyard.controller.reconcile import Reconciler
-from dockyard.render.registry import APP, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, NAME_LABEL, referenced_secrets
+from dockyard.controller.reconcile import Reconciler, events_url_from_environment
+from dockyard.render.registry import (
+    APP,
+    INSTANCE_LABEL,
+    MANAGED_BY_LABEL,
+    MANAGER,
+    NAME_LABEL,
+    events_secret_name,
+    referenced_secrets,
+)
 
 CHILDREN = (
     ("v1", "serviceaccounts"),
@@ -52,7 +61,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 4
     memo.kube = await Kube.from_environment()
-    memo.reconciler = Reconciler(memo.kube, post_event)
+    memo.reconciler = Reconciler(memo.kube, post_event, events_url=events_url_from_environment())
 
 
 @kopf.on.cleanup()
@@ -95,9 +104,14 @@ _register_children()
 
 
 @kopf.on.event("v1", "secrets")
-async def secret_changed(*, type: str | None, namespace: str | None, name: str, memo: Any,
-                         **kwargs: Any) -> None:
+async def secret_changed(*, type: str | None, namespace: str | None, name: str, labels: Mapping[str, str],
+                         memo: Any, **kwargs: Any) -> None:
     if type is None:
+        return
+    instance = labels.get(INSTANCE_LABEL)
+    if (type == "DELETED" and instance and name == events_secret_name(instance)
+            and all(labels.get(k) == v for k, v in CHILD_LABELS.items())):
+        await memo.reconciler.request(namespace, instance)
         return
     index: kopf.Index[tuple[str | None, str], str] = kwargs["registry_secrets"]
     for registry in index.get((namespace, name), []):

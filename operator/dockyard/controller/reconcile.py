@@ -8,6 +8,11 @@ Each child carries the hash of what Dockyard last applied (`dockyard.dev/applied
 child is re-applied only when that hash differs from the newly rendered one (spec change,
 operator upgrade) or the live object no longer contains the rendered fields (drift). In
 steady state a reconcile is reads only, and status is patched only when it changes.
+
+When the operator receives push events (`DOCKYARD_EVENTS_URL` set), every Registry gets a
+Secret `<registry>-events` with a random token, before its Deployment. The Secret is created
+once and never re-applied: a token that changed on every pass would break the registry's
+notifications and the receiver's authentication (see `controller.push`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import datetime
 import hashlib
 import json
 import logging
+import os
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -30,6 +37,8 @@ from dockyard.render.registry import (
     RenderInput,
     claim_name,
     endpoint,
+    events_secret,
+    events_secret_name,
     external_url,
     referenced_secrets,
     render_registry,
@@ -37,6 +46,7 @@ from dockyard.render.registry import (
 )
 
 APPLIED_ANNOTATION = "dockyard.dev/applied"
+EVENTS_URL_ENV = "DOCKYARD_EVENTS_URL"
 EventPoster = Callable[[Mapping[str, Any], str, str, str], None]
 """(registry body, type Normal|Warning, reason, message) -> None"""
 
@@ -45,6 +55,18 @@ log = logging.getLogger("dockyard.reconcile")
 
 def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def events_url_from_environment() -> str | None:
+    """Where registries post push events (`DOCKYARD_EVENTS_URL`), or None: no events at all."""
+    url = os.environ.get(EVENTS_URL_ENV, "").strip()
+    if not url:
+        return None
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("http", "https") or not sep or not rest.split("/")[0]:
+        log.error("%s=%r is not an http(s) URL: registries will not post push events", EVENTS_URL_ENV, url)
+        return None
+    return url.rstrip("/")
 
 
 def contains(live: Any, desired: Any) -> bool:
@@ -77,9 +99,10 @@ def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
 class Reconciler:
     """Serialised, coalesced reconciles of Registries through one API adapter."""
 
-    def __init__(self, kube: Kube, post_event: EventPoster) -> None:
+    def __init__(self, kube: Kube, post_event: EventPoster, *, events_url: str | None = None) -> None:
         self.kube = kube
         self.post_event = post_event
+        self.events_url = events_url
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._pending: set[tuple[str, str]] = set()
 
@@ -107,6 +130,7 @@ class Pass:
     def __init__(self, reconciler: Reconciler, body: Mapping[str, Any]) -> None:
         self.kube = reconciler.kube
         self.post_event = reconciler.post_event
+        self.events_url = reconciler.events_url
         self.body = body
         meta = body["metadata"]
         self.name: str = meta["name"]
@@ -117,7 +141,7 @@ class Pass:
 
     async def run(self) -> None:
         try:
-            inp = RenderInput.from_body(self.body)
+            inp = RenderInput.from_body(self.body, events_url=self.events_url)
         except SpecError as e:
             await self.report(conditions.Observed(self.generation, 0, spec_error=str(e)), None)
             return
@@ -167,6 +191,7 @@ class Pass:
                     ) -> tuple[dict[str, Any], str | None]:
         live: dict[str, Any] = {}
         desired = [stamp(obj) for obj in render_registry(inp)]
+        events_error = await self.ensure_events_secret(inp) if inp.events_url else None
         for obj in desired:
             kind, meta = obj["kind"], obj["metadata"]
             current = claim if kind == "PersistentVolumeClaim" else \
@@ -183,7 +208,25 @@ class Pass:
         for api_version, kind in OPTIONAL_KINDS:
             if kind not in rendered:
                 await self.delete_if_owned(api_version, kind, self.name)
-        return live, None
+        return live, events_error
+
+    async def ensure_events_secret(self, inp: RenderInput) -> str | None:
+        """Create `<registry>-events` with a new random token unless it exists; an error to report, or None."""
+        name = events_secret_name(self.name)
+        current = await self.kube.get("v1", "Secret", self.namespace, name)
+        if current is None:
+            try:
+                current = await self.kube.create(events_secret(inp, secrets.token_urlsafe(32)))
+                log.info("created Secret %s/%s with the registry's events token", self.namespace, name)
+            except ApiError as e:
+                if e.status != 409:  # 409: created meanwhile, which is as good
+                    return f"Secret {name!r} (push events token) was refused: {e.message}"
+                return None
+        owners = (current.get("metadata") or {}).get("ownerReferences") or []
+        if not any(ref.get("uid") == self.uid and ref.get("controller") for ref in owners):
+            return (f"Secret {name!r} exists but does not belong to this Registry; delete it and Dockyard "
+                    "creates the push events token anew")
+        return None
 
     async def delete_if_owned(self, api_version: str, kind: str, name: str) -> None:
         obj = await self.kube.get(api_version, kind, self.namespace, name)

@@ -26,6 +26,7 @@ from dockyard.oci.errors import error_body
 from dockyard.registry.auth import Htpasswd
 from dockyard.registry.manifests import parse_manifest
 from dockyard.registry.metrics import Metrics
+from dockyard.registry.notify import Notifier
 from dockyard.registry.storage import FilesystemStorage, Manifest, UploadInfo
 from dockyard.registry.uploads import RangeMismatch, Uploads
 
@@ -109,6 +110,8 @@ class Registry:
         self.htpasswd = htpasswd
         self.anonymous_pull = anonymous_pull
         self.read_only = read_only
+        self.notifier: Notifier | None = None
+        """Told of every tag push when the operator wants push events (`notify` in the config)."""
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -408,6 +411,9 @@ class Registry:
         manifest = Manifest(digest, parsed.media_type, data)
         descriptor = parsed.descriptor(digest, len(data)) if parsed.subject else None
         await self.run(self._store_manifest, name, tags, manifest, parsed.subject, descriptor)
+        if self.notifier is not None:
+            for tag in tags:
+                self.notifier.pushed(name, tag, str(digest))
         headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": str(digest)}
         if parsed.subject is not None:
             headers["OCI-Subject"] = str(parsed.subject)

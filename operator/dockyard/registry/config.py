@@ -26,6 +26,18 @@ class GCConfig:
 
 
 @dataclass(frozen=True)
+class NotifyConfig:
+    """Where to post an event after each tag push (see `registry.notify`)."""
+
+    url: str
+    token_file: Path
+    namespace: str
+    name: str
+    timeout: float = 5.0
+    queue_size: int = 1000
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     host: str = "0.0.0.0"
     port: int = 5000
@@ -36,6 +48,7 @@ class ServeConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     gc: GCConfig | None = None
+    notify: NotifyConfig | None = None
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -95,7 +108,41 @@ def _mapping(value: Any, key: str, allowed: set[str]) -> dict[str, Any]:
     return value
 
 
-TOP_KEYS = {"addr", "root", "htpasswd", "anonymousPull", "readOnly", "tls", "gc"}
+def _string(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def parse_notify(doc: Any) -> NotifyConfig:
+    notify = _mapping(doc, "notify", {"url", "tokenFile", "registry", "timeout", "queueSize"})
+    for key in ("url", "tokenFile", "registry"):
+        if key not in notify:
+            raise ConfigError(f"notify.{key}: is required")
+    url = _string(notify["url"], "notify.url")
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("http", "https") or not sep or not rest.split("/")[0]:
+        raise ConfigError(f"notify.url: expected an http:// or https:// URL, got {url!r}")
+    registry = _mapping(notify["registry"], "notify.registry", {"namespace", "name"})
+    for key in ("namespace", "name"):
+        if key not in registry:
+            raise ConfigError(f"notify.registry.{key}: is required")
+    cfg = NotifyConfig(url=url, token_file=_path(notify["tokenFile"], "notify.tokenFile"),
+                       namespace=_string(registry["namespace"], "notify.registry.namespace"),
+                       name=_string(registry["name"], "notify.registry.name"))
+    if "timeout" in notify:
+        cfg = replace(cfg, timeout=parse_duration(notify["timeout"], "notify.timeout"))
+        if cfg.timeout <= 0:
+            raise ConfigError("notify.timeout: must be greater than zero")
+    if "queueSize" in notify:
+        size = notify["queueSize"]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"notify.queueSize: expected a positive integer, got {size!r}")
+        cfg = replace(cfg, queue_size=size)
+    return cfg
+
+
+TOP_KEYS = {"addr", "root", "htpasswd", "anonymousPull", "readOnly", "tls", "gc", "notify"}
 
 
 def parse_config(doc: Any) -> ServeConfig:
@@ -132,6 +179,8 @@ def parse_config(doc: Any) -> ServeConfig:
         if "gracePeriod" in gc:
             g = replace(g, grace_period=parse_duration(gc["gracePeriod"], "gc.gracePeriod"))
         cfg = replace(cfg, gc=g)
+    if doc.get("notify") is not None:
+        cfg = replace(cfg, notify=parse_notify(doc["notify"]))
     return cfg
 
 

@@ -1,7 +1,7 @@
 """Prometheus metrics in the text exposition format, written by hand (no client library).
 
-Counters of requests by method and status, bytes received and sent, and a histogram of
-blob upload durations (session start to verified commit).
+Counters of requests by method and status, bytes received and sent, a histogram of
+blob upload durations (session start to verified commit), and push notifications by result.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 UPLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+NOTIFICATION_RESULTS = ("sent", "failed", "dropped")
 
 
 class Metrics:
@@ -21,6 +22,7 @@ class Metrics:
         self.upload_total = 0
         self.gc_runs = 0
         self.gc_bytes_freed = 0
+        self.notifications = dict.fromkeys(NOTIFICATION_RESULTS, 0)
 
     def request(self, method: str, status: int, bytes_out: int) -> None:
         self.requests[(method, status)] += 1
@@ -35,6 +37,10 @@ class Metrics:
         for i, bound in enumerate(UPLOAD_BUCKETS):
             if seconds <= bound:
                 self.upload_counts[i] += 1
+
+    def notification(self, result: str) -> None:
+        """A push event was sent, failed (refused, unreachable, no token) or dropped (queue full)."""
+        self.notifications[result] += 1
 
     def render(self) -> str:
         out = [
@@ -65,5 +71,9 @@ class Metrics:
             "# HELP dockyard_registry_gc_freed_bytes_total Bytes freed by garbage collection.",
             "# TYPE dockyard_registry_gc_freed_bytes_total counter",
             f"dockyard_registry_gc_freed_bytes_total {self.gc_bytes_freed}",
+            "# HELP dockyard_registry_notifications_total Push events for the operator, by result.",
+            "# TYPE dockyard_registry_notifications_total counter",
         ]
+        for result, n in self.notifications.items():
+            out.append(f'dockyard_registry_notifications_total{{result="{result}"}} {n}')
         return "\n".join(out) + "\n"

@@ -1,4 +1,4 @@
-"""Running the registry: listener, TLS, JSON access logs, htpasswd polling and scheduled GC.
+"""Running the registry: listener, TLS, JSON access logs, htpasswd polling, scheduled GC, push events.
 
 `serve(config)` blocks until SIGTERM or SIGINT. Access logs are one JSON object per request
 on stderr; the same hook feeds the request metrics so both count exactly what was sent.
@@ -25,6 +25,7 @@ from dockyard.registry.auth import Htpasswd
 from dockyard.registry.config import ServeConfig
 from dockyard.registry.gc import collect
 from dockyard.registry.metrics import Metrics
+from dockyard.registry.notify import Notifier
 from dockyard.registry.storage import FilesystemStorage
 
 log = logging.getLogger("dockyard.registry")
@@ -130,6 +131,9 @@ async def _gc_loop(registry: Registry, cfg: ServeConfig) -> None:
 async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpasswd | None,
                  ssl_context: ssl.SSLContext | None) -> None:
     registry = Registry(storage, htpasswd=htpasswd, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only)
+    if cfg.notify is not None:
+        registry.notifier = Notifier(cfg.notify, registry.metrics)
+        await registry.notifier.start()
     app = registry.application()
     runner = web.AppRunner(app, access_log_class=access_logger_for(registry.metrics), access_log=access,
                            handle_signals=False)
@@ -143,7 +147,7 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
         tasks.append(asyncio.create_task(_gc_loop(registry, cfg)))
     _event("serving", addr=f"{cfg.host}:{cfg.port}", root=str(cfg.root), tls=ssl_context is not None,
            auth=htpasswd is not None, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only,
-           gc=cfg.gc is not None)
+           gc=cfg.gc is not None, notify=cfg.notify.url if cfg.notify else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -154,6 +158,8 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
         for t in tasks:
             t.cancel()
         await runner.cleanup()
+        if registry.notifier is not None:
+            await registry.notifier.close()
         _event("stopped")
 
 

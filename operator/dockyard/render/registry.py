@@ -2,10 +2,16 @@
 
 The operator applies exactly what `render_registry` returns (server-side apply, field
 manager `dockyard`); `dockyard render -f FILE` prints the same list. Nothing here does I/O.
+
+When the operator knows where it receives push events (`RenderInput.events_url`), the
+registry is told to post one per tag push (`notify` in its config) with the token of the
+Secret `<registry>-events`, mounted into the pods. That Secret holds a random token, so it
+is not rendered here: the reconcile makes the token and creates it once (`events_secret`).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -25,6 +31,9 @@ CONFIG_DIR = "/etc/dockyard/config"
 CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"
 AUTH_DIR = "/etc/dockyard/auth"
 TLS_DIR = "/etc/dockyard/tls"
+EVENTS_DIR = "/etc/dockyard/events"
+EVENTS_TOKEN_KEY = "token"
+EVENTS_PATH = "/v1/push"
 DATA_DIR = "/var/lib/registry"
 RUN_AS = 65532
 CHECKSUM_ANNOTATION = "dockyard.dev/checksum"
@@ -60,6 +69,10 @@ def config_name(name: str) -> str:
     return f"{name}-config"
 
 
+def events_secret_name(name: str) -> str:
+    return f"{name}-events"
+
+
 @dataclass(frozen=True)
 class RenderInput:
     """Everything rendering needs: the parsed Registry and the data of the Secrets it references."""
@@ -73,11 +86,13 @@ class RenderInput:
     """Referenced Secrets by name -> their `data` (base64 values as stored), for the checksum."""
     claim_size: str | None = None
     """The live PVC's requested size when larger than the spec's: a PVC never shrinks."""
+    events_url: str | None = None
+    """Base URL of the operator's push-event receiver; None renders no notifications."""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any], *, image: str | None = None,
                   secrets: Mapping[str, Mapping[str, str]] | None = None,
-                  claim_size: str | None = None) -> RenderInput:
+                  claim_size: str | None = None, events_url: str | None = None) -> RenderInput:
         meta = body.get("metadata") or {}
         if not meta.get("name"):
             from dockyard.api import SpecError
@@ -85,7 +100,7 @@ class RenderInput:
         spec = parse(RegistrySpec, body.get("spec"), "spec")
         return cls(name=meta["name"], namespace=meta.get("namespace") or "default", spec=spec,
                    image=image or spec.image or default_image(), uid=meta.get("uid"),
-                   secrets=secrets or {}, claim_size=claim_size)
+                   secrets=secrets or {}, claim_size=claim_size, events_url=events_url or None)
 
 
 def referenced_secrets(spec: RegistrySpec) -> dict[str, str]:
@@ -124,8 +139,9 @@ def _meta(inp: RenderInput, name: str, *, owned: bool = True, annotations: Mappi
     return meta
 
 
-def registry_config(spec: RegistrySpec) -> dict[str, Any]:
+def registry_config(inp: RenderInput) -> dict[str, Any]:
     """The server's config file (see `dockyard registry serve --config`)."""
+    spec = inp.spec
     config: dict[str, Any] = {"addr": f"0.0.0.0:{PORT}", "root": DATA_DIR}
     if spec.auth:
         config["htpasswd"] = f"{AUTH_DIR}/htpasswd"
@@ -134,6 +150,10 @@ def registry_config(spec: RegistrySpec) -> dict[str, Any]:
         config["readOnly"] = True
     if spec.tls:
         config["tls"] = {"cert": f"{TLS_DIR}/tls.crt", "key": f"{TLS_DIR}/tls.key"}
+    if inp.events_url:
+        config["notify"] = {"url": inp.events_url.rstrip("/") + EVENTS_PATH,
+                            "tokenFile": f"{EVENTS_DIR}/{EVENTS_TOKEN_KEY}",
+                            "registry": {"namespace": inp.namespace, "name": inp.name}}
     return config
 
 
@@ -143,15 +163,18 @@ def service_account(inp: RenderInput) -> dict[str, Any]:
 
 
 def config_map(inp: RenderInput) -> dict[str, Any]:
-    text = yaml.safe_dump(registry_config(inp.spec), sort_keys=True)
+    text = yaml.safe_dump(registry_config(inp), sort_keys=True)
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(inp, config_name(inp.name)),
             "data": {"config.yaml": text}}
 
 
 def checksum(inp: RenderInput) -> str:
-    """Changes whenever the config or a referenced Secret's data changes, so pods roll."""
+    """Changes whenever the config or a referenced Secret's data changes, so pods roll.
+
+    The events token is not part of it: the server re-reads its token file when it changes.
+    """
     material = {
-        "config": registry_config(inp.spec),
+        "config": registry_config(inp),
         "secrets": {name: dict(sorted(inp.secrets.get(name, {}).items()))
                     for name in sorted(referenced_secrets(inp.spec))},
     }
@@ -209,6 +232,13 @@ def _volumes(inp: RenderInput) -> tuple[list[dict[str, Any]], list[dict[str, Any
     if spec.tls:
         volumes.append({"name": "tls", "secret": {"secretName": spec.tls.secret_name}})
         mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+    if inp.events_url:
+        # Optional: serving images never waits for the notification token; while the Secret
+        # is missing the server drops its events with a log line.
+        volumes.append({"name": "events", "secret": {
+            "secretName": events_secret_name(inp.name), "optional": True,
+            "items": [{"key": EVENTS_TOKEN_KEY, "path": EVENTS_TOKEN_KEY}]}})
+        mounts.append({"name": "events", "mountPath": EVENTS_DIR, "readOnly": True})
     return volumes, mounts
 
 
@@ -313,6 +343,12 @@ def ingress(inp: RenderInput) -> dict[str, Any] | None:
         spec["tls"] = [{"hosts": [ing.host], "secretName": ing.tls_secret_name}]
     return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
             "metadata": _meta(inp, inp.name, annotations=annotations), "spec": spec}
+
+
+def events_secret(inp: RenderInput, token: str) -> dict[str, Any]:
+    """The Secret holding the Registry's events token; created once by the reconcile, never re-applied."""
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(inp, events_secret_name(inp.name)),
+            "type": "Opaque", "data": {EVENTS_TOKEN_KEY: base64.b64encode(token.encode()).decode()}}
 
 
 OPTIONAL_KINDS = (("policy/v1", "PodDisruptionBudget"), ("networking.k8s.io/v1", "Ingress"))
