@@ -34,16 +34,23 @@ JOBS = "batch/v1/jobs"
 SYNC = "dockyard.dev/sync-requested-at"
 RBAC = ("rbac.authorization.k8s.io/v1/roles", "rbac.authorization.k8s.io/v1/rolebindings")
 DEADLINE = 30.0
-EVENTS_TOKEN = "push-token-for-tests"
 
 
 @pytest.fixture()
 def events_url(monkeypatch: pytest.MonkeyPatch) -> str:
-    """Where the operator started by `operator` receives push events (bearer token `EVENTS_TOKEN`)."""
+    """Where the operator started by `operator` receives push events; Registries get a token Secret each."""
     port = free_port()
     monkeypatch.setenv("DOCKYARD_EVENTS_ADDR", f"127.0.0.1:{port}")
-    monkeypatch.setenv("DOCKYARD_EVENTS_TOKEN", EVENTS_TOKEN)
+    monkeypatch.setenv("DOCKYARD_EVENTS_URL", f"http://127.0.0.1:{port}")
     return f"http://127.0.0.1:{port}/v1/push"
+
+
+async def events_token(emulator: Emulator, registry: str) -> str:
+    """The token the operator created for a Registry's pods (Secret `<registry>-events`)."""
+    async def created() -> dict[str, Any] | None:
+        return await get(emulator, "v1/secrets", f"{registry}-events", NS)
+    found = await wait_for(created, timeout=DEADLINE, message=f"the events token Secret of {registry}")
+    return base64.b64decode(found["data"]["token"]).decode()
 
 
 @pytest_asyncio.fixture()
@@ -421,7 +428,7 @@ async def test_a_run_that_dies_without_a_report_shows_on_the_policy(emulator: Em
 
 
 async def post_push(op: Operator, url: str, repository: str, tag: str, *, registry: str = "main",
-                    token: str = EVENTS_TOKEN) -> tuple[int, Any]:
+                    token: str) -> tuple[int, Any]:
     """What a Dockyard registry sends after a tag push; waits (with a deadline) for the receiver."""
     event = {"registry": {"namespace": NS, "name": registry}, "repository": repository, "tag": tag,
              "digest": "sha256:" + "ab" * 32}
@@ -451,18 +458,23 @@ async def test_pushes_to_a_dockyard_source_run_on_push_policies_once_at_a_time(
         "trigger": {"schedule": "@daily"}}))
     await wait_condition(emulator, operator, "on-push", "Ready", "True", "Scheduled")
     await wait_condition(emulator, operator, "nightly", "Ready", "True", "Scheduled")
+    token = await events_token(emulator, "main")
 
     assert (await post_push(operator, events_url, "team/app", "v1", token="wrong"))[0] == 401
     async with aiohttp.ClientSession() as session, session.post(
             events_url, json={"registry": {"namespace": NS, "name": "main"}, "repository": "team/app"},
-            headers={"Authorization": f"Bearer {EVENTS_TOKEN}"}) as r:
+            headers={"Authorization": f"Bearer {token}"}) as r:
         assert r.status == 400 and "tag" in (await r.json())["error"]
-    assert await post_push(operator, events_url, "other/app", "v1") == (202, {"policies": []}), "filtered repository"
-    assert await post_push(operator, events_url, "team/app", "v1-dev") == (202, {"policies": []}), "excluded tag"
-    assert await post_push(operator, events_url, "team/app", "v1", registry="elsewhere") == (202, {"policies": []})
+    assert await post_push(operator, events_url, "other/app", "v1", token=token) == (202, {"policies": []}), (
+        "filtered repository")
+    assert await post_push(operator, events_url, "team/app", "v1-dev", token=token) == (202, {"policies": []}), (
+        "excluded tag")
+    assert (await post_push(operator, events_url, "team/app", "v1", registry="elsewhere", token=token))[0] == 401, (
+        "main's token is no token for another registry")
     assert await jobs_of(emulator, "on-push") == []
 
-    assert await post_push(operator, events_url, "team/app", "v1") == (202, {"policies": [f"{NS}/on-push"]})
+    assert await post_push(operator, events_url, "team/app", "v1", token=token) == (
+        202, {"policies": [f"{NS}/on-push"]})
     obj = await wait_condition(emulator, operator, "on-push", "Ready", "True", "Running")
     [first] = await jobs_of(emulator, "on-push")
     assert first["metadata"]["name"].startswith("on-push-push-")
@@ -474,7 +486,7 @@ async def test_pushes_to_a_dockyard_source_run_on_push_policies_once_at_a_time(
 
     # Pushes during the run coalesce into one more run after it.
     for tag in ("v2", "v3", "v4"):
-        assert (await post_push(operator, events_url, "team/app", tag))[0] == 202
+        assert (await post_push(operator, events_url, "team/app", tag, token=token))[0] == 202
 
     async def waiting() -> bool:
         return "waits" in condition(await get(emulator, POLICIES, "on-push", NS), "Ready").get("message", "")

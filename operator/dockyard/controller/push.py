@@ -12,39 +12,59 @@ PUT by tag has succeeded:
      "repository": "team/app", "tag": "v1.2.0", "digest": "sha256:..."}
 
 The answer comes at once: 202 with `{"policies": ["NS/NAME", ...]}`, the policies that will
-run; 401 for a wrong token; 400 for a malformed event. A policy runs only for repositories
-and tags its filters select. Runs never overlap: pushes during a run coalesce into one more
-run after it, and a run that starts after a push covers it. For the registry the post is
-fire-and-forget; a lost event is made good by the next push or by the policy's schedule.
+run; 401 when the token is not the Registry's; 400 for a malformed event. A policy runs only
+for repositories and tags its filters select. Runs never overlap: pushes during a run
+coalesce into one more run after it, and a run that starts after a push covers it. For the
+registry the post is fire-and-forget; a lost event is made good by the next push or by the
+policy's schedule.
 
-The receiver listens on `DOCKYARD_EVENTS_ADDR` (`host:port`) when it is set, with the shared
-token read from the file `DOCKYARD_EVENTS_TOKEN_FILE` or from `DOCKYARD_EVENTS_TOKEN`. Without
-a token it stays off: anyone who can reach it could otherwise start runs.
+Each Registry has its own token: the Registry reconcile creates the Secret `<registry>-events`
+(key `token`, owned by the Registry) and mounts it into the registry's pods. An event is
+accepted only with the token of the Registry it names, so a registry pod can trigger runs for
+its own pushes and nobody else's, and no secret is shared across namespaces. Tokens are read
+through the API adapter and cached for a few seconds; a token that does not match is read
+again (at most once a second per Registry), so a re-created Secret works at once.
+
+The receiver listens on `DOCKYARD_EVENTS_ADDR` (`host:port`) when it is set, and stays off
+otherwise. Registries post to `DOCKYARD_EVENTS_URL` (see `controller.reconcile`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import datetime
 import hmac
 import logging
 import os
+import re
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import kopf
 from aiohttp import web
 
 from dockyard.api import GROUP, VERSION, SpecError
 from dockyard.api.replication import ReplicationPolicySpec
 from dockyard.api.schema import parse
+from dockyard.controller.kube import ApiError, Kube
 from dockyard.controller.replication import PLURAL, PolicyReconciler
+from dockyard.render.registry import EVENTS_PATH, EVENTS_TOKEN_KEY, events_secret_name
 from dockyard.replication.filters import RangeError, TagSelector, repository_selected
 
 ADDR_ENV = "DOCKYARD_EVENTS_ADDR"
-TOKEN_ENV = "DOCKYARD_EVENTS_TOKEN"
-TOKEN_FILE_ENV = "DOCKYARD_EVENTS_TOKEN_FILE"
-PATH = "/v1/push"
+PATH = EVENTS_PATH
+TOKEN_TTL = 10.0
+"""Seconds a Registry's token (or its absence) is trusted before the Secret is read again."""
+REREAD_AFTER = 1.0
+"""A token that does not match is read again when the cached one is older than this."""
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 log = logging.getLogger("dockyard.push")
 
@@ -100,28 +120,97 @@ class PushEvent:
         for key, value in fields.items():
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{key}: a non-empty string is required")
+        if not _DNS_LABEL.fullmatch(registry["namespace"]):
+            raise ValueError("registry.namespace: not a Kubernetes namespace name")
+        if not _DNS_SUBDOMAIN.fullmatch(registry["name"]) or len(registry["name"]) > 253:
+            raise ValueError("registry.name: not a Kubernetes object name")
         return cls((registry["namespace"], registry["name"]), doc["repository"], doc["tag"], doc["digest"])
+
+
+def token_of(secret: Mapping[str, Any] | None, registry: str) -> bytes | None:
+    """The events token in a Registry's Secret, if the Secret is the one its Registry owns."""
+    if secret is None:
+        return None
+    owners = (secret.get("metadata") or {}).get("ownerReferences") or []
+    if not any(ref.get("kind") == "Registry" and ref.get("name") == registry and ref.get("controller")
+               for ref in owners):
+        return None  # not Dockyard's: anyone allowed to create Secrets could have written it
+    value = (secret.get("data") or {}).get(EVENTS_TOKEN_KEY)
+    try:
+        token = base64.b64decode(value, validate=True).strip() if isinstance(value, str) else b""
+    except (binascii.Error, ValueError):
+        return None
+    return token or None
+
+
+class Tokens:
+    """Registry events tokens from their Secrets, cached for `TOKEN_TTL` seconds."""
+
+    def __init__(self, kube: Kube, ttl: float = TOKEN_TTL, limit: int = 4096) -> None:
+        self.kube = kube
+        self.ttl = ttl
+        self.limit = limit
+        self._cache: dict[tuple[str, str], tuple[float, bytes | None]] = {}
+
+    async def _read(self, registry: tuple[str, str]) -> bytes | None:
+        namespace, name = registry
+        token = token_of(await self.kube.get("v1", "Secret", namespace, events_secret_name(name)), name)
+        if len(self._cache) >= self.limit:
+            self._cache.clear()
+        self._cache[registry] = (time.monotonic(), token)
+        return token
+
+    async def valid(self, registry: tuple[str, str], presented: bytes) -> bool:
+        cached = self._cache.get(registry)
+        now = time.monotonic()
+        if cached is None or now - cached[0] > self.ttl:
+            token = await self._read(registry)
+        else:
+            token = cached[1]
+            if (token is None or not hmac.compare_digest(token, presented)) and now - cached[0] > REREAD_AFTER:
+                token = await self._read(registry)
+        return token is not None and hmac.compare_digest(token, presented)
+
+
+def bearer(header: str | None) -> bytes | None:
+    if not header or header[:7].lower() != "bearer ":
+        return None
+    token = header[7:].strip()
+    return token.encode() if token else None
 
 
 class Receiver:
     """The HTTP endpoint; hands matching pushes to the policy reconciler without waiting for it."""
 
-    def __init__(self, token: str, reconciler: PolicyReconciler,
+    def __init__(self, tokens: Tokens, reconciler: PolicyReconciler,
                  subscribers: kopf.Index[tuple[str, str], Subscriber]) -> None:
-        self.token = token
+        self.tokens = tokens
         self.reconciler = reconciler
         self.subscribers = subscribers
         self.runner: web.AppRunner | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
+    @staticmethod
+    def _unauthorized() -> web.Response:
+        return web.json_response({"error": "the bearer token of the Registry named in the event is required"},
+                                 status=401, headers={"WWW-Authenticate": "Bearer"})
+
     async def receive(self, request: web.Request) -> web.Response:
-        if not hmac.compare_digest(request.headers.get("Authorization", "").encode(),
-                                   f"Bearer {self.token}".encode()):
-            return web.json_response({"error": "a valid bearer token is required"}, status=401)
+        presented = bearer(request.headers.get("Authorization"))
+        if presented is None:
+            return self._unauthorized()
         try:
             event = PushEvent.parse(await request.json())
         except ValueError as e:
             return web.json_response({"error": str(e)}, status=400)
+        try:
+            valid = await self.tokens.valid(event.registry, presented)
+        except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:  # the registry drops the event
+            log.warning("cannot check the token of a push to %s/%s: %s", *event.registry, e)
+            return web.json_response({"error": "cannot check the token now"}, status=503)
+        if not valid:
+            log.info("refused a push event for %s/%s: wrong token", *event.registry)
+            return self._unauthorized()
         matched = sorted({(s.namespace, s.name) for s in self.subscribers.get(event.registry, [])
                           if s.selects(event.repository, event.tag)})
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -154,18 +243,6 @@ class Receiver:
             await self.runner.cleanup()
 
 
-def _read(path: str) -> str:
-    with open(path) as f:
-        return f.read().strip()
-
-
-async def token_from_environment() -> str | None:
-    path = os.environ.get(TOKEN_FILE_ENV)
-    if path:
-        return await asyncio.to_thread(_read, path)
-    return os.environ.get(TOKEN_ENV) or None
-
-
 def parse_addr(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
@@ -179,12 +256,8 @@ async def start_receiver(memo: kopf.Memo, **kwargs: Any) -> None:
     addr = os.environ.get(ADDR_ENV)
     if not addr:
         return
-    token = await token_from_environment()
-    if not token:
-        log.warning("%s is set but neither %s nor %s: push events stay off", ADDR_ENV, TOKEN_FILE_ENV, TOKEN_ENV)
-        return
     host, port = parse_addr(addr)
-    receiver = Receiver(token, memo.policy_reconciler, kwargs["push_subscribers"])
+    receiver = Receiver(Tokens(memo.kube), memo.policy_reconciler, kwargs["push_subscribers"])
     await receiver.start(host, port)
     memo.push_receiver = receiver
     log.info("receiving push events on http://%s:%d%s", host, port, PATH)
