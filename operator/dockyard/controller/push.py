@@ -2,7 +2,7 @@
 
 A policy whose source is a Dockyard Registry and whose `trigger.onPush` is true runs when a
 tag is pushed to that Registry. The registry server tells the operator, after a manifest
-PUT by tag has succeeded:
+PUT by tag has succeeded (see `dockyard.registry.notify`):
 
     POST {DOCKYARD_EVENTS_URL}/v1/push
     Authorization: Bearer <token>
@@ -12,7 +12,8 @@ PUT by tag has succeeded:
      "repository": "team/app", "tag": "v1.2.0", "digest": "sha256:..."}
 
 The answer comes at once: 202 with `{"policies": ["NS/NAME", ...]}`, the policies that will
-run; 401 when the token is not the Registry's; 400 for a malformed event. A policy runs only
+run; 401 when the token is not the Registry's; 400 for a malformed event; 503 when the
+token cannot be read from the API server just now. A policy runs only
 for repositories and tags its filters select. Runs never overlap: pushes during a run
 coalesce into one more run after it, and a run that starts after a push covers it. For the
 registry the post is fire-and-forget; a lost event is made good by the next push or by the
@@ -21,7 +22,8 @@ policy's schedule.
 Each Registry has its own token: the Registry reconcile creates the Secret `<registry>-events`
 (key `token`, owned by the Registry) and mounts it into the registry's pods. An event is
 accepted only with the token of the Registry it names, so a registry pod can trigger runs for
-its own pushes and nobody else's, and no secret is shared across namespaces. Tokens are read
+its own pushes and nobody else's, and no secret is shared across namespaces. A Secret of that
+name which its Registry does not own (as controller) holds no token. Tokens are read
 through the API adapter and cached for a few seconds; a token that does not match is read
 again (at most once a second per Registry), so a re-created Secret works at once.
 
