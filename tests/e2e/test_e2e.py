@@ -328,7 +328,9 @@ def test_operator_runs_its_own_image_with_least_privilege(installed: Install) ->
     assert can_i(kube, "create", "deployments.apps")
     assert can_i(kube, "create", "persistentvolumeclaims")
     assert not can_i(kube, "delete", "persistentvolumeclaims"), "the operator may delete PVCs (images)"
-    assert not can_i(kube, "create", "secrets")
+    assert can_i(kube, "create", "secrets"), "each Registry's push events token Secret is created"
+    for verb in ("update", "patch", "delete"):
+        assert not can_i(kube, verb, "secrets"), f"the operator may {verb} Secrets (it reads and creates only)"
     assert not can_i(kube, "delete", "namespaces")
 
 
