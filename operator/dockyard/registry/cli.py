@@ -49,8 +49,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except OSError as e:
         return _fail(f"root: cannot create {cfg.root}: {e.strerror}")
 
+    from dockyard.registry.memory import bound_allocator_caches
     from dockyard.registry.server import serve
 
+    bound_allocator_caches()
     return serve(cfg)
 
 
