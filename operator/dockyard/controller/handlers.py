@@ -19,15 +19,8 @@ from dockyard.api.registry import RegistrySpec
 from dockyard.api.schema import SpecError, parse
 from dockyard.controller.kube import Kube
 from dockyard.controller.reconcile import Reconciler, events_url_from_environment
-from dockyard.render.registry import (
-    APP,
-    INSTANCE_LABEL,
-    MANAGED_BY_LABEL,
-    MANAGER,
-    NAME_LABEL,
-    events_secret_name,
-    referenced_secrets,
-)
+from dockyard.render.labels import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, NAME_LABEL
+from dockyard.render.registry import APP, events_secret_name, referenced_secrets
 
 CHILDREN = (
     ("v1", "serviceaccounts"),

@@ -124,13 +124,14 @@ class Reconciler:
         await Pass(self, body).run()
 
 
-class Pass:
-    """One reconcile of one Registry body."""
+class ObjectPass:
+    """What every one-object reconcile shares: its identity, owned deletes, status writes."""
+
+    KIND = ""
 
     def __init__(self, reconciler: Reconciler, body: Mapping[str, Any]) -> None:
         self.kube = reconciler.kube
         self.post_event = reconciler.post_event
-        self.events_url = reconciler.events_url
         self.body = body
         meta = body["metadata"]
         self.name: str = meta["name"]
@@ -138,6 +139,34 @@ class Pass:
         self.uid: str = meta["uid"]
         self.generation: int = meta.get("generation") or 1
         self.status: dict[str, Any] = dict(body.get("status") or {})
+
+    async def delete_if_owned(self, api_version: str, kind: str, name: str) -> None:
+        obj = await self.kube.get(api_version, kind, self.namespace, name)
+        owners = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+        if obj and any(ref.get("uid") == self.uid for ref in owners):
+            await self.kube.delete(api_version, kind, self.namespace, name, uid=obj["metadata"].get("uid"))
+
+    async def write_status(self, status: dict[str, Any], new_conditions: list[dict[str, Any]]
+                           ) -> list[dict[str, Any]]:
+        """Patch the status when it differs; the conditions that transitioned."""
+        merged, changed = conditions.merge(self.status.get("conditions") or [], new_conditions, now())
+        new = {**status, "conditions": merged}
+        patch = status_patch(self.status, new)
+        if patch is None:
+            return []
+        await self.kube.patch_status(API_VERSION, self.KIND, self.namespace, self.name, patch)
+        self.status = new
+        return changed
+
+
+class Pass(ObjectPass):
+    """One reconcile of one Registry body."""
+
+    KIND = "Registry"
+
+    def __init__(self, reconciler: Reconciler, body: Mapping[str, Any]) -> None:
+        super().__init__(reconciler, body)
+        self.events_url = reconciler.events_url
 
     async def run(self) -> None:
         try:
@@ -228,12 +257,6 @@ class Pass:
                     "creates the push events token anew")
         return None
 
-    async def delete_if_owned(self, api_version: str, kind: str, name: str) -> None:
-        obj = await self.kube.get(api_version, kind, self.namespace, name)
-        owners = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
-        if obj and any(ref.get("uid") == self.uid for ref in owners):
-            await self.kube.delete(api_version, kind, self.namespace, name, uid=obj["metadata"].get("uid"))
-
     async def report(self, obs: conditions.Observed, inp: RenderInput | None,
                      live: Mapping[str, Any] | None = None) -> None:
         status: dict[str, Any] = {"observedGeneration": self.generation}
@@ -256,14 +279,7 @@ class Pass:
         await self.write(status, conditions.registry_conditions(obs))
 
     async def write(self, status: dict[str, Any], new_conditions: list[dict[str, Any]]) -> None:
-        merged, changed = conditions.merge(self.status.get("conditions") or [], new_conditions, now())
-        new = {**status, "conditions": merged}
-        patch = status_patch(self.status, new)
-        if patch is None:
-            return
-        await self.kube.patch_status(API_VERSION, "Registry", self.namespace, self.name, patch)
-        self.status = new
-        for cond in changed:
+        for cond in await self.write_status(status, new_conditions):
             self.announce(cond)
 
     def announce(self, cond: Mapping[str, Any]) -> None:

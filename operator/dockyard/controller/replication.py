@@ -42,9 +42,9 @@ from dockyard.controller import conditions
 from dockyard.controller import handlers as _registry_handlers  # noqa: F401 - its startup goes first
 from dockyard.controller.conditions import READY, RECONCILING, STALLED, Verdict
 from dockyard.controller.kube import ApiError, Kube
-from dockyard.controller.reconcile import EventPoster, Reconciler, contains, now, stamp, status_patch
+from dockyard.controller.reconcile import EventPoster, ObjectPass, Reconciler, contains, now, stamp
 from dockyard.render import cron
-from dockyard.render.registry import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, NAME_LABEL
+from dockyard.render.labels import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, NAME_LABEL
 from dockyard.render.replication import (
     APP,
     SYNC_ANNOTATION,
@@ -251,20 +251,14 @@ def started_by_cronjob(job: Mapping[str, Any]) -> bool:
     return any(ref.get("kind") == "CronJob" for ref in (job.get("metadata") or {}).get("ownerReferences") or [])
 
 
-class PolicyPass:
+class PolicyPass(ObjectPass):
     """One reconcile of one ReplicationPolicy body."""
 
+    KIND = KIND
+
     def __init__(self, reconciler: PolicyReconciler, body: Mapping[str, Any]) -> None:
+        super().__init__(reconciler, body)
         self.reconciler = reconciler
-        self.kube = reconciler.kube
-        self.post_event = reconciler.post_event
-        self.body = body
-        meta = body["metadata"]
-        self.name: str = meta["name"]
-        self.namespace: str = meta["namespace"]
-        self.uid: str = meta["uid"]
-        self.generation: int = meta.get("generation") or 1
-        self.status: dict[str, Any] = dict(body.get("status") or {})
 
     async def run(self) -> None:
         before = self.summary()
@@ -385,12 +379,6 @@ class PolicyPass:
         self.post_event(self.body, "Normal", "SyncStarted", f"started Job {job['metadata']['name']} for {cause}")
         return [created]
 
-    async def delete_if_owned(self, api_version: str, kind: str, name: str) -> None:
-        obj = await self.kube.get(api_version, kind, self.namespace, name)
-        owners = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
-        if obj and any(ref.get("uid") == self.uid for ref in owners):
-            await self.kube.delete(api_version, kind, self.namespace, name, uid=obj["metadata"].get("uid"))
-
     async def report(self, obs: Observed, updates: Mapping[str, Any] | None = None) -> None:
         """Conditions, `nextRun` and `updates`; the fields a run writes are carried over untouched."""
         status = {**self.status, **(updates or {}), "observedGeneration": self.generation}
@@ -403,13 +391,7 @@ class PolicyPass:
         await self.write(status, policy_conditions(obs))
 
     async def write(self, status: dict[str, Any], new_conditions: list[dict[str, Any]]) -> None:
-        merged, _ = conditions.merge(self.status.get("conditions") or [], new_conditions, now())
-        new = {**status, "conditions": merged}
-        patch = status_patch(self.status, new)
-        if patch is None:
-            return
-        await self.kube.patch_status(API_VERSION, KIND, self.namespace, self.name, patch)
-        self.status = new
+        await self.write_status(status, new_conditions)  # events: one per net transition, in run()
 
     def summary(self) -> dict[str, tuple[str, str, str]]:
         """Condition type -> (status, reason, message), to compare the start and end of a pass."""

@@ -17,6 +17,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import yaml
@@ -25,6 +26,7 @@ from dockyard import __version__
 from dockyard.api import API_VERSION
 from dockyard.api.registry import RegistrySpec
 from dockyard.api.schema import parse
+from dockyard.render import labels as child_labels
 
 PORT = 5000
 CONFIG_DIR = "/etc/dockyard/config"
@@ -37,11 +39,7 @@ EVENTS_PATH = "/v1/push"
 DATA_DIR = "/var/lib/registry"
 RUN_AS = 65532
 CHECKSUM_ANNOTATION = "dockyard.dev/checksum"
-NAME_LABEL = "app.kubernetes.io/name"
-INSTANCE_LABEL = "app.kubernetes.io/instance"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 APP = "dockyard-registry"
-MANAGER = "dockyard"
 
 
 def default_image() -> str:
@@ -49,16 +47,9 @@ def default_image() -> str:
     return os.environ.get("DOCKYARD_IMAGE") or f"dockyard:{__version__}"
 
 
-def selector_labels(name: str) -> dict[str, str]:
-    return {NAME_LABEL: APP, INSTANCE_LABEL: name}
-
-
-def labels(name: str) -> dict[str, str]:
-    return {**selector_labels(name), MANAGED_BY_LABEL: MANAGER}
-
-
-def selector_string(name: str) -> str:
-    return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
+selector_labels = partial(child_labels.selector_labels, APP)
+labels = partial(child_labels.labels, APP)
+selector_string = partial(child_labels.selector_string, APP)
 
 
 def claim_name(name: str) -> str:

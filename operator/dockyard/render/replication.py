@@ -15,17 +15,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from dockyard.api import API_VERSION, GROUP, SpecError
 from dockyard.api.replication import Endpoint, ReplicationPolicySpec
 from dockyard.api.schema import parse
 from dockyard.render import cron
+from dockyard.render import labels as child_labels
 from dockyard.render.registry import (
-    INSTANCE_LABEL,
-    MANAGED_BY_LABEL,
-    MANAGER,
-    NAME_LABEL,
     PORT,
     RUN_AS,
     default_image,
@@ -49,16 +47,9 @@ CRONJOB_NAME_MAX = 52  # the CronJob controller appends an 11-character suffix
 TMP_DIR = "/tmp"
 
 
-def selector_labels(name: str) -> dict[str, str]:
-    return {NAME_LABEL: APP, INSTANCE_LABEL: name}
-
-
-def labels(name: str) -> dict[str, str]:
-    return {**selector_labels(name), MANAGED_BY_LABEL: MANAGER}
-
-
-def selector_string(name: str) -> str:
-    return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
+selector_labels = partial(child_labels.selector_labels, APP)
+labels = partial(child_labels.labels, APP)
+selector_string = partial(child_labels.selector_string, APP)
 
 
 def _short_hash(text: str, length: int = 10) -> str:
