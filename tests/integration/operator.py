@@ -44,13 +44,13 @@ class Operator:
 
 
 @asynccontextmanager
-async def running_operator(kubeconfig: Path, log: Path, *, image: str = "dockyard:test"
-                           ) -> AsyncIterator[Operator]:
+async def running_operator(kubeconfig: Path, log: Path, *, image: str = "dockyard:test",
+                           scope: tuple[str, ...] = ("-A",)) -> AsyncIterator[Operator]:
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "DOCKYARD_IMAGE": image}
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     try:
         proc = await asyncio.create_subprocess_exec(
-            DOCKYARD, "operator", "run", "-A", "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
+            DOCKYARD, "operator", "run", *scope, "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
             stdout=fd, stderr=asyncio.subprocess.STDOUT, env=env)
     finally:
         os.close(fd)

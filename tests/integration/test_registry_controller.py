@@ -283,3 +283,16 @@ async def test_growing_the_volume_expands_the_claim(emulator: Emulator, operator
     await patch(emulator, REGISTRIES, "main", {"spec": {"storage": {"pvc": {"size": size}}}}, NS)
     await wait_for(lambda: emulator.live(PVCS, NS, "main-data")["spec"]["resources"]  # type: ignore[index]
                    ["requests"]["storage"] == size, DEADLINE, message="PVC expanded")
+
+
+async def test_a_namespaced_operator_leaves_other_namespaces_alone(
+        emulator: Emulator, kubeconfig: Path, tmp_path: Path) -> None:
+    async with running_operator(kubeconfig, tmp_path / "operator.log", scope=("-n", NS)) as op:
+        other = registry("elsewhere", {"storage": RWO})
+        other["metadata"]["namespace"] = "other"
+        await create(emulator, other)
+        await create(emulator, registry("main", {"storage": RWO}))
+        await wait_live(emulator, op, DEPLOYMENTS, "main")
+        await wait_condition(emulator, op, "main", "Reconciling", "True")
+        assert emulator.live(DEPLOYMENTS, "other", "elsewhere") is None
+        assert not (emulator.live(REGISTRIES, "other", "elsewhere") or {}).get("status")
