@@ -63,7 +63,7 @@ def registry(name: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
 def on_push_policy(name: str, source: str) -> dict[str, Any]:
     return {"apiVersion": "dockyard.dev/v1alpha1", "kind": "ReplicationPolicy",
             "metadata": {"name": name, "namespace": NS},
-            "spec": {"source": {"registryRef": {"name": source}}, "destination": {"url": "http://10.9.9.9:5000"},
+            "spec": {"source": {"registryRef": {"name": source}}, "destination": {"url": "http://127.9.9.9:5000"},
                      "trigger": {"onPush": True}}}
 
 

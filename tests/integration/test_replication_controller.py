@@ -218,7 +218,7 @@ async def test_a_manual_trigger_makes_exactly_one_job_and_never_two_runs_at_once
                                                                                   operator: Operator) -> None:
     await create(emulator, registry("main"))
     await create(emulator, policy("sync", {
-        "source": {"url": "http://10.1.2.3:5000"}, "destination": {"registryRef": {"name": "main"}},
+        "source": {"url": "http://127.1.2.3:5000"}, "destination": {"registryRef": {"name": "main"}},
         "trigger": {"schedule": "*/30 * * * *"}}))
     await wait_condition(emulator, operator, "sync", "Ready", "True", "Scheduled")
 
@@ -271,7 +271,7 @@ async def test_a_manual_trigger_makes_exactly_one_job_and_never_two_runs_at_once
 
 async def test_suspend_does_not_block_a_manual_request(emulator: Emulator, operator: Operator) -> None:
     await create(emulator, policy("paused", {
-        "source": {"url": "http://10.1.2.3:5000"}, "destination": {"url": "http://10.1.2.4:5000"},
+        "source": {"url": "http://127.1.2.3:5000"}, "destination": {"url": "http://127.1.2.4:5000"},
         "trigger": {"schedule": "@daily"}, "suspend": True}, annotations={SYNC: "now"}))
     obj = await wait_condition(emulator, operator, "paused", "Ready", "True", "Running")
     assert obj["status"]["lastSyncRequest"] == "now"
@@ -282,7 +282,7 @@ async def test_a_missing_registry_stalls_the_policy_until_it_appears(emulator: E
                                                                    operator: Operator) -> None:
     await create(emulator, policy("edge", {
         "source": {"registryRef": {"name": "upstream", "namespace": "dmz"}},
-        "destination": {"url": "http://10.9.9.9:5000"}, "trigger": {"schedule": "@hourly"}},
+        "destination": {"url": "http://127.9.9.9:5000"}, "trigger": {"schedule": "@hourly"}},
         annotations={SYNC: "asap"}))
     obj = await wait_condition(emulator, operator, "edge", "Stalled", "True", "RegistryNotFound")
     assert "upstream" in condition(obj, "Stalled")["message"] and "dmz" in condition(obj, "Stalled")["message"]
@@ -315,7 +315,7 @@ async def test_a_missing_registry_stalls_the_policy_until_it_appears(emulator: E
 async def test_a_missing_secret_stalls_the_policy_until_it_appears(emulator: Emulator, operator: Operator) -> None:
     await create(emulator, policy("private", {
         "source": {"url": "https://quay.example", "secretRef": {"name": "quay-creds"}},
-        "destination": {"url": "http://10.9.9.9:5000"}}))
+        "destination": {"url": "http://127.9.9.9:5000"}}))
     obj = await wait_condition(emulator, operator, "private", "Stalled", "True", "SecretNotFound")
     assert "quay-creds" in condition(obj, "Stalled")["message"]
     await create(emulator, secret("quay-creds", username="robot", password="s3cret"))
@@ -328,7 +328,7 @@ async def test_a_registry_that_requires_login_needs_credentials_in_the_policy(em
     locked["spec"]["auth"] = {"htpasswdSecretRef": {"name": "locked-users"}}
     await create(emulator, locked)
     await create(emulator, policy("into-locked", {
-        "source": {"url": "http://10.4.4.4:5000"}, "destination": {"registryRef": {"name": "locked"}}}))
+        "source": {"url": "http://127.4.4.4:5000"}, "destination": {"registryRef": {"name": "locked"}}}))
     obj = await wait_condition(emulator, operator, "into-locked", "Stalled", "True", "CredentialsRequired")
     assert "destination.secretRef" in condition(obj, "Stalled")["message"]
     await create(emulator, secret("locked-pusher", username="pusher", password="pw"))
@@ -339,7 +339,7 @@ async def test_a_registry_that_requires_login_needs_credentials_in_the_policy(em
 
 async def test_an_impossible_schedule_is_an_invalid_spec(emulator: Emulator, operator: Operator) -> None:
     await create(emulator, policy("typo", {
-        "source": {"url": "http://10.1.1.1:5000"}, "destination": {"url": "http://10.1.1.2:5000"},
+        "source": {"url": "http://127.1.1.1:5000"}, "destination": {"url": "http://127.1.1.2:5000"},
         "trigger": {"schedule": "0 25 * * *"}}))
     obj = await wait_condition(emulator, operator, "typo", "Stalled", "True", "InvalidSpec")
     assert "hour" in condition(obj, "Stalled")["message"]
@@ -419,7 +419,7 @@ async def test_a_run_writes_its_result_into_the_status(emulator: Emulator, opera
 async def test_a_run_that_dies_without_a_report_shows_on_the_policy(emulator: Emulator,
                                                                    operator: Operator) -> None:
     await create(emulator, policy("crashy", {
-        "source": {"url": "http://10.1.1.1:5000"}, "destination": {"url": "http://10.1.1.2:5000"}},
+        "source": {"url": "http://127.1.1.1:5000"}, "destination": {"url": "http://127.1.1.2:5000"}},
         annotations={SYNC: "1"}))
     await wait_condition(emulator, operator, "crashy", "Ready", "True", "Running")
     await finish_job(emulator, manual_job_name("crashy", "1"), "Failed", "Job has reached the specified backoff limit")
@@ -450,11 +450,11 @@ async def test_pushes_to_a_dockyard_source_run_on_push_policies_once_at_a_time(
         emulator: Emulator, operator: Operator, events_url: str) -> None:
     await create(emulator, registry("main"))
     await create(emulator, policy("on-push", {
-        "source": {"registryRef": {"name": "main"}}, "destination": {"url": "http://10.2.2.2:5000"},
+        "source": {"registryRef": {"name": "main"}}, "destination": {"url": "http://127.2.2.2:5000"},
         "filters": {"repositories": {"include": ["team/**"]}, "tags": {"exclude": ["*-dev"]}},
         "trigger": {"onPush": True, "schedule": "@daily"}}))
     await create(emulator, policy("nightly", {
-        "source": {"registryRef": {"name": "main"}}, "destination": {"url": "http://10.3.3.3:5000"},
+        "source": {"registryRef": {"name": "main"}}, "destination": {"url": "http://127.3.3.3:5000"},
         "trigger": {"schedule": "@daily"}}))
     await wait_condition(emulator, operator, "on-push", "Ready", "True", "Scheduled")
     await wait_condition(emulator, operator, "nightly", "Ready", "True", "Scheduled")

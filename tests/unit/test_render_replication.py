@@ -129,7 +129,7 @@ def test_the_role_grants_only_this_policy_and_its_secrets() -> None:
 
 
 def test_a_policy_without_secrets_may_read_no_secret() -> None:
-    objs = render({"source": {"url": "http://10.0.0.1:5000"}, "destination": MAIN})
+    objs = render({"source": {"url": "http://127.0.0.1:5000"}, "destination": MAIN})
     assert all("secrets" not in r["resources"] for r in objs["Role"]["rules"])
 
 
