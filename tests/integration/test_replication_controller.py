@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from dockyard.render import cron
+from dockyard import cron
 from dockyard.render.replication import manual_job_name
 from tests.integration.emulator import Emulator, create, delete, get, list_objects, patch, wait_for
 from tests.integration.operator import Operator, running_operator

@@ -92,6 +92,8 @@ def _run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     ("gc: {interval: soon}\n", "gc.interval"),
     ("gc: {gracePeriod: -1h}\n", "gc.gracePeriod"),
     ("gc: {everyday: true}\n", "gc.everyday"),
+    ("gc: {schedule: '61 * * * *'}\n", "gc.schedule"),
+    ("gc: {schedule: '0 3 * * *', interval: 1h}\n", "gc:"),
     ("tls: {cert: /nonexistent.crt}\n", "tls"),
     ("anonymousPull: true\n", "anonymousPull"),
     ("htpasswd: /nonexistent/htpasswd\n", "htpasswd"),
@@ -192,3 +194,19 @@ def test_config_document_maps_to_settings() -> None:
     assert cfg.gc == GCConfig(interval=43200, delete_untagged=True, grace_period=7200)
     assert parse_config({}).gc is None
     assert parse_config(None).port == 5000
+
+
+def test_gc_schedule_decides_when_the_next_collection_runs() -> None:
+    import datetime
+
+    from dockyard.registry.config import parse_config
+
+    gc = parse_config({"gc": {"schedule": "30 3 * * *"}}).gc
+    assert gc is not None and gc.schedule == "30 3 * * *"
+    before = datetime.datetime(2026, 11, 27, 3, 0, tzinfo=datetime.UTC)
+    assert gc.next_delay(before) == 30 * 60
+    after = datetime.datetime(2026, 11, 27, 3, 31, tzinfo=datetime.UTC)
+    assert gc.next_delay(after) == (24 * 60 - 1) * 60
+    never = parse_config({"gc": {"schedule": "0 0 30 2 *"}}).gc
+    assert never is not None and never.next_delay(before) is None
+    assert parse_config({"gc": {"interval": "2h"}}).gc.next_delay(before) == 7200  # type: ignore[union-attr]

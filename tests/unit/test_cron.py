@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dockyard.render.cron import CronError, Schedule, next_time, parse
+from dockyard.cron import CronError, Schedule, next_time, parse
 
 UTC = datetime.UTC
 

@@ -1,5 +1,6 @@
 """The package's dependency direction (DESIGN.md): controller -> render -> api; the registry
 server and the replication client share only `oci`; pure layers do no Kubernetes I/O.
+`dockyard.cron` (five-field schedules) is a pure leaf that any layer may use.
 
 Command-line modules (`*/cli.py`, `dockyard/cli.py`) are composition roots and may import
 across layers, lazily, inside the commands they run.
@@ -17,10 +18,10 @@ PACKAGE = Path(__file__).parents[2] / "operator" / "dockyard"
 ALLOWED: dict[str, set[str]] = {
     "oci": {"oci"},
     "api": {"api"},
-    "render": {"render", "api", ""},
-    "registry": {"registry", "oci"},
+    "render": {"render", "api", "__version__", "cron"},
+    "registry": {"registry", "oci", "cron"},
     "replication": {"replication", "oci", "api"},
-    "controller": {"controller", "render", "api", "replication", "oci", ""},
+    "controller": {"controller", "render", "api", "replication", "oci", "cron"},
 }
 FORBIDDEN_MODULES = {"oci": {"aiohttp", "kopf", "kubernetes"}, "api": {"aiohttp", "kopf", "kubernetes"},
                      "render": {"aiohttp", "kopf", "kubernetes"}}
@@ -32,6 +33,8 @@ def imports(path: Path) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module == "dockyard" and node.level == 0:
+            names.extend(f"dockyard.{alias.name}" for alias in node.names)  # `from dockyard import cron`
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.append(node.module)
     return names

@@ -220,3 +220,22 @@ def test_cli_render_uses_secrets_given_in_the_same_file(tmp_path: Path) -> None:
         return value
 
     assert checksum("a:$2y$05$x") != checksum("b:$2y$05$y")
+
+
+def test_garbage_collection_reaches_the_server_config_and_the_server_accepts_it() -> None:
+    from dockyard.registry.config import parse_config
+
+    assert "gc" not in yaml.safe_load(render({"storage": RWO})["ConfigMap"]["data"]["config.yaml"])
+    objs = render({"storage": RWO, "garbageCollection": {"schedule": "15 2 * * 0", "deleteUntagged": True}})
+    config = yaml.safe_load(objs["ConfigMap"]["data"]["config.yaml"])
+    assert config["gc"] == {"schedule": "15 2 * * 0", "deleteUntagged": True, "gracePeriod": "1h"}
+    gc = parse_config(config).gc
+    assert gc is not None and (gc.schedule, gc.delete_untagged, gc.grace_period) == ("15 2 * * 0", True, 3600)
+
+
+def test_a_schedule_the_server_cannot_run_is_an_invalid_spec() -> None:
+    from dockyard.api import SpecError
+
+    with pytest.raises(SpecError) as err:
+        render({"storage": RWO, "garbageCollection": {"schedule": "61 * * * *"}})
+    assert err.value.path == "spec.garbageCollection.schedule"

@@ -12,7 +12,18 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Literal
 
-from dockyard.api.schema import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, Model, Quantity, Raw, Rule, meta
+from dockyard.api.schema import (
+    CRON_PATTERN,
+    DNS_LABEL_PATTERN,
+    DNS_SUBDOMAIN_PATTERN,
+    DURATION_PATTERN,
+    Model,
+    Quantity,
+    Raw,
+    Rule,
+    cel_string,
+    meta,
+)
 
 AccessMode = Literal["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"]
 
@@ -160,6 +171,25 @@ class PodDisruptionBudget(Model):
 
 
 @dataclass(frozen=True)
+class GarbageCollection(Model):
+    DOC = "Online garbage collection: unreferenced blobs are removed while the registry keeps serving."
+    RULES = (
+        Rule(
+            cel=f"self.schedule.matches({cel_string(CRON_PATTERN)})",
+            message="garbageCollection.schedule must be a cron expression with five fields, e.g. '0 3 * * *'",
+            check=lambda g: re.match(CRON_PATTERN, g.schedule) is not None,
+            field_path=".schedule",
+        ),
+    )
+    schedule: str = field(default="0 3 * * *", metadata=meta("When to collect (cron, UTC).", max_length=128))
+    delete_untagged: bool = field(
+        default=False, metadata=meta("Also delete manifests no tag, index or live subject refers to."))
+    grace_period: str = field(
+        default="1h", metadata=meta("Blobs younger than this are never collected: an upload or manifest "
+                                    "push in flight may be about to reference them.", pattern=DURATION_PATTERN))
+
+
+@dataclass(frozen=True)
 class RegistrySpec(Model):
     DOC = "The desired state of a registry."
     RULES = (
@@ -179,6 +209,8 @@ class RegistrySpec(Model):
     tls: TLS | None = field(default=None, metadata=meta("HTTPS with a kubernetes.io/tls Secret."))
     service: Service = field(default_factory=Service, metadata=meta("The Service."))
     ingress: Ingress | None = field(default=None, metadata=meta("External exposure."))
+    garbage_collection: GarbageCollection | None = field(
+        default=None, metadata=meta("Online garbage collection; off when unset."))
     read_only: bool = field(
         default=False, metadata=meta("Maintenance mode: pulls work, pushes and deletes are refused."))
     resources: Raw | None = field(default=None, metadata=meta("Container resources."))

@@ -12,12 +12,19 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dockyard.api.registry import Condition
-from dockyard.api.schema import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, Int64, Model, Quantity, Rule, meta
+from dockyard.api.schema import (
+    CRON_PATTERN,
+    DNS_LABEL_PATTERN,
+    DNS_SUBDOMAIN_PATTERN,
+    DURATION_PATTERN,
+    Int64,
+    Model,
+    Quantity,
+    Rule,
+    cel_string,
+    meta,
+)
 
-CRON_PATTERN = r"^\s*(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|\S+(\s+\S+){4})\s*$"
-"""Five whitespace-separated cron fields, or one of the macros a CronJob accepts."""
-
-DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 URL_PATTERN = r"^https?://[^\s/]+(/[^\s]*)?$"
 
 
@@ -105,8 +112,7 @@ class Trigger(Model):
     DOC = "When the policy runs, besides the dockyard.dev/sync-requested-at annotation."
     RULES = (
         Rule(
-            cel="!has(self.schedule) || self.schedule.matches('" + CRON_PATTERN.replace("\\", "\\\\")
-                + "')",
+            cel=f"!has(self.schedule) || self.schedule.matches({cel_string(CRON_PATTERN)})",
             message="trigger.schedule must be a cron expression with five fields, e.g. '0 */6 * * *'",
             check=lambda t: t.schedule is None or re.match(CRON_PATTERN, t.schedule) is not None,
         ),

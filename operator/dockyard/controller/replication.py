@@ -35,6 +35,7 @@ from typing import Any
 import aiohttp
 import kopf
 
+from dockyard import cron
 from dockyard.api import API_VERSION, GROUP, VERSION, SpecError
 from dockyard.api.replication import ReplicationPolicySpec
 from dockyard.api.schema import parse
@@ -43,7 +44,6 @@ from dockyard.controller import handlers as _registry_handlers  # noqa: F401 - i
 from dockyard.controller.conditions import READY, RECONCILING, STALLED, Verdict
 from dockyard.controller.kube import ApiError, Kube
 from dockyard.controller.reconcile import EventPoster, ObjectPass, Reconciler, contains, now, stamp
-from dockyard.render import cron
 from dockyard.render.labels import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, NAME_LABEL
 from dockyard.render.replication import (
     APP,

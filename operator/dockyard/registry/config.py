@@ -6,12 +6,15 @@ naming the key, which the command line turns into a one-line error and exit code
 
 from __future__ import annotations
 
+import datetime
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from dockyard import cron
 
 
 class ConfigError(ValueError):
@@ -23,6 +26,15 @@ class GCConfig:
     interval: float = 24 * 3600.0
     delete_untagged: bool = False
     grace_period: float = 3600.0
+    schedule: str | None = None
+    """A five-field cron schedule (UTC); when set it decides the runs instead of `interval`."""
+
+    def next_delay(self, now: datetime.datetime) -> float | None:
+        """Seconds until the next collection; None when the schedule never fires."""
+        if self.schedule is None:
+            return self.interval
+        upcoming = cron.next_time(self.schedule, now)
+        return None if upcoming is None else max(0.0, (upcoming - now).total_seconds())
 
 
 @dataclass(frozen=True)
@@ -168,8 +180,18 @@ def parse_config(doc: Any) -> ServeConfig:
             raise ConfigError("tls: both cert and key are required")
         cfg = replace(cfg, tls_cert=_path(tls["cert"], "tls.cert"), tls_key=_path(tls["key"], "tls.key"))
     if doc.get("gc") is not None:
-        gc = _mapping(doc["gc"], "gc", {"interval", "deleteUntagged", "gracePeriod"})
+        gc = _mapping(doc["gc"], "gc", {"interval", "schedule", "deleteUntagged", "gracePeriod"})
         g = GCConfig()
+        if "interval" in gc and "schedule" in gc:
+            raise ConfigError("gc: set either interval or schedule, not both")
+        if "schedule" in gc:
+            if not isinstance(gc["schedule"], str):
+                raise ConfigError(f"gc.schedule: expected a cron schedule like '0 3 * * *', got {gc['schedule']!r}")
+            try:
+                cron.parse(gc["schedule"])
+            except cron.CronError as e:
+                raise ConfigError(f"gc.schedule: {e}") from None
+            g = replace(g, schedule=gc["schedule"])
         if "interval" in gc:
             g = replace(g, interval=parse_duration(gc["interval"], "gc.interval"))
             if g.interval <= 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import logging
 import signal
@@ -113,7 +114,11 @@ async def _gc_loop(registry: Registry, cfg: ServeConfig) -> None:
     assert cfg.gc is not None
     loop = asyncio.get_running_loop()
     while True:
-        await asyncio.sleep(cfg.gc.interval)
+        delay = cfg.gc.next_delay(datetime.datetime.now(datetime.UTC))
+        if delay is None:
+            _event("gc never runs: the schedule matches no time", schedule=cfg.gc.schedule)
+            return
+        await asyncio.sleep(delay)
         try:
             report = await loop.run_in_executor(
                 registry.executor,

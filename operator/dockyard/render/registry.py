@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from dockyard import __version__
-from dockyard.api import API_VERSION
+from dockyard import __version__, cron
+from dockyard.api import API_VERSION, SpecError
 from dockyard.api.registry import RegistrySpec
 from dockyard.api.schema import parse
 from dockyard.render import labels as child_labels
@@ -86,9 +86,13 @@ class RenderInput:
                   claim_size: str | None = None, events_url: str | None = None) -> RenderInput:
         meta = body.get("metadata") or {}
         if not meta.get("name"):
-            from dockyard.api import SpecError
             raise SpecError("metadata.name", "is required")
         spec = parse(RegistrySpec, body.get("spec"), "spec")
+        if spec.garbage_collection:
+            try:
+                cron.parse(spec.garbage_collection.schedule)
+            except cron.CronError as e:
+                raise SpecError("spec.garbageCollection.schedule", str(e)) from None
         return cls(name=meta["name"], namespace=meta.get("namespace") or "default", spec=spec,
                    image=image or spec.image or default_image(), uid=meta.get("uid"),
                    secrets=secrets or {}, claim_size=claim_size, events_url=events_url or None)
@@ -141,6 +145,10 @@ def registry_config(inp: RenderInput) -> dict[str, Any]:
         config["readOnly"] = True
     if spec.tls:
         config["tls"] = {"cert": f"{TLS_DIR}/tls.crt", "key": f"{TLS_DIR}/tls.key"}
+    if spec.garbage_collection:
+        gc = spec.garbage_collection
+        config["gc"] = {"schedule": gc.schedule, "deleteUntagged": gc.delete_untagged,
+                        "gracePeriod": gc.grace_period}
     if inp.events_url:
         config["notify"] = {"url": inp.events_url.rstrip("/") + EVENTS_PATH,
                             "tokenFile": f"{EVENTS_DIR}/{EVENTS_TOKEN_KEY}",

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from dockyard import cron
 from dockyard.api import API_VERSION, GROUP, SpecError
 from dockyard.api.replication import Endpoint, ReplicationPolicySpec
 from dockyard.api.schema import parse
-from dockyard.render import cron
 from dockyard.render import labels as child_labels
 from dockyard.render.registry import (
     PORT,
