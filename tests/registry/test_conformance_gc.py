@@ -174,3 +174,21 @@ def test_background_gc_runs_online_while_clients_push(tmp_path: Path) -> None:
         metrics = c.request("GET", "/metrics").body.decode()
         runs = [line for line in metrics.splitlines() if line.startswith("dockyard_registry_gc_runs_total ")]
         assert runs and float(runs[0].split()[1]) > 0
+
+
+def test_gc_never_removes_an_upload_being_created(tmp_path: Path) -> None:
+    """Between `mkdir` and its first file an upload directory is empty; GC must leave it alone."""
+    from dockyard.registry.gc import STALE_UPLOAD_SECONDS, collect
+    from dockyard.registry.storage import FilesystemStorage
+
+    storage = FilesystemStorage(tmp_path / "root")
+    fresh = storage.uploads / "fresh"
+    fresh.mkdir()
+    abandoned = storage.uploads / "abandoned"
+    abandoned.mkdir()
+    old = time.time() - STALE_UPLOAD_SECONDS - 60
+    os.utime(abandoned, (old, old))
+
+    report = collect(tmp_path / "root", grace=0)
+    assert fresh.is_dir(), "an upload being created was deleted under the client"
+    assert not abandoned.exists() and report.uploads_deleted == 1

@@ -159,8 +159,10 @@ def collect(root: Path, *, grace: float = 3600.0, delete_untagged: bool = False,
 
     uploads_ttl = max(grace, STALE_UPLOAD_SECONDS)
     for upload in sorted(storage.uploads.iterdir()) if storage.uploads.is_dir() else []:
-        ages = [a for a in (_age(upload / "data", now), _age(upload / "info", now)) if a is not None]
-        if ages and min(ages) < uploads_ttl:
+        # The directory itself counts: an upload being created has no files in it yet.
+        ages = [a for a in (_age(upload, now), _age(upload / "data", now), _age(upload / "info", now))
+                if a is not None]
+        if not ages or min(ages) < uploads_ttl:
             continue
         report.uploads_deleted += 1
         if not dry_run:
