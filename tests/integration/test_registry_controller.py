@@ -296,3 +296,24 @@ async def test_a_namespaced_operator_leaves_other_namespaces_alone(
         await wait_condition(emulator, op, "main", "Reconciling", "True")
         assert emulator.live(DEPLOYMENTS, "other", "elsewhere") is None
         assert not (emulator.live(REGISTRIES, "other", "elsewhere") or {}).get("status")
+
+
+async def test_a_refused_child_stalls_the_registry_but_never_holds_back_the_others(
+        emulator: Emulator, operator: Operator) -> None:
+    await create(emulator, registry("main", {"storage": RWO}))
+    await ready(emulator, operator, "main")
+    before = emulator.live(DEPLOYMENTS, NS, "main")["spec"]["template"]["metadata"]["annotations"]  # type: ignore[index]
+    # A StorageClass without volume expansion: the API server forbids growing the claim.
+    emulator[f"patch /api/v1/namespaces/{NS}/persistentvolumeclaims/main-data"] << 403 << {
+        "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403, "reason": "Forbidden",
+        "message": "only dynamically provisioned pvc can be resized and the storageclass that provisions "
+                   "the pvc must support resize"}
+    await patch(emulator, REGISTRIES, "main", {"spec": {"readOnly": True,
+                                                        "storage": {"pvc": {"size": "5Gi"}}}}, NS)
+    cond = await wait_condition(emulator, operator, "main", "Stalled", "True", "ApplyFailed")
+    assert "PersistentVolumeClaim 'main-data'" in cond["message"] and "resize" in cond["message"]
+    config = emulator.live("v1/configmaps", NS, "main-config")
+    assert config is not None and "readOnly: true" in config["data"]["config.yaml"]
+    after = emulator.live(DEPLOYMENTS, NS, "main")["spec"]["template"]["metadata"]["annotations"]  # type: ignore[index]
+    assert after[CHECKSUM] != before[CHECKSUM], "the pods must still roll to the new configuration"
+    assert emulator.live(PVCS, NS, "main-data")["spec"]["resources"]["requests"]["storage"] == "1Gi"  # type: ignore[index]

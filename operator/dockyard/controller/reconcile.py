@@ -220,8 +220,8 @@ class Pass(ObjectPass):
                     ) -> tuple[dict[str, Any], str | None]:
         live: dict[str, Any] = {}
         desired = [stamp(obj) for obj in render_registry(inp)]
-        events_error = await self.ensure_events_secret(inp) if inp.events_url else None
-        for obj in desired:
+        errors = [await self.ensure_events_secret(inp)] if inp.events_url else []
+        for obj in desired:  # a refused child (say, a PVC expansion) never holds back the others
             kind, meta = obj["kind"], obj["metadata"]
             current = claim if kind == "PersistentVolumeClaim" else \
                 await self.kube.get(obj["apiVersion"], kind, self.namespace, meta["name"])
@@ -229,15 +229,15 @@ class Pass(ObjectPass):
                 try:
                     current = await self.kube.apply(obj)
                 except ApiError as e:
-                    if e.status in (400, 403, 409, 422):
-                        return live, f"{kind} {meta['name']!r} was refused: {e.message}"
-                    raise
+                    if e.status not in (400, 403, 409, 422):
+                        raise
+                    errors.append(f"{kind} {meta['name']!r} was refused: {e.message}")
             live[kind] = current
         rendered = {obj["kind"] for obj in desired}
         for api_version, kind in OPTIONAL_KINDS:
             if kind not in rendered:
                 await self.delete_if_owned(api_version, kind, self.name)
-        return live, events_error
+        return live, "; ".join(e for e in errors if e) or None
 
     async def ensure_events_secret(self, inp: RenderInput) -> str | None:
         """Create `<registry>-events` with a new random token unless it exists; an error to report, or None."""
