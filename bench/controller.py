@@ -22,8 +22,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.emulator import Emulator, create, patch  # noqa: E402
-from tests.integration.operator import running_operator  # noqa: E402
+from tests.integration.emulator import Emulator, create  # noqa: E402
+from tests.integration.operator import report_available, running_operator  # noqa: E402
 
 NS = "bench"
 REGISTRIES = "dockyard.dev/v1alpha1/registries"
@@ -70,15 +70,6 @@ def ready(obj: dict[str, Any]) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in (obj.get("status") or {}).get("conditions", []))
 
 
-async def report_available(emulator: Emulator, name: str) -> None:
-    dep = emulator.live(DEPLOYMENTS, NS, name)
-    assert dep is not None
-    n = dep["spec"]["replicas"]
-    await patch(emulator, DEPLOYMENTS, name, {"status": {
-        "observedGeneration": dep["metadata"]["generation"], "replicas": n, "updatedReplicas": n,
-        "readyReplicas": n, "availableReplicas": n}}, NS, subresource="status")
-
-
 async def measure(n: int, quiet: float) -> dict[str, Any]:
     names = [f"r{i:04d}" for i in range(n)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,7 +85,7 @@ async def measure(n: int, quiet: float) -> dict[str, Any]:
                 await wait_all(emulator, names, reconciled, 60 + n)
                 done = time.monotonic()
                 for name in names:
-                    await report_available(emulator, name)
+                    await report_available(emulator, NS, name)
                 await wait_all(emulator, names, ready, 60 + n)
                 all_ready = time.monotonic()
                 await asyncio.sleep(3.0)  # let the last events drain before the quiet window

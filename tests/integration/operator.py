@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.emulator import Emulator, patch
 from tests.registry.processes import DOCKYARD, free_port
 
 
@@ -59,3 +60,15 @@ async def running_operator(kubeconfig: Path, log: Path, *, image: str = "dockyar
         yield op
     finally:
         await op.stop()
+
+
+async def report_available(emulator: Emulator, namespace: str, name: str) -> None:
+    """What the Deployment controller writes once all pods of Deployment `name` are up."""
+    dep = emulator.live("apps/v1/deployments", namespace, name)
+    assert dep is not None, f"no Deployment {namespace}/{name}"
+    n = dep["spec"]["replicas"]
+    await patch(emulator, "apps/v1/deployments", name, {"status": {
+        "observedGeneration": dep["metadata"]["generation"], "replicas": n, "updatedReplicas": n,
+        "readyReplicas": n, "availableReplicas": n,
+        "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}],
+    }}, namespace, subresource="status")

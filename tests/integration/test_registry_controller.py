@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from tests.integration.emulator import ApiError, Emulator, create, delete, get, list_objects, patch, wait_for
-from tests.integration.operator import Operator, running_operator
+from tests.integration.operator import Operator, report_available, running_operator
 
 NS = "registries"
 REGISTRIES = "dockyard.dev/v1alpha1/registries"
@@ -72,18 +72,6 @@ async def wait_live(emulator: Emulator, op: Operator, resource: str, name: str) 
     return await wait_for(check, DEADLINE, message=f"{resource} {name} exists")
 
 
-async def report_available(emulator: Emulator, name: str) -> None:
-    """What the Deployment controller does once the pods are up."""
-    dep = emulator.live(DEPLOYMENTS, NS, name)
-    assert dep is not None
-    n = dep["spec"]["replicas"]
-    await patch(emulator, DEPLOYMENTS, name, {"status": {
-        "observedGeneration": dep["metadata"]["generation"], "replicas": n, "updatedReplicas": n,
-        "readyReplicas": n, "availableReplicas": n,
-        "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}],
-    }}, NS, subresource="status")
-
-
 async def events_for(emulator: Emulator, name: str) -> list[dict[str, Any]]:
     items = await list_objects(emulator, EVENTS, NS)
     return [e for e in items if e.get("involvedObject", {}).get("name") == name
@@ -92,7 +80,7 @@ async def events_for(emulator: Emulator, name: str) -> list[dict[str, Any]]:
 
 async def ready(emulator: Emulator, op: Operator, name: str) -> None:
     await wait_live(emulator, op, DEPLOYMENTS, name)
-    await report_available(emulator, name)
+    await report_available(emulator, NS, name)
     await wait_condition(emulator, op, name, "Ready", "True")
 
 
@@ -159,7 +147,7 @@ async def test_scale_subresource_drives_the_deployment_and_the_pdb(emulator: Emu
     pdb = await wait_live(emulator, operator, PDBS, "ha")
     assert pdb["spec"]["maxUnavailable"] == 1
     await wait_condition(emulator, operator, "ha", "Ready", "False")
-    await report_available(emulator, "ha")
+    await report_available(emulator, NS, "ha")
     await wait_condition(emulator, operator, "ha", "Ready", "True")
     scale = await get(emulator, REGISTRIES, "ha", NS, subresource="scale")
     assert scale is not None and scale["status"]["replicas"] == 3
