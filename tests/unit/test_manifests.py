@@ -259,6 +259,20 @@ def test_no_role_in_the_install_uses_wildcards(built: list[dict[str, Any]]) -> N
             assert "*" not in (group, verb) and "*" not in resource, (role["metadata"]["name"], resource)
 
 
+def test_namespace_viewers_and_editors_can_use_dockyard_and_nothing_more(built: list[dict[str, Any]]) -> None:
+    view, edit = find(built, "ClusterRole", "dockyard-view"), find(built, "ClusterRole", "dockyard-edit")
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert "rbac.authorization.k8s.io/aggregate-to-view" not in edit["metadata"]["labels"]
+    viewing = set(granted(view["rules"]))
+    editing = set(granted(edit["rules"]))
+    assert ("dockyard.dev", "registries", "list") in viewing
+    assert {v for g, r, v in viewing} == {"get", "list", "watch"}
+    assert ("dockyard.dev", "registries", "create") in editing
+    assert ("dockyard.dev", "registries/scale", "patch") in editing  # kubectl scale
+    assert {g for g, r, v in viewing | editing} == {"dockyard.dev"}
+
+
 def test_operator_can_never_delete_a_persistent_volume_claim(built: list[dict[str, Any]]) -> None:
     """Data safety: the images live on the PVC; only owner-reference GC may remove one."""
     for role in (o for o in built if o["kind"] in ("Role", "ClusterRole")):
