@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import copy
 import datetime
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from dockyard.api import SpecError
 from dockyard.cli import build_parser
@@ -308,3 +312,22 @@ def test_a_registry_with_authentication_needs_credentials_of_the_policy(
     assert (found is not None) == problem
     if found:
         assert f"{side}.secretRef" in found and "'main'" in found
+
+
+def test_cli_renders_a_policy_with_the_registry_it_references(tmp_path: Path) -> None:
+    examples = Path(__file__).parents[2] / "examples"
+    both = tmp_path / "both.yaml"
+    both.write_text((examples / "registry-basic.yaml").read_text() + "\n---\n"
+                    + (examples / "replication-dockerhub-mirror.yaml").read_text())
+    out = subprocess.run([sys.executable, "-m", "dockyard.cli", "render", "-f", str(both)],
+                         capture_output=True, text=True, check=True).stdout
+    objs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out)}
+    cron_job = objs[("CronJob", "mirror-hub")]
+    args = cron_job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--dest-url") + 1] == "http://main.registries.svc:5000"
+    assert ("Deployment", "main") in objs and ("Role", "mirror-hub-replicator") in objs
+
+    alone = subprocess.run([sys.executable, "-m", "dockyard.cli", "render", "-f",
+                            str(examples / "replication-dockerhub-mirror.yaml")], capture_output=True, text=True)
+    assert alone.returncode == 2 and alone.stdout == ""
+    assert "registries/main" in alone.stderr and len(alone.stderr.strip().splitlines()) == 1

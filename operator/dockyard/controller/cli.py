@@ -23,6 +23,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from dockyard.api import SpecError
     from dockyard.controller.reconcile import events_url_from_environment
     from dockyard.render import RenderInput, render_registry
+    from dockyard.render.replication import PolicyInput, render_policy
 
     try:
         with open(args.file) if args.file != "-" else sys.stdin as f:
@@ -35,12 +36,23 @@ def _cmd_render(args: argparse.Namespace) -> int:
     objects: list[dict[str, Any]] = []
     try:
         registries = [d for d in docs if isinstance(d, dict) and d.get("kind") == "Registry"]
-        if not registries:
-            raise SpecError("kind", "no Registry in the file")
+        policies = [d for d in docs if isinstance(d, dict) and d.get("kind") == "ReplicationPolicy"]
+        if not registries and not policies:
+            raise SpecError("kind", "no Registry or ReplicationPolicy in the file")
         events_url = events_url_from_environment()
         for doc in registries:
             objects.extend(render_registry(RenderInput.from_body(doc, image=args.image, secrets=secrets,
                                                                  events_url=events_url)))
+        known = {((d.get("metadata") or {}).get("namespace") or "default", d["metadata"]["name"]): d
+                 for d in registries}
+        for doc in policies:
+            try:
+                policy = PolicyInput.from_body(doc, registries=known, image=args.image)
+            except KeyError as e:
+                namespace, name = e.args[0]
+                raise SpecError("spec", f"references Registry {namespace}/{name}, which is not in the file; "
+                                        "add it to render the policy") from None
+            objects.extend(render_policy(policy))
     except SpecError as e:
         print(f"dockyard render: {args.file}: {e}", file=sys.stderr)
         return 2
@@ -71,11 +83,15 @@ def _cmd_operator_run(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    render = sub.add_parser("render", help="print the objects the operator would apply for a Registry",
-                            description="Print the objects the operator would apply for a Registry. With "
-                            "DOCKYARD_EVENTS_URL set, as in the operator's Deployment, the registry is "
-                            "configured to post push events (its token Secret is not printed).")
-    render.add_argument("-f", "--file", required=True, help="Registry YAML file ('-' for stdin)")
+    render = sub.add_parser("render", help="print the objects the operator would apply for Registries and "
+                                           "ReplicationPolicies",
+                            description="Print the objects the operator would apply for the Registries and "
+                            "ReplicationPolicies in FILE (a policy's registryRef must name a Registry in the "
+                            "same file). With DOCKYARD_EVENTS_URL set, as in the operator's Deployment, "
+                            "registries are configured to post push events (their token Secrets are not "
+                            "printed). Runs started by hand or by pushes are Jobs and are not printed.")
+    render.add_argument("-f", "--file", required=True,
+                        help="YAML of Registries, ReplicationPolicies and the Secrets they use ('-' for stdin)")
     render.add_argument("--image", default=None, help="registry image (default: the operator's image)")
     render.set_defaults(func=_cmd_render)
 
