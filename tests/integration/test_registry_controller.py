@@ -305,3 +305,24 @@ async def test_a_refused_child_stalls_the_registry_but_never_holds_back_the_othe
     after = emulator.live(DEPLOYMENTS, NS, "main")["spec"]["template"]["metadata"]["annotations"]  # type: ignore[index]
     assert after[CHECKSUM] != before[CHECKSUM], "the pods must still roll to the new configuration"
     assert emulator.live(PVCS, NS, "main-data")["spec"]["resources"]["requests"]["storage"] == "1Gi"  # type: ignore[index]
+
+
+async def test_the_operator_streams_only_what_it_manages(emulator: Emulator, operator: Operator) -> None:
+    """On a real cluster every Deployment, ConfigMap and Helm release Secret would flow through
+    the operator otherwise: the API server filters them out before they are sent."""
+    await create(emulator, registry("main", {"storage": RWO}))
+    await wait_live(emulator, operator, DEPLOYMENTS, "main")
+
+    def watches() -> dict[str, dict[str, str]]:
+        found: dict[str, dict[str, str]] = {}
+        for request in list(emulator):  # iterating a kmock server yields the requests it served
+            if str(request.params.get("watch", "")).lower() in ("true", "1"):
+                found[str(request.url.path).rsplit("/", 1)[-1]] = dict(request.params)
+        return found
+
+    seen = await wait_for(lambda: (w := watches()) and {"deployments", "secrets", "configmaps"} <= set(w) and w,
+                          DEADLINE, message="the operator watches its children and Secrets")
+    for plural in ("deployments", "configmaps", "services", "persistentvolumeclaims", "serviceaccounts"):
+        assert seen[plural].get("labelSelector") == "app.kubernetes.io/managed-by=dockyard", plural
+    assert "type!=helm.sh/release.v1" in seen["secrets"].get("fieldSelector", "")
+    assert "registries" in seen and "labelSelector" not in seen["registries"]

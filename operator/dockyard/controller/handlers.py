@@ -48,6 +48,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.scanning.disabled = True  # the CRDs ship with the operator; no cluster-wide CRD watch needed
     settings.posting.reporting_component = "dockyard"
     settings.posting.level = logging.INFO
+    # Stream only what Dockyard manages, not every Deployment or ConfigMap of the cluster; and
+    # no Helm release or service-account token Secrets (large, many, never referenced).
+    for api_version, plural in (*CHILDREN, ("batch/v1", "jobs"), ("batch/v1", "cronjobs")):
+        settings.watching.label_selectors[api_version.rpartition("/")[0] or "v1", plural] = \
+            f"{MANAGED_BY_LABEL}={MANAGER}"
+    settings.watching.field_selectors["v1", "secrets"] = \
+        "type!=helm.sh/release.v1,type!=kubernetes.io/service-account-token"
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
