@@ -177,7 +177,7 @@ class Pass(ObjectPass):
         if self.status.get("observedGeneration") != self.generation:
             await self.write({**self.status, "observedGeneration": self.generation},
                              conditions.reconciling_now(self.generation))
-        secrets, missing = await self.read_secrets(inp)
+        secret_data, missing = await self.read_secrets(inp)
         if missing:  # leave running pods alone; report what they do
             dep = await self.kube.get("apps/v1", "Deployment", self.namespace, self.name)
             await self.report(conditions.Observed(self.generation, inp.spec.replicas,
@@ -185,7 +185,7 @@ class Pass(ObjectPass):
             return
         claim = await self.kube.get("v1", "PersistentVolumeClaim", self.namespace, claim_name(self.name)) \
             if inp.spec.storage.pvc else None
-        inp = replace(inp, secrets=secrets, claim_size=self.kept_claim_size(inp, claim))
+        inp = replace(inp, secrets=secret_data, claim_size=self.kept_claim_size(inp, claim))
         live, apply_error = await self.apply(inp, claim)
         await self.report(conditions.Observed(
             self.generation, inp.spec.replicas, apply_error=apply_error,
