@@ -194,6 +194,17 @@ def persistent_volume_claim(inp: RenderInput) -> dict[str, Any] | None:
             "metadata": _meta(inp, claim_name(inp.name), owned=not pvc.retain), "spec": spec}
 
 
+def restricted_pod() -> dict[str, Any]:
+    """The Pod Security Standards' `restricted` level, as a non-root numeric user."""
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
+            "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def restricted_container() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
 def _probe(path: str, scheme: str, period: int, failures: int) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": "registry", "scheme": scheme},
             "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures}
@@ -252,13 +263,7 @@ def deployment(inp: RenderInput) -> dict[str, Any]:
         "ports": [{"name": "registry", "containerPort": PORT, "protocol": "TCP"}],
         "livenessProbe": _probe("/healthz", scheme, 10, 6),
         "readinessProbe": _probe("/readyz", scheme, 5, 3),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_container(),
         "volumeMounts": mounts,
     }
     if spec.resources:
@@ -266,10 +271,7 @@ def deployment(inp: RenderInput) -> dict[str, Any]:
     pod: dict[str, Any] = {
         "serviceAccountName": inp.name,
         "automountServiceAccountToken": False,
-        "securityContext": {
-            "runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
-            "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_pod(),
         "containers": [container],
         "volumes": volumes,
     }

@@ -25,8 +25,9 @@ from dockyard.api.schema import parse
 from dockyard.render import labels as child_labels
 from dockyard.render.registry import (
     PORT,
-    RUN_AS,
     default_image,
+    restricted_container,
+    restricted_pod,
 )
 
 APP = "dockyard-replication"
@@ -239,13 +240,7 @@ def _pod_template(inp: PolicyInput, annotations: Mapping[str, str] | None = None
         "image": inp.image,
         "args": replicate_args(inp),
         "env": [{"name": "TMPDIR", "value": TMP_DIR}, {"name": "HOME", "value": TMP_DIR}],
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_container(),
         "volumeMounts": [{"name": "tmp", "mountPath": TMP_DIR}],
     }
     meta: dict[str, Any] = {"labels": labels(inp.name)}
@@ -257,10 +252,7 @@ def _pod_template(inp: PolicyInput, annotations: Mapping[str, str] | None = None
             "serviceAccountName": service_account_name(inp.name),
             "automountServiceAccountToken": True,  # the run reads its policy and writes its status
             "restartPolicy": "Never",
-            "securityContext": {
-                "runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
+            "securityContext": restricted_pod(),
             "containers": [container],
             "volumes": [{"name": "tmp", "emptyDir": {}}],
         },
