@@ -11,7 +11,6 @@ can compare what a registry returns byte for byte.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import random
@@ -20,15 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+from tests.registry.conftest import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST
+from tests.registry.conftest import OCI_LAYER as OCI_LAYER_GZIP
+from tests.registry.conftest import digest_of as sha256
+
 REF_NAME = "org.opencontainers.image.ref.name"
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def canonical(obj: Any) -> bytes:

@@ -8,7 +8,6 @@ failures (429 with Retry-After, cut connections) to exercise the engine's resili
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import json
 import os
@@ -21,15 +20,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_EMPTY = "application/vnd.oci.empty.v1+json"
-
-
-def digest_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+from tests.registry.conftest import OCI_CONFIG, OCI_EMPTY, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, digest_of
 
 
 def random_blob(size: int, rng: random.Random | None = None) -> bytes:
