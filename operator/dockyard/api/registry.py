@@ -62,11 +62,6 @@ def quantity_value(q: str) -> Fraction:
     return magnitude if value >= 0 else -magnitude
 
 
-def quantity_bytes(q: str) -> float:
-    """The numeric value of a quantity (`20Gi` -> 21474836480), for display and arithmetic."""
-    return float(quantity_value(q))
-
-
 @dataclass(frozen=True)
 class PVCStorage(Model):
     DOC = "Filesystem storage on a PersistentVolumeClaim named <registry>-data."

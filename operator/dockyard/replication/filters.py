@@ -370,7 +370,3 @@ def filter_index_entries(entries: Sequence[Mapping[str, Any]], patterns: Sequenc
             kept.append((i, dict(entry)))
     kept.sort(key=lambda pair: pair[0])
     return [e for _, e in kept]
-
-
-def describe_platform(platform: Mapping[str, Any]) -> str:
-    return _platform_string(platform)
