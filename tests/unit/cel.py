@@ -17,7 +17,11 @@ The Kubernetes quantity library (`quantity`, `isQuantity` and the Quantity membe
 implemented here from the Kubernetes grammar, independently of `dockyard.api`, so comparing
 this harness with the operator's Python predicates compares two implementations.
 
-`structural_problems` lists what a real API server would refuse in a CRD's schema itself.
+`structural_problems` lists what a real API server would refuse in a CRD's schema itself, among
+it rules whose estimated cost exceeds the API server's budgets: `rule_costs` replays cel-go's
+static cost estimate with the Kubernetes size estimator (the largest value each field can hold,
+from maxLength, maxItems and maxProperties), checked against numbers computed by
+k8s.io/apiextensions-apiserver itself.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 
 import celpy
 import jsonschema
+import lark
 import yaml
 from celpy import celtypes
 
@@ -339,6 +344,28 @@ def _schema_violations(value: Any, schema: dict[str, Any]) -> Iterator[Violation
             yield Violation(path, error.message)
 
 
+def cel_view(value: Any, schema: dict[str, Any]) -> Any:
+    """A value as rules see it: the properties of objects under their CEL names (`escape_property`:
+    `namespace` is `__namespace__`); a reserved word is also readable as itself, as the API server
+    allows. Map keys are data and stay as they are."""
+    if isinstance(value, dict) and "properties" in schema:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            sub = schema["properties"].get(key)
+            view = cel_view(item, sub) if sub is not None else item
+            name = escape_property(key)
+            if name is not None:
+                out[name] = view
+            if key in _RESERVED:
+                out[key] = view
+        return out
+    if isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
+        return {key: cel_view(item, schema["additionalProperties"]) for key, item in value.items()}
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [cel_view(item, schema["items"]) for item in value]
+    return value
+
+
 def _cel_violations(value: Any, schema: dict[str, Any], old: Any, has_old: bool, path: str,
                     out: list[Violation]) -> None:
     if value is None:
@@ -352,7 +379,8 @@ def _cel_violations(value: Any, schema: dict[str, Any], old: Any, has_old: bool,
             continue
         where = path + rule.get("fieldPath", "") if path else rule.get("fieldPath", "").lstrip(".")
         try:
-            verdict = evaluate(expression, value, old if transition else None)
+            verdict = evaluate(expression, cel_view(value, schema),
+                               cel_view(old, schema) if transition else None)
         except celpy.CELEvalError as error:
             out.append(Violation(where, f"rule evaluation error: {error.args[0]}", expression))
             continue
@@ -475,6 +503,8 @@ def structural_problems(schema: dict[str, Any], path: str = "", in_list: bool = 
         correlates = schema.get("x-kubernetes-list-type") == "map"
         problems.extend(structural_problems(schema["items"], f"{path}[*]", in_list or not correlates,
                                             preserved))
+    if not path:
+        problems.extend(cost_problems(schema))
     return problems
 
 
@@ -510,3 +540,401 @@ def admit_value(value: Any, schema: dict[str, Any]) -> list[Violation]:
     out: list[Violation] = list(_schema_violations(value, schema))
     _cel_violations(value, schema, None, False, "", out)
     return out
+
+
+# ----------------------------------------------------------------------------- rule cost
+
+MAX_REQUEST_BYTES = 3 * 1024 * 1024
+"""What the API server's CEL cost estimate assumes one request can hold (celconfig.MaxRequestSizeBytes)."""
+RULE_COST_LIMIT = 10_000_000
+"""The largest estimated cost of one rule a CRD may declare (StaticEstimatedCostLimit)."""
+CRD_COST_LIMIT = 100_000_000
+"""The largest estimated cost of all the rules of a CRD (StaticEstimatedCRDCostLimit)."""
+PER_CALL_LIMIT = 1_000_000
+"""The cost one evaluation of a rule may spend at admission (celconfig.PerCallLimit)."""
+OBJECT_BUDGET = 10_000_000
+"""The cost all the rules may spend on one object at admission (celconfig.RuntimeCELCostBudget)."""
+
+_UNBOUNDED = 2**64 - 1
+_STRING_TRAVERSAL = 0.1
+_REGEX_LENGTH = 0.25
+_LIST_CREATE = 10
+_SCALARS = {"bool", "int", "uint", "double", "null"}
+_RESERVED = {"true", "false", "null", "in", "as", "break", "const", "continue", "else", "for", "function",
+             "if", "import", "let", "loop", "package", "namespace", "return", "var", "void", "while"}
+"""Words CEL reserves: a property of that name is `__name__` in rules (Kubernetes escaping)."""
+
+
+def _add(*costs: int) -> int:
+    return min(sum(costs), _UNBOUNDED)
+
+
+def _mul(a: int, b: int) -> int:
+    return min(a * b, _UNBOUNDED)
+
+
+def _factor(size: int, factor: float) -> int:
+    """cel-go's MultiplyByCostFactor: the product rounded up, in float arithmetic as Go does it."""
+    product = math.ceil(float(size) * factor)
+    return _UNBOUNDED if product >= 2**64 else product
+
+
+def escape_property(name: str) -> str | None:
+    """The CEL name of a schema property (Kubernetes `cel.Escape`), or None when it has none."""
+    if not name or name[0].isdigit():
+        return None
+    if name in _RESERVED:
+        return f"__{name}__"
+    if re.fullmatch(r"[A-Za-z0-9_]*", name) and "__" not in name:
+        return name
+    out = ""
+    for part in re.split(r"(__|[-./])", name):
+        replacement = {"__": "__underscores__", ".": "__dot__", "-": "__dash__", "/": "__slash__"}.get(part)
+        if replacement is None and not re.fullmatch(r"[A-Za-z0-9_]*", part):
+            return None
+        out += replacement or part
+    return out
+
+
+def _string_max_elements(schema: dict[str, Any]) -> int:
+    fmt = schema.get("format", "")
+    if fmt in ("duration", "date-time"):
+        return 32
+    if fmt == "date":
+        return 12
+    if schema.get("maxLength") is not None:
+        # maxLength counts characters, the estimate bytes: up to 4 per character (none for format: byte)
+        return int(schema["maxLength"]) * (1 if fmt == "byte" else 4)
+    if schema.get("enum") and fmt != "byte":
+        return max(len(str(e)) for e in schema["enum"])
+    return MAX_REQUEST_BYTES - 2
+
+
+def min_serialized_size(schema: dict[str, Any]) -> int:
+    """The smallest JSON a value of the schema can be (`DeclType.MinSerializedSize`)."""
+    if schema.get("x-kubernetes-int-or-string"):
+        return 1
+    kind = schema.get("type")
+    if kind == "string":
+        return {"duration": 3, "date": 12, "date-time": 21}.get(schema.get("format", ""), 2)
+    if kind == "boolean":
+        return 4
+    if kind in ("integer", "number"):
+        return 1
+    if kind == "object" and "properties" in schema:
+        required = set(schema.get("required", ()))
+        return 2 + sum(len(name) + min_serialized_size(sub) + 4 for name, sub in schema["properties"].items()
+                       if name in required and "default" not in sub)
+    return 2
+
+
+def max_elements(schema: dict[str, Any]) -> int:
+    """The size the API server assumes a value of the schema can reach (`DeclType.MaxElements`):
+    characters of a string, items of a list, entries of a map; 0 for other types."""
+    if schema.get("x-kubernetes-int-or-string"):
+        return int(schema["maxLength"]) * 4 if schema.get("maxLength") is not None else MAX_REQUEST_BYTES - 2
+    kind = schema.get("type")
+    if kind == "string":
+        return _string_max_elements(schema)
+    if kind == "array":
+        if schema.get("maxItems") is not None:
+            return int(schema["maxItems"])
+        return (MAX_REQUEST_BYTES - 2) // (min_serialized_size(schema.get("items") or {}) + 1)
+    if kind == "object" and isinstance(schema.get("additionalProperties"), dict):
+        if schema.get("maxProperties") is not None:
+            return int(schema["maxProperties"])
+        return (MAX_REQUEST_BYTES - 2) // (min_serialized_size(schema["additionalProperties"]) + 6)
+    return 0
+
+
+def _kind_of(schema: dict[str, Any]) -> str:
+    if schema.get("x-kubernetes-int-or-string"):
+        return "dyn"
+    kind = schema.get("type")
+    if kind == "object":
+        return "map" if isinstance(schema.get("additionalProperties"), dict) else "object"
+    return {"string": "string", "integer": "int", "number": "double", "boolean": "bool", "array": "list"}.get(
+        str(kind), "dyn")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Estimate:
+    cost: int
+    kind: str
+    size: int
+    """The largest size (characters, items, entries) the estimator ascribes: unbounded when unknown."""
+    schema: dict[str, Any] | None = None
+    """The schema of the value when it is data of the object (for field types)."""
+    sized: bool = False
+    """Whether the size comes from the schema through a path the API server can follow."""
+
+
+class _Coster:
+    """cel-go's static cost estimate (checker/cost.go) with the Kubernetes size estimator and
+    library costs, for the CEL the Dockyard CRDs use; anything else raises NotImplementedError."""
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        self.schema = schema
+        self.scopes: list[dict[str, _Estimate]] = []
+
+    def data(self, schema: dict[str, Any] | None, sized: bool) -> _Estimate:
+        """A value of the object: its size from the schema when the API server can look it up."""
+        if schema is None:
+            return _Estimate(0, "dyn", _UNBOUNDED)
+        kind = _kind_of(schema)
+        if sized:
+            size = max_elements(schema)
+        else:
+            size = 1 if kind in _SCALARS else _UNBOUNDED
+        return _Estimate(0, kind, size, schema, sized)
+
+    def result(self, cost: int, kind: str, size: int | None = None) -> _Estimate:
+        if size is None:
+            size = 1 if kind in _SCALARS else _UNBOUNDED
+        return _Estimate(cost, kind, size)
+
+    _OPERATORS = ("relation", "addition", "multiplication")
+
+    def visit(self, tree: Any) -> _Estimate:
+        children = self._args(tree)
+        if len(children) == 1 and isinstance(children[0], lark.Tree) and tree.data != "list_lit":
+            return self.visit(children[0])  # a node of the grammar that only wraps its operand
+        if tree.data in self._OPERATORS:
+            op, right = children
+            (left,) = self._args(op)
+            return getattr(self, f"_{tree.data}")(op.data, self.visit(left), self.visit(right))  # type: ignore[no-any-return]
+        method = getattr(self, f"_{tree.data}", None)
+        if method is None:
+            raise NotImplementedError(f"no cost model for CEL {tree.data}")
+        return method(tree)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _args(tree: Any) -> list[Any]:
+        return [c for c in tree.children if c is not None]
+
+    def _expr(self, tree: Any) -> _Estimate:
+        cond, yes, no = (self.visit(p) for p in self._args(tree))
+        kind = yes.kind if yes.kind == no.kind else "dyn"
+        return self.result(_add(cond.cost, max(yes.cost, no.cost)), kind, max(yes.size, no.size))
+
+    def _logical(self, tree: Any) -> _Estimate:
+        left, right = (self.visit(p) for p in self._args(tree))
+        return self.result(_add(left.cost, right.cost), "bool")
+
+    _conditionalor = _logical
+    _conditionaland = _logical
+
+    def _relation(self, op: str, left: _Estimate, right: _Estimate) -> _Estimate:
+        args = _add(left.cost, right.cost)
+        if op == "relation_in":
+            cost = _factor(right.size, 1) if right.kind == "list" else 1
+            return self.result(_add(cost, args), "bool")
+        if op == "relation_eq" and left.kind == right.kind == "quantity":
+            return self.result(_add(1, args), "bool")  # the Kubernetes library: O(1) equality
+        if op in ("relation_eq", "relation_ne") or left.kind in ("string", "bytes"):
+            smallest = min(left.size, right.size)
+            return self.result(_add(_factor(smallest, _STRING_TRAVERSAL), args), "bool")
+        return self.result(_add(1, args), "bool")
+
+    def _addition(self, op: str, left: _Estimate, right: _Estimate) -> _Estimate:
+        args = _add(left.cost, right.cost)
+        if op == "addition_add" and left.kind in ("string", "bytes", "list"):
+            size = _add(left.size, right.size)
+            cost = 1 if left.kind == "list" else _factor(size, _STRING_TRAVERSAL)
+            return self.result(_add(cost, args), left.kind, size)
+        return self.result(_add(1, args), left.kind if left.kind == right.kind else "dyn")
+
+    def _multiplication(self, op: str, left: _Estimate, right: _Estimate) -> _Estimate:
+        return self.result(_add(1, left.cost, right.cost), left.kind)
+
+    def _unary(self, tree: Any) -> _Estimate:
+        op, operand_tree = self._args(tree)
+        operand = self.visit(operand_tree)
+        return self.result(_add(1, operand.cost), "bool" if op.data == "unary_not" else operand.kind)
+
+    def _ident(self, tree: Any) -> _Estimate:
+        name = str(tree.children[0])
+        for scope in reversed(self.scopes):
+            if name in scope:
+                return dataclasses.replace(scope[name], cost=1)
+        if name in ("self", "oldSelf"):
+            return dataclasses.replace(self.data(self.schema, sized=True), cost=1)
+        raise NotImplementedError(f"no cost model for the variable {name!r}")
+
+    def _literal(self, tree: Any) -> _Estimate:
+        token = tree.children[0]
+        kind = {"INT_LIT": "int", "UINT_LIT": "uint", "FLOAT_LIT": "double", "BOOL_LIT": "bool",
+                "NULL_LIT": "null", "BYTES_LIT": "bytes"}.get(token.type, "string")
+        if kind in ("string", "bytes"):
+            return _Estimate(0, kind, len(compile_rule(str(token)).evaluate({})))
+        return _Estimate(0, kind, 1)
+
+    def _list_lit(self, tree: Any) -> _Estimate:
+        items = [self.visit(e) for e in self._items(tree)]
+        return _Estimate(_add(_LIST_CREATE, *(i.cost for i in items)), "list", len(items))
+
+    def _items(self, tree: Any) -> list[Any]:
+        """The expressions of the `exprlist` of a call or list literal."""
+        lists = [c for c in tree.children if isinstance(c, lark.Tree) and c.data == "exprlist"]
+        return self._args(lists[0]) if lists else []
+
+    def _field(self, operand: _Estimate, name: str) -> _Estimate:
+        """`operand.name`: the field's schema, and whether the size estimator finds it by that name."""
+        schema = operand.schema
+        if schema is None:
+            return self.data(None, False)
+        if operand.kind == "map":
+            return self.data(schema["additionalProperties"], False)
+        for prop, sub in (schema.get("properties") or {}).items():
+            if escape_property(prop) == name:
+                return self.data(sub, operand.sized)
+            if prop == name and name in _RESERVED:
+                # It type-checks (recognizeKeywordAsFieldName), but the size estimator looks the
+                # field up by its escaped name, finds nothing, and assumes an unbounded size.
+                return self.data(sub, False)
+        raise NotImplementedError(f"no field {name!r} in the schema")
+
+    def _member_dot(self, tree: Any) -> _Estimate:
+        operand_tree, name = tree.children
+        operand = self.visit(operand_tree)
+        select = 1 if operand.kind in ("object", "map", "dyn") else 0
+        return dataclasses.replace(self._field(operand, str(name)), cost=_add(operand.cost, select))
+
+    def _member_index(self, tree: Any) -> _Estimate:
+        operand_tree, index_tree = tree.children
+        operand, index = self.visit(operand_tree), self.visit(index_tree)
+        schema = operand.schema
+        item: dict[str, Any] | None = None
+        if schema is not None:
+            item = schema.get("items") if operand.kind == "list" else schema.get("additionalProperties")
+        value = self.data(item if isinstance(item, dict) else None, operand.sized)
+        return dataclasses.replace(value, cost=_add(1, operand.cost, index.cost))
+
+    def _ident_arg(self, tree: Any) -> _Estimate:
+        name = str(tree.children[0])
+        arg_trees = self._items(tree)
+        if name == "has":
+            (arg,) = arg_trees
+            target = self._unwrap(arg, "member_dot")
+            # A presence test costs nothing in Kubernetes (PresenceTestHasCost(false)): only its operand
+            return self.result(self.visit(target.children[0]).cost, "bool")
+        args = [self.visit(a) for a in arg_trees]
+        cost = _add(*(a.cost for a in args))
+        if name in ("quantity", "isQuantity"):
+            return self.result(_add(_factor(args[0].size, _STRING_TRAVERSAL), cost),
+                               "quantity" if name == "quantity" else "bool")
+        if name in ("size", "int", "uint", "double", "string", "bool"):
+            kind = {"size": "int", "string": "string"}.get(name, name)
+            return self.result(_add(1, cost), kind)
+        raise NotImplementedError(f"no cost model for {name}()")
+
+    def _unwrap(self, tree: Any, rule: str) -> Any:
+        while tree.data != rule:
+            children = self._args(tree)
+            if len(children) != 1:
+                raise NotImplementedError(f"has() of a {tree.data}")
+            tree = children[0]
+        return tree
+
+    _MACROS = {"all", "exists", "exists_one", "map", "filter"}
+
+    def _member_dot_arg(self, tree: Any) -> _Estimate:
+        target_tree, name_token = tree.children[:2]
+        name = str(name_token)
+        arg_trees = self._items(tree)
+        target = self.visit(target_tree)
+        if name in self._MACROS:
+            return self._comprehension(name, target, arg_trees)
+        args = [self.visit(a) for a in arg_trees]
+        cost = _add(target.cost, *(a.cost for a in args))
+        if name == "matches":
+            text = _factor(_add(target.size, 1), _STRING_TRAVERSAL)
+            return self.result(_add(_mul(text, _factor(args[0].size, _REGEX_LENGTH)), cost), "bool")
+        if name in ("startsWith", "endsWith"):
+            return self.result(_add(_factor(args[0].size, _STRING_TRAVERSAL), cost), "bool")
+        if name == "contains":
+            product = _mul(_factor(target.size, _STRING_TRAVERSAL), _factor(args[0].size, _STRING_TRAVERSAL))
+            return self.result(_add(product, cost), "bool")
+        kinds = {"size": "int", "compareTo": "int", "sign": "int", "asInteger": "int", "isLessThan": "bool",
+                 "isGreaterThan": "bool", "isInteger": "bool", "asApproximateFloat": "double",
+                 "add": "quantity", "sub": "quantity"}
+        if name in kinds:
+            return self.result(_add(1, cost), kinds[name])
+        raise NotImplementedError(f"no cost model for .{name}()")
+
+    def _comprehension(self, macro: str, target: _Estimate, arg_trees: list[Any]) -> _Estimate:
+        variable = str(self._unwrap(arg_trees[0], "ident").children[0])
+        item_schema: dict[str, Any] | None = None
+        if target.schema is not None and target.kind == "list":
+            item_schema = target.schema.get("items")
+        if target.kind == "map":
+            item = _Estimate(0, "string", 0 if target.sized else _UNBOUNDED)  # keys: StringType, no MaxElements
+        else:
+            item = self.data(item_schema, target.sized)
+        self.scopes.append({variable: item})
+        try:
+            bodies = [self.visit(a) for a in arg_trees[1:]]
+        finally:
+            self.scopes.pop()
+        body = _add(*(b.cost for b in bodies))
+        # cel-go's macro expansions: accumulator init, loop condition, step and result, per item
+        init, condition, step, result, kind = {
+            "all": (0, 2, 1 + body, 1, "bool"),                       # @not_strictly_false(r); r && p
+            "exists": (0, 3, 1 + body, 1, "bool"),                    # @not_strictly_false(!r); r || p
+            "exists_one": (0, 0, body + 2, 2, "bool"),                # p ? r + 1 : r; r == 1
+            "map": (_LIST_CREATE, 0, 2 + _LIST_CREATE + body, 1, "list"),  # r + [f]  (p ? r + [f] : r)
+            "filter": (_LIST_CREATE, 0, body + 3 + _LIST_CREATE, 1, "list"),  # p ? r + [x] : r
+        }[macro]
+        per_item = _add(condition, step)
+        cost = _add(target.cost, init, result, _mul(target.size, per_item))
+        return self.result(cost, kind, target.size if kind == "list" else None)
+
+
+def estimated_cost(expression: str, schema: dict[str, Any]) -> int:
+    """The API server's static cost estimate of one rule, `self` being a value of `schema`."""
+    return _Coster(schema).visit(_ENV.compile(expression)).cost
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleCost:
+    path: str
+    """Where the rule is declared, as the API server names it (`properties[spec]...`)."""
+    rule: str
+    cost: int
+    """The estimate times how often the node can occur in one object, as the API server counts it."""
+
+
+def rule_costs(schema: dict[str, Any], path: str = "openAPIV3Schema", cardinality: int | None = 1
+               ) -> list[RuleCost]:
+    """Every rule of a CRD's schema with the cost the API server holds against its budgets."""
+    costs: list[RuleCost] = []
+    for i, rule in enumerate(schema.get("x-kubernetes-validations", ())):
+        times = cardinality if cardinality is not None else MAX_REQUEST_BYTES // (min_serialized_size(schema) + 1)
+        cost = estimated_cost(rule["rule"], schema)
+        costs.append(RuleCost(f"{path}.x-kubernetes-validations[{i}].rule", rule["rule"],
+                              _mul(cost, times) if cost else 0))
+    for name, sub in schema.get("properties", {}).items():
+        costs.extend(rule_costs(sub, f"{path}.properties[{name}]", cardinality))
+    bound_key = {"array": "maxItems", "object": "maxProperties"}.get(str(schema.get("type")))
+    times = None if cardinality is None or bound_key is None or schema.get(bound_key) is None \
+        else _mul(cardinality, int(schema[bound_key]))
+    if isinstance(schema.get("items"), dict):
+        costs.extend(rule_costs(schema["items"], f"{path}.items", times))
+    if isinstance(schema.get("additionalProperties"), dict):
+        costs.extend(rule_costs(schema["additionalProperties"], f"{path}.additionalProperties", times))
+    return costs
+
+
+def cost_problems(schema: dict[str, Any]) -> list[str]:
+    """The budget errors the API server reports for a CRD's schema (apiextensions validation)."""
+    try:
+        costs = rule_costs(schema)
+    except celpy.CELParseError:
+        return []  # a rule that does not compile is a problem of its own
+    problems = [f"{c.path}: estimated rule cost {c.cost} exceeds budget of {RULE_COST_LIMIT}"
+                for c in costs if c.cost > RULE_COST_LIMIT]
+    total = min(sum(c.cost for c in costs), _UNBOUNDED)
+    if total > CRD_COST_LIMIT:
+        problems.append(f"x-kubernetes-validations estimated rule cost total {total} for the schema "
+                        f"exceeds budget of {CRD_COST_LIMIT}")
+    return problems

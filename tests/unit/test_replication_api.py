@@ -45,6 +45,12 @@ CASES = [
     ("same name other namespace",
      with_(source={"registryRef": {"name": "main", "namespace": "a"}},
            destination={"registryRef": {"name": "main", "namespace": "b"}}), None),
+    ("same name and namespace",
+     with_(source={"registryRef": {"name": "main", "namespace": "a"}},
+           destination={"registryRef": {"name": "main", "namespace": "a"}}), "must be different"),
+    ("same name, a namespace on one side only",
+     with_(source={"registryRef": {"name": "main", "namespace": "a"}}, destination={"registryRef": {"name": "main"}}),
+     None),
     ("cron with five fields", with_(trigger={"schedule": "0 */6 * * *"}), None),
     ("cron macro", with_(trigger={"schedule": "@hourly"}), None),
     ("cron with four fields", with_(trigger={"schedule": "0 */6 * *"}), "five fields"),
@@ -76,6 +82,65 @@ def test_crd_and_parser_agree(name: str, spec: dict[str, Any], error: str | None
         assert violations, f"the API server would accept {name}"
         assert parser_error is not None, f"the operator would accept {name}"
         assert error in parser_error or error in " ".join(str(v) for v in violations)
+
+
+def _filters(**changes: Any) -> dict[str, Any]:
+    return with_(filters=changes)
+
+
+TOO_LONG = [
+    # id, spec, the field both the API server and the operator name
+    ("registryRef name of 64 characters", with_(destination={"registryRef": {"name": "r" * 64}}),
+     "spec.destination.registryRef.name"),
+    ("registryRef namespace of 64 characters",
+     with_(destination={"registryRef": {"name": "main", "namespace": "n" * 64}}),
+     "spec.destination.registryRef.namespace"),
+    ("secretRef name of 254 characters", with_(source={"url": "https://r.example", "secretRef": {"name": "s" * 254}}),
+     "spec.source.secretRef.name"),
+    ("caSecretRef name of 254 characters",
+     with_(source={"url": "https://r.example", "caSecretRef": {"name": "s" * 254}}), "spec.source.caSecretRef.name"),
+    ("url of 2049 characters", with_(source={"url": "https://r.example/" + "p" * 2031}), "spec.source.url"),
+    ("repository glob of 513 characters", _filters(repositories={"include": ["r" * 513]}),
+     "spec.filters.repositories.include[0]"),
+    ("257 repository globs", _filters(repositories={"exclude": ["r"] * 257}), "spec.filters.repositories.exclude"),
+    ("tag pattern of 257 characters", _filters(tags={"exclude": ["t" * 257]}), "spec.filters.tags.exclude[0]"),
+    ("257 tag patterns", _filters(tags={"include": ["t"] * 257}), "spec.filters.tags.include"),
+    ("semverRange of 257 characters", _filters(tags={"semverRange": ">=1" + " " * 254}),
+     "spec.filters.tags.semverRange"),
+    ("65 platforms", _filters(platforms=["linux/amd64"] * 65), "spec.filters.platforms"),
+    ("platform of 65 characters", _filters(platforms=["linux/" + "a" * 59]), "spec.filters.platforms[0]"),
+    ("prefix of 257 characters", with_(destinationPath={"prefix": "p" * 257}), "spec.destinationPath.prefix"),
+    ("stripPrefix of 257 characters", with_(destinationPath={"stripPrefix": "p" * 257}),
+     "spec.destinationPath.stripPrefix"),
+    ("schedule of 129 characters", with_(trigger={"schedule": "@hourly" + " " * 122}), "spec.trigger.schedule"),
+    ("backoff of 65 characters", with_(limits={"retry": {"backoff": "1s" * 32 + "1"}}), "spec.limits.retry.backoff"),
+    ("bandwidth of 65 characters", with_(limits={"bandwidth": "0" * 63 + "Mi"}), "spec.limits.bandwidth"),
+]
+
+
+@pytest.mark.parametrize(("spec", "field"), [c[1:] for c in TOO_LONG], ids=[c[0] for c in TOO_LONG])
+def test_values_past_the_bounds_are_refused_by_both_naming_the_field(spec: dict[str, Any], field: str) -> None:
+    violations = cel.admit(policy(copy.deepcopy(spec)), SCHEMA)
+    assert field in [v.path for v in violations], "; ".join(map(str, violations))
+    with pytest.raises(SpecError) as error:
+        parse(ReplicationPolicySpec, copy.deepcopy(spec))
+    assert error.value.path == field
+
+
+def test_values_at_the_bounds_pass_both() -> None:
+    spec = with_(
+        source={"url": "https://r.example/" + "p" * 2030, "secretRef": {"name": "s" * 253},
+                "caSecretRef": {"name": "c" * 253}},
+        destination={"registryRef": {"name": "r" * 63, "namespace": "n" * 63}},
+        filters={"repositories": {"include": ["r" * 512] * 256, "exclude": ["x" * 512] * 256},
+                 "tags": {"include": ["t" * 256] * 256, "exclude": ["u" * 256] * 256, "semverRange": ">=1" + " " * 253},
+                 "platforms": ["linux/" + "a" * 58] * 64},
+        destinationPath={"prefix": "p" * 256, "stripPrefix": "s" * 256},
+        trigger={"schedule": "@hourly" + " " * 121},
+        limits={"bandwidth": "0" * 62 + "Mi", "retry": {"backoff": "1s" * 32}},
+    )
+    assert cel.admit(policy(copy.deepcopy(spec)), SCHEMA) == []
+    parse(ReplicationPolicySpec, spec)
 
 
 def test_design_example_parses_with_defaults() -> None:

@@ -115,6 +115,42 @@ INVALID: list[tuple[str, Any, Any, str]] = [
     ("unknown field", with_(BASE, "storageClass", "fast"), None, "spec.storageClass"),
     ("unknown nested field", with_(BASE, "storage.pvc.sizeGi", 20), None, "spec.storage.pvc.sizeGi"),
     ("unknown field s3 (not shipped)", {"storage": {"s3": {"bucket": "b"}}}, None, "spec.storage.s3"),
+    # bounds: every string, list and map of the spec has one (the API server's CEL cost budget)
+    ("size 65 characters", with_(BASE, "storage.pvc.size", "1" * 65), None, "spec.storage.pvc.size"),
+    ("sizeLimit 65 characters", {"storage": {"emptyDir": {"sizeLimit": "0" * 64 + "1"}}}, None,
+     "spec.storage.emptyDir.sizeLimit"),
+    ("storageClassName 254 characters", with_(BASE, "storage.pvc.storageClassName", "s" * 254), None,
+     "spec.storage.pvc.storageClassName"),
+    ("htpasswd secret name 254 characters", with_(BASE, "auth", {"htpasswdSecretRef": {"name": "a" * 254}}), None,
+     "spec.auth.htpasswdSecretRef.name"),
+    ("htpasswd key 254 characters", with_(BASE, "auth", {"htpasswdSecretRef": {"name": "a", "key": "k" * 254}}),
+     None, "spec.auth.htpasswdSecretRef.key"),
+    ("tls secret name 254 characters", with_(BASE, "tls", {"secretName": "t" * 254}), None, "spec.tls.secretName"),
+    ("ingress host 254 characters", with_(BASE, "ingress", {"host": "h" * 250 + ".com"}), None,
+     "spec.ingress.host"),
+    ("ingress class 254 characters", with_(BASE, "ingress", {"host": "r.example.com", "className": "c" * 254}),
+     None, "spec.ingress.className"),
+    ("65 service annotations", with_(BASE, "service.annotations", {f"a{i}": "" for i in range(65)}), None,
+     "spec.service.annotations"),
+    ("ingress annotation of 4097 characters",
+     with_(BASE, "ingress", {"host": "r.example.com", "annotations": {"a": "x" * 4097}}), None,
+     "spec.ingress.annotations.a"),
+    ("pod annotation of 4097 characters", with_(BASE, "podAnnotations", {"a": "x" * 4097}), None,
+     "spec.podAnnotations.a"),
+    ("nodeSelector value of 64 characters", with_(BASE, "nodeSelector", {"zone": "z" * 64}), None,
+     "spec.nodeSelector.zone"),
+    ("65 nodeSelector labels", with_(BASE, "nodeSelector", {f"l{i}": "v" for i in range(65)}), None,
+     "spec.nodeSelector"),
+    ("65 tolerations", with_(BASE, "tolerations", [{"operator": "Exists"}] * 65), None, "spec.tolerations"),
+    ("33 topology spread constraints", with_(BASE, "topologySpreadConstraints", [{"maxSkew": 1}] * 33), None,
+     "spec.topologySpreadConstraints"),
+    ("image of 1025 characters", with_(BASE, "image", "i" * 1025), None, "spec.image"),
+    ("priorityClassName 254 characters", with_(BASE, "priorityClassName", "p" * 254), None,
+     "spec.priorityClassName"),
+    ("gc schedule 129 characters", with_(BASE, "garbageCollection", {"schedule": "0 3 * * *" + " " * 120}), None,
+     "spec.garbageCollection.schedule"),
+    ("gc grace period 65 characters", with_(BASE, "garbageCollection", {"gracePeriod": "1s" * 32 + "1"}), None,
+     "spec.garbageCollection.gracePeriod"),
     # updates
     ("storageClassName changed", with_(BASE, "storage.pvc.storageClassName", "fast"),
      with_(BASE, "storage.pvc.storageClassName", "standard"), "spec.storage.pvc.storageClassName"),
@@ -127,6 +163,28 @@ INVALID: list[tuple[str, Any, Any, str]] = [
     ("size shrinks 1.1G -> 1099M", with_(BASE, "storage.pvc.size", "1099M"),
      with_(BASE, "storage.pvc.size", "1.1G"), "spec.storage.pvc.size"),
 ]
+
+AT_THE_BOUNDS: dict[str, Any] = {
+    "storage": {"pvc": {"size": "0" * 62 + "Gi", "storageClassName": "s" * 253}},
+    "auth": {"htpasswdSecretRef": {"name": "a" * 253, "key": "k" * 253}},
+    "tls": {"secretName": "t" * 253},
+    "ingress": {"host": "h" * 249 + ".com", "className": "c" * 253, "tlsSecretName": "t" * 253,
+                "annotations": {f"a{i}": "x" * 4096 for i in range(64)}},
+    "service": {"annotations": {f"a{i}": "" for i in range(64)}},
+    "podAnnotations": {"a": "x" * 4096},
+    "nodeSelector": {f"l{i}": "v" * 63 for i in range(64)},
+    "tolerations": [{"operator": "Exists"}] * 64,
+    "topologySpreadConstraints": [{"maxSkew": 1}] * 32,
+    "image": "i" * 1024,
+    "priorityClassName": "p" * 253,
+    "garbageCollection": {"schedule": "0 3 * * *" + " " * 119, "gracePeriod": "1s" * 32},
+}
+
+
+def test_values_at_the_bounds_pass_both() -> None:
+    assert cel.admit(registry(AT_THE_BOUNDS), SCHEMA) == []
+    assert operator_error(AT_THE_BOUNDS) is None
+
 
 ALLOWED_UPDATES: list[tuple[str, Any, Any]] = [
     ("size grows 20Gi -> 30Gi", with_(BASE, "storage.pvc.size", "30Gi"), BASE),
@@ -333,6 +391,21 @@ def test_crd_schema_is_one_a_real_api_server_accepts(kind: Kind) -> None:
             assert node is not None and node["type"] == expected, (key, scale[key])
 
 
+@pytest.mark.parametrize("kind", KINDS, ids=[k.kind for k in KINDS])
+def test_every_rule_fits_the_api_servers_cost_budgets_with_margin(kind: Kind) -> None:
+    """A CRD whose rules' estimated cost exceeds the budget is refused by the API server (the
+    ReplicationPolicy CRD once was, 100x over). Each rule and the sum of a CRD's rules stay below a
+    hundredth of their limits, which also keeps them below the budgets of one admission."""
+    costs = cel.rule_costs(cel.version_schema(crd(kind)))
+    assert costs
+    for cost in costs:
+        assert cost.cost <= cel.RULE_COST_LIMIT // 100, cost
+        assert cost.cost <= cel.PER_CALL_LIMIT, cost
+    total = sum(c.cost for c in costs)
+    assert total <= cel.CRD_COST_LIMIT // 100
+    assert total <= cel.OBJECT_BUDGET
+
+
 def _schema(**spec: Any) -> dict[str, Any]:
     return {"type": "object", "properties": {"spec": {"type": "object", **spec}}}
 
@@ -359,6 +432,83 @@ def test_structural_checks_catch_what_an_api_server_refuses(schema: dict[str, An
 
 
 # ----------------------------------------------------------------------------- the harness itself
+
+COSTED = {"type": "object", "properties": {
+    "s": {"type": "string"},
+    "b": {"type": "string", "maxLength": 63},
+    "e": {"type": "string", "enum": ["ReadWriteOnce", "ReadWriteOncePod"]},
+    "q": {"type": "string", "maxLength": 64},
+    "count": {"type": "integer"},
+    "flag": {"type": "boolean"},
+    "namespace": {"type": "string", "maxLength": 63},
+    "tags": {"type": "array", "maxItems": 16, "items": {"type": "string", "maxLength": 128}},
+    "free": {"type": "array", "items": {"type": "string"}},
+    "labels": {"type": "object", "maxProperties": 8, "additionalProperties": {"type": "string", "maxLength": 63}},
+    "objs": {"type": "array", "maxItems": 4, "items": {
+        "type": "object", "required": ["name"],
+        "properties": {"name": {"type": "string", "maxLength": 10}, "v": {"type": "integer"}},
+        "x-kubernetes-validations": [{"rule": "self.name != 'x' || self.v > 1"}]}},
+    "anyobjs": {"type": "array", "items": {
+        "type": "object", "required": ["name"], "properties": {"name": {"type": "string", "maxLength": 10}},
+        "x-kubernetes-validations": [{"rule": "self.name.startsWith('a')"}]}},
+}}
+COSTS = [
+    # rule on COSTED, its cost as k8s.io/apiextensions-apiserver v0.36.3 estimates it (cel.Compile)
+    ("self.s == self.b", 30),
+    ("self.s == self.s", 314577),
+    ("has(self.b) ? self.b == 'x' : true", 4),
+    ("(has(self.b) ? self.b : '') == (has(self.s) ? self.s : 'yy')", 32),
+    ("self.namespace == 'x'", 3),
+    ("self.__namespace__ == 'x'", 3),
+    ("self.namespace == self.namespace", 1844674407370955268),
+    ("self.__namespace__ == self.__namespace__", 30),
+    ("self.tags.exists(t, t == 'latest')", 99),
+    ("self.tags.all(t, t.size() < 10)", 99),
+    ("self.tags.exists_one(t, t.startsWith('v'))", 68),
+    ("self.tags.map(t, t + 'x').size() < 3", 1055),
+    ("self.tags.filter(t, t.endsWith('x')).size() < 3", 255),
+    ("self.free.exists(t, t == 'a')", 6291453),
+    ("self.labels.exists(k, self.labels[k] == 'a')", 75),
+    ("'a' in self.tags", 18),
+    ("self.b.matches('^[a-z]+$')", 54),
+    ("self.s.contains(self.b)", 8178902),
+    ("quantity(self.q).compareTo(quantity('1Gi')) >= 0", 31),
+    ("quantity(self.q) == quantity('1Gi')", 30),
+    ("isQuantity(self.q) && quantity(self.q).isGreaterThan(quantity('1'))", 58),
+    ("self.count + 1 <= 5 && self.count * 2 != 4 || !self.flag", 11),
+    ("(has(self.b) ? 1 : 0) + (has(self.s) ? 1 : 0) == 1", 4),
+    ("self.e == 'ReadWriteOnce'", 4),
+    ("self.b + self.e == 'x'", 32),
+    ("self.labels['a'] == 'b'", 4),
+    ("self.tags[0] == 'b'", 4),
+    ("size(self.b) < 3", 4),
+    ("self.b < self.e", 6),
+]
+
+
+@pytest.mark.parametrize(("rule", "cost"), COSTS, ids=[c[0] for c in COSTS])
+def test_harness_estimates_rule_costs_as_the_api_server_does(rule: str, cost: int) -> None:
+    assert cel.estimated_cost(rule, COSTED) == cost
+
+
+def test_harness_multiplies_rule_costs_by_how_often_a_node_can_occur() -> None:
+    schema = {"type": "object", "properties": {"spec": copy.deepcopy(COSTED)}}
+    by_path = {c.path.split(".x-kubernetes")[0]: c.cost for c in cel.rule_costs(schema)}
+    assert by_path["openAPIV3Schema.properties[spec].properties[objs].items"] == 24  # 6 x maxItems 4
+    assert by_path["openAPIV3Schema.properties[spec].properties[anyobjs].items"] == 725937  # 3 x 241979
+    schema["properties"]["spec"]["x-kubernetes-validations"] = [{"rule": "self.s.contains(self.s)"}]
+    assert any("exceeds budget" in p for p in cel.structural_problems(schema))
+
+
+def test_harness_reads_properties_by_their_cel_names() -> None:
+    schema = {"type": "object", "properties": {"namespace": {"type": "string"}, "a-b": {"type": "string"},
+                                               "m": {"type": "object", "additionalProperties": {"type": "string"}}}}
+    view = cel.cel_view({"namespace": "ns", "a-b": "x", "m": {"a-b": "y"}}, schema)
+    assert view == {"__namespace__": "ns", "namespace": "ns", "a__dash__b": "x", "m": {"a-b": "y"}}
+    rules = ["self.__namespace__ == 'ns'", "self.namespace == 'ns'", "self.a__dash__b == 'x'", "self.m['a-b'] == 'y'"]
+    schema["x-kubernetes-validations"] = [{"rule": r} for r in rules]
+    assert cel.admit({"namespace": "ns", "a-b": "x", "m": {"a-b": "y"}}, schema) == []
+
 
 def test_harness_translates_int_or_string_and_nullable() -> None:
     schema = {"type": "object", "properties": {

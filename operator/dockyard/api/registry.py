@@ -13,10 +13,14 @@ from fractions import Fraction
 from typing import Literal
 
 from dockyard.api.schema import (
+    ANNOTATIONS,
+    CRON_MAX_LENGTH,
     CRON_PATTERN,
     DNS_LABEL_PATTERN,
-    DNS_SUBDOMAIN_PATTERN,
+    DNS_SUBDOMAIN,
+    DURATION_MAX_LENGTH,
     DURATION_PATTERN,
+    NAME_MAX_LENGTH,
     Model,
     Quantity,
     Raw,
@@ -84,7 +88,8 @@ class PVCStorage(Model):
     )
     size: Quantity = field(metadata=meta("Requested capacity; growing it expands the PVC."))
     storage_class_name: str | None = field(
-        default=None, metadata=meta("StorageClass of the claim (immutable); cluster default when unset."))
+        default=None, metadata=meta("StorageClass of the claim (immutable); cluster default when unset.",
+                                    max_length=NAME_MAX_LENGTH))
     access_modes: tuple[AccessMode, ...] = field(
         default=("ReadWriteOnce",), metadata=meta("Access modes of the claim.", min_items=1, max_items=3))
     retain: bool = field(
@@ -120,8 +125,8 @@ class Storage(Model):
 
 @dataclass(frozen=True)
 class SecretKeyRef(Model):
-    name: str = field(metadata=meta("Secret name, in the Registry's namespace.", pattern=DNS_SUBDOMAIN_PATTERN))
-    key: str = field(default="htpasswd", metadata=meta("Key in the Secret."))
+    name: str = field(metadata=meta("Secret name, in the Registry's namespace.", **DNS_SUBDOMAIN))
+    key: str = field(default="htpasswd", metadata=meta("Key in the Secret.", max_length=NAME_MAX_LENGTH))
 
 
 @dataclass(frozen=True)
@@ -135,7 +140,7 @@ class Auth(Model):
 class TLS(Model):
     DOC = "Serve HTTPS inside the cluster."
     secret_name: str = field(
-        metadata=meta("A kubernetes.io/tls Secret (tls.crt, tls.key).", pattern=DNS_SUBDOMAIN_PATTERN))
+        metadata=meta("A kubernetes.io/tls Secret (tls.crt, tls.key).", **DNS_SUBDOMAIN))
 
 
 @dataclass(frozen=True)
@@ -144,18 +149,17 @@ class Service(Model):
     type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = field(
         default="ClusterIP", metadata=meta("Service type."))
     port: int = field(default=5000, metadata=meta("Service port.", minimum=1, maximum=65535))
-    annotations: dict[str, str] = field(default_factory=dict, metadata=meta("Service annotations."))
+    annotations: dict[str, str] = field(default_factory=dict, metadata=meta("Service annotations.", **ANNOTATIONS))
 
 
 @dataclass(frozen=True)
 class Ingress(Model):
     DOC = "An Ingress exposing the registry outside the cluster."
-    host: str = field(metadata=meta("Public host name.", pattern=DNS_SUBDOMAIN_PATTERN))
-    class_name: str | None = field(default=None, metadata=meta("IngressClass name."))
-    annotations: dict[str, str] = field(default_factory=dict, metadata=meta("Ingress annotations."))
+    host: str = field(metadata=meta("Public host name.", **DNS_SUBDOMAIN))
+    class_name: str | None = field(default=None, metadata=meta("IngressClass name.", max_length=NAME_MAX_LENGTH))
+    annotations: dict[str, str] = field(default_factory=dict, metadata=meta("Ingress annotations.", **ANNOTATIONS))
     tls_secret_name: str | None = field(
-        default=None, metadata=meta("TLS Secret for the host; the URL is https when set.",
-                                    pattern=DNS_SUBDOMAIN_PATTERN))
+        default=None, metadata=meta("TLS Secret for the host; the URL is https when set.", **DNS_SUBDOMAIN))
 
 
 @dataclass(frozen=True)
@@ -176,12 +180,14 @@ class GarbageCollection(Model):
             field_path=".schedule",
         ),
     )
-    schedule: str = field(default="0 3 * * *", metadata=meta("When to collect (cron, UTC).", max_length=128))
+    schedule: str = field(
+        default="0 3 * * *", metadata=meta("When to collect (cron, UTC).", max_length=CRON_MAX_LENGTH))
     delete_untagged: bool = field(
         default=False, metadata=meta("Also delete manifests no tag, index or live subject refers to."))
     grace_period: str = field(
         default="1h", metadata=meta("Blobs younger than this are never collected: an upload or manifest "
-                                    "push in flight may be about to reference them.", pattern=DURATION_PATTERN))
+                                    "push in flight may be about to reference them.", pattern=DURATION_PATTERN,
+                                    max_length=DURATION_MAX_LENGTH))
 
 
 @dataclass(frozen=True)
@@ -199,7 +205,7 @@ class RegistrySpec(Model):
     storage: Storage = field(metadata=meta("Where images are stored."))
     replicas: int = field(default=1, metadata=meta("Registry pods (also the scale subresource).", minimum=0))
     image: str | None = field(
-        default=None, metadata=meta("Registry image; defaults to the operator's own image."))
+        default=None, metadata=meta("Registry image; defaults to the operator's own image.", max_length=1024))
     auth: Auth | None = field(default=None, metadata=meta("Basic authentication."))
     tls: TLS | None = field(default=None, metadata=meta("HTTPS with a kubernetes.io/tls Secret."))
     service: Service = field(default_factory=Service, metadata=meta("The Service."))
@@ -209,13 +215,16 @@ class RegistrySpec(Model):
     read_only: bool = field(
         default=False, metadata=meta("Maintenance mode: pulls work, pushes and deletes are refused."))
     resources: Raw | None = field(default=None, metadata=meta("Container resources."))
-    node_selector: dict[str, str] = field(default_factory=dict, metadata=meta("Pod node selector."))
-    tolerations: tuple[Raw, ...] = field(default=(), metadata=meta("Pod tolerations."))
+    node_selector: dict[str, str] = field(
+        default_factory=dict, metadata=meta("Pod node selector.", max_properties=64, item_max_length=63))
+    tolerations: tuple[Raw, ...] = field(default=(), metadata=meta("Pod tolerations.", max_items=64))
     affinity: Raw | None = field(default=None, metadata=meta("Pod affinity."))
     topology_spread_constraints: tuple[Raw, ...] = field(
-        default=(), metadata=meta("Pod topology spread constraints."))
-    priority_class_name: str | None = field(default=None, metadata=meta("Pod priority class."))
-    pod_annotations: dict[str, str] = field(default_factory=dict, metadata=meta("Extra pod annotations."))
+        default=(), metadata=meta("Pod topology spread constraints.", max_items=32))
+    priority_class_name: str | None = field(
+        default=None, metadata=meta("Pod priority class.", max_length=NAME_MAX_LENGTH))
+    pod_annotations: dict[str, str] = field(
+        default_factory=dict, metadata=meta("Extra pod annotations.", **ANNOTATIONS))
     pod_disruption_budget: PodDisruptionBudget = field(
         default_factory=PodDisruptionBudget, metadata=meta("Disruption budget for replicas > 1."))
 

@@ -13,9 +13,11 @@ from typing import Literal
 
 from dockyard.api.registry import Condition
 from dockyard.api.schema import (
+    CRON_MAX_LENGTH,
     CRON_PATTERN,
-    DNS_LABEL_PATTERN,
-    DNS_SUBDOMAIN_PATTERN,
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    DURATION_MAX_LENGTH,
     DURATION_PATTERN,
     Int64,
     Model,
@@ -26,20 +28,26 @@ from dockyard.api.schema import (
 )
 
 URL_PATTERN = r"^https?://[^\s/]+(/[^\s]*)?$"
+URL_MAX_LENGTH = 2048
+REPOSITORY_GLOB_MAX_LENGTH = 512
+"""Repository names are at most 255 characters with the registry's host (distribution spec); a glob
+may spell them out longer."""
+TAG_PATTERN_MAX_LENGTH = 256
+"""Tags are at most 128 characters; a /regex/ may be longer."""
+PATTERNS_MAX_ITEMS = 256
 
 
 @dataclass(frozen=True)
 class RegistryRef(Model):
     DOC = "A Dockyard Registry in the cluster."
-    name: str = field(metadata=meta("Registry name.", pattern=DNS_LABEL_PATTERN))
+    name: str = field(metadata=meta("Registry name.", **DNS_LABEL))
     namespace: str | None = field(
-        default=None, metadata=meta("Registry namespace; the policy's namespace when unset.",
-                                    pattern=DNS_LABEL_PATTERN))
+        default=None, metadata=meta("Registry namespace; the policy's namespace when unset.", **DNS_LABEL))
 
 
 @dataclass(frozen=True)
 class SecretRef(Model):
-    name: str = field(metadata=meta("Secret name, in the policy's namespace.", pattern=DNS_SUBDOMAIN_PATTERN))
+    name: str = field(metadata=meta("Secret name, in the policy's namespace.", **DNS_SUBDOMAIN))
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,7 @@ class Endpoint(Model):
     url: str | None = field(
         default=None,
         metadata=meta("Registry base URL; http:// means plain HTTP, https:// TLS.", pattern=URL_PATTERN,
-                      max_length=2048))
+                      max_length=URL_MAX_LENGTH))
     secret_ref: SecretRef | None = field(
         default=None,
         metadata=meta("Credentials: a kubernetes.io/dockerconfigjson Secret or a kubernetes.io/basic-auth "
@@ -70,19 +78,27 @@ class Endpoint(Model):
 class RepositoryFilter(Model):
     DOC = "Repository name globs: `*` stays within one path segment, `**` crosses segments."
     include: tuple[str, ...] = field(
-        default=(), metadata=meta("Repositories to copy; every repository of the catalog when empty."))
-    exclude: tuple[str, ...] = field(default=(), metadata=meta("Repositories never copied."))
+        default=(), metadata=meta("Repositories to copy; every repository of the catalog when empty.",
+                                  max_items=PATTERNS_MAX_ITEMS, item_max_length=REPOSITORY_GLOB_MAX_LENGTH))
+    exclude: tuple[str, ...] = field(
+        default=(), metadata=meta("Repositories never copied.", max_items=PATTERNS_MAX_ITEMS,
+                                  item_max_length=REPOSITORY_GLOB_MAX_LENGTH))
 
 
 @dataclass(frozen=True)
 class TagFilter(Model):
     DOC = "Tag patterns are globs unless written as /regex/ (searched, anchor it yourself)."
-    include: tuple[str, ...] = field(default=(), metadata=meta("Tags to copy; every tag when empty."))
-    exclude: tuple[str, ...] = field(default=(), metadata=meta("Tags never copied."))
+    include: tuple[str, ...] = field(
+        default=(), metadata=meta("Tags to copy; every tag when empty.", max_items=PATTERNS_MAX_ITEMS,
+                                  item_max_length=TAG_PATTERN_MAX_LENGTH))
+    exclude: tuple[str, ...] = field(
+        default=(), metadata=meta("Tags never copied.", max_items=PATTERNS_MAX_ITEMS,
+                                  item_max_length=TAG_PATTERN_MAX_LENGTH))
     semver_range: str | None = field(
         default=None,
         metadata=meta("Only tags that are versions inside this range, e.g. `>=1.25.0 <2`, `^1.2`, `~1.2`, "
-                      "`1.x`; `||` separates alternatives. Tags that are not versions never match."))
+                      "`1.x`; `||` separates alternatives. Tags that are not versions never match.",
+                      max_length=256))
 
 
 @dataclass(frozen=True)
@@ -93,7 +109,8 @@ class Filters(Model):
     platforms: tuple[str, ...] = field(
         default=(),
         metadata=meta("Keep only these platforms (os/arch[/variant]) of image indexes; the copied index is "
-                      "then a new index with its own digest. Empty keeps indexes byte for byte."))
+                      "then a new index with its own digest. Empty keeps indexes byte for byte.",
+                      max_items=64, item_max_length=64))
     latest: int | None = field(
         default=None, metadata=meta("Keep the newest N selected tags per repository: by image creation time "
                                     "when the configs carry one, else by version order.",
@@ -103,8 +120,10 @@ class Filters(Model):
 @dataclass(frozen=True)
 class DestinationPath(Model):
     DOC = "Rewriting of repository names: stripPrefix is removed first, then prefix is prepended."
-    prefix: str = field(default="", metadata=meta("Prepended to every destination repository name."))
-    strip_prefix: str = field(default="", metadata=meta("Removed from source names that start with it."))
+    prefix: str = field(
+        default="", metadata=meta("Prepended to every destination repository name.", max_length=256))
+    strip_prefix: str = field(
+        default="", metadata=meta("Removed from source names that start with it.", max_length=256))
 
 
 @dataclass(frozen=True)
@@ -117,7 +136,8 @@ class Trigger(Model):
             check=lambda t: t.schedule is None or re.match(CRON_PATTERN, t.schedule) is not None,
         ),
     )
-    schedule: str | None = field(default=None, metadata=meta("Cron schedule of the CronJob.", max_length=128))
+    schedule: str | None = field(
+        default=None, metadata=meta("Cron schedule of the CronJob.", max_length=CRON_MAX_LENGTH))
     on_push: bool = field(
         default=False, metadata=meta("Run when a tag is pushed to the source (Dockyard sources only)."))
 
@@ -126,7 +146,8 @@ class Trigger(Model):
 class Retry(Model):
     DOC = "Retries of failed requests: exponential backoff from `backoff`, honouring Retry-After."
     max: int = field(default=5, metadata=meta("Retries per request.", minimum=0, maximum=100))
-    backoff: str = field(default="2s", metadata=meta("First backoff delay.", pattern=DURATION_PATTERN))
+    backoff: str = field(
+        default="2s", metadata=meta("First backoff delay.", pattern=DURATION_PATTERN, max_length=DURATION_MAX_LENGTH))
 
 
 @dataclass(frozen=True)
@@ -151,13 +172,16 @@ def _same_side(a: Endpoint, b: Endpoint) -> bool:
 @dataclass(frozen=True)
 class ReplicationPolicySpec(Model):
     DOC = "The desired state of a replication policy."
+    # `namespace` is a word CEL reserves: rules name the field `__namespace__`. Written plainly it
+    # still compiles, but the API server's cost estimate then cannot find the field's maxLength
+    # and assumes a string of 3 MiB, which puts the rule 100x over its budget.
     RULES = (
         Rule(
             cel="!(has(self.source.url) && has(self.destination.url) && self.source.url == self.destination.url)"
                 " && !(has(self.source.registryRef) && has(self.destination.registryRef) && "
                 "self.source.registryRef.name == self.destination.registryRef.name && "
-                "(has(self.source.registryRef.namespace) ? self.source.registryRef.namespace : '') == "
-                "(has(self.destination.registryRef.namespace) ? self.destination.registryRef.namespace : ''))",
+                "(has(self.source.registryRef.__namespace__) ? self.source.registryRef.__namespace__ : '') == "
+                "(has(self.destination.registryRef.__namespace__) ? self.destination.registryRef.__namespace__ : ''))",
             message="source and destination must be different registries",
             check=lambda s: not _same_side(s.source, s.destination),
         ),

@@ -42,6 +42,22 @@ DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
+# Bounds. The API server estimates the cost of each CEL rule from the largest value a field can
+# hold; an unbounded string is assumed to fill a whole request (3 MiB), and a CRD whose rules'
+# estimates exceed the budget is refused. Every string, list and map of a spec is bounded.
+QUANTITY_MAX_LENGTH = 64
+"""Quantities: `9223372036854775807` is 19 characters; 64 leaves room for any sane notation."""
+DURATION_MAX_LENGTH = 64
+CRON_MAX_LENGTH = 128
+DNS_LABEL: dict[str, Any] = {"pattern": DNS_LABEL_PATTERN, "max_length": 63}
+"""A DNS label (RFC 1123): namespaces, Registry names."""
+DNS_SUBDOMAIN: dict[str, Any] = {"pattern": DNS_SUBDOMAIN_PATTERN, "max_length": 253}
+"""A DNS subdomain (RFC 1123): Secret names, host names."""
+NAME_MAX_LENGTH = 253
+"""Names of Kubernetes objects (StorageClass, IngressClass, PriorityClass) and Secret keys."""
+ANNOTATIONS: dict[str, Any] = {"max_properties": 64, "item_max_length": 4096}
+"""Annotations the user adds to a child object: at most 64, values up to 4 KiB each."""
+
 
 class SpecError(ValueError):
     """A custom resource that the API contract does not accept; `path` names the field."""
@@ -83,8 +99,14 @@ def meta(
     max_length: int | None = None,
     min_items: int | None = None,
     max_items: int | None = None,
+    max_properties: int | None = None,
+    item_max_length: int | None = None,
 ) -> dict[str, Any]:
-    """Field metadata for `dataclasses.field(metadata=...)`."""
+    """Field metadata for `dataclasses.field(metadata=...)`.
+
+    `max_items` bounds a list, `max_properties` a map; `item_max_length` bounds each string
+    item of a list or value of a map.
+    """
     return {
         "doc": doc,
         "minimum": minimum,
@@ -93,6 +115,8 @@ def meta(
         "maxLength": max_length,
         "minItems": min_items,
         "maxItems": max_items,
+        "maxProperties": max_properties,
+        "itemMaxLength": item_max_length,
     }
 
 
@@ -132,7 +156,7 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
 
 def _type_schema(tp: Any) -> dict[str, Any]:
     if tp is Quantity:
-        return {"type": "string", "pattern": QUANTITY_PATTERN}
+        return {"type": "string", "pattern": QUANTITY_PATTERN, "maxLength": QUANTITY_MAX_LENGTH}
     if tp is Raw:
         return {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
     if tp is str:
@@ -186,9 +210,12 @@ def openapi(cls: type[Model]) -> dict[str, Any]:
         md = field.metadata
         if md.get("doc"):
             schema["description"] = md["doc"]
-        for key in ("minimum", "maximum", "pattern", "maxLength", "minItems", "maxItems"):
+        for key in ("minimum", "maximum", "pattern", "maxLength", "minItems", "maxItems", "maxProperties"):
             if md.get(key) is not None:
                 schema[key] = md[key]
+        if md.get("itemMaxLength") is not None:
+            schema["items" if schema["type"] == "array" else "additionalProperties"]["maxLength"] = \
+                md["itemMaxLength"]
         default = _default_of(field)
         if default is dataclasses.MISSING and not optional:
             required.append(camel(field.name))
@@ -235,8 +262,9 @@ def _parse_value(tp: Any, value: Any, path: str, md: Mapping[str, Any]) -> Any:
         if pattern and not _pattern_matches(pattern, value):
             what = "a quantity such as 20Gi" if tp is Quantity else f"match {pattern}"
             raise SpecError(path, f"{value!r} is not valid: must be {what}")
-        if md.get("maxLength") is not None and len(value) > md["maxLength"]:
-            raise SpecError(path, f"must be at most {md['maxLength']} characters")
+        max_length = QUANTITY_MAX_LENGTH if tp is Quantity else md.get("maxLength")
+        if max_length is not None and len(value) > max_length:
+            raise SpecError(path, f"must be at most {max_length} characters")
         return value
     if tp is bool:
         if not isinstance(value, bool):
@@ -264,12 +292,16 @@ def _parse_value(tp: Any, value: Any, path: str, md: Mapping[str, Any]) -> Any:
             raise SpecError(path, f"must have at least {md['minItems']} item(s)")
         if md.get("maxItems") is not None and len(value) > md["maxItems"]:
             raise SpecError(path, f"must have at most {md['maxItems']} item(s)")
-        return tuple(_parse_value(item, v, f"{path}[{i}]", {}) for i, v in enumerate(value))
+        item_md = {"maxLength": md.get("itemMaxLength")}
+        return tuple(_parse_value(item, v, f"{path}[{i}]", item_md) for i, v in enumerate(value))
     if origin in (dict, Mapping):
         if not isinstance(value, dict):
             raise SpecError(path, f"must be an object, not {_kind(value)}")
+        if md.get("maxProperties") is not None and len(value) > md["maxProperties"]:
+            raise SpecError(path, f"must have at most {md['maxProperties']} entries")
         _, vt = get_args(tp)
-        return {str(k): _parse_value(vt, v, f"{path}.{k}", {}) for k, v in value.items()}
+        item_md = {"maxLength": md.get("itemMaxLength")}
+        return {str(k): _parse_value(vt, v, f"{path}.{k}", item_md) for k, v in value.items()}
     if isinstance(tp, type) and issubclass(tp, Model):
         return parse(tp, value, path)
     raise TypeError(f"cannot parse {tp!r}")
