@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import pytest
 
+from dockyard.api.schema import QUANTITY_PATTERN
 from dockyard.replication.limits import (
     MAX_DELAY,
     RetryPolicy,
@@ -83,3 +85,18 @@ def test_limit_parsing() -> None:
         parse_duration("2 seconds")
     with pytest.raises(ValueError):
         parse_bytes("lots")
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("1.5Gi", 3 * 2**29), ("1e6", 10**6), ("2E3", 2000), ("+50Mi", 50 * 2**20), (".5Ki", 512), ("1Pi", 2**50),
+    ("2E", 2 * 10**18), ("1500m", 1),
+])
+def test_bandwidth_takes_every_quantity_the_crd_admits(text: str, value: int) -> None:
+    assert re.fullmatch(QUANTITY_PATTERN.strip("^$"), text)
+    assert parse_bytes(text) == value
+
+
+@pytest.mark.parametrize("text", ["-1Mi", "50MB", "1 Gi", ""])
+def test_bandwidth_refuses_what_is_not_a_byte_count(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_bytes(text)

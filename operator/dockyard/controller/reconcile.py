@@ -69,14 +69,39 @@ def events_url_from_environment() -> str | None:
     return url.rstrip("/")
 
 
-def contains(live: Any, desired: Any) -> bool:
-    """Whether every field of `desired` is present with the same value in `live`."""
+def holds_quantity(path: tuple[str, ...]) -> bool:
+    """Whether the field at `path` (its keys, list indexes left out) is a Kubernetes quantity.
+
+    Container, pod and claim `resources.requests.*` / `resources.limits.*` and emptyDir
+    `sizeLimit`: the API server stores these in canonical form (`1.5Gi` as `1536Mi`).
+    """
+    return path[-1:] == ("sizeLimit",) or (len(path) >= 3 and path[-3] == "resources"
+                                           and path[-2] in ("requests", "limits"))
+
+
+def same_quantity(live: Any, desired: Any) -> bool:
+    """Whether two quantities (strings, or numbers as in a raw `resources`) have the same value."""
+    if isinstance(live, bool) or isinstance(desired, bool) \
+            or not isinstance(live, str | int | float) or not isinstance(desired, str | int | float):
+        return False
+    try:
+        return quantity_value(str(live)) == quantity_value(str(desired))
+    except ValueError:
+        return False
+
+
+def contains(live: Any, desired: Any, path: tuple[str, ...] = ()) -> bool:
+    """Whether every field of `desired` is present with the same value in `live`.
+
+    Quantities compare by value, as the API server rewrites them (see `holds_quantity`).
+    """
     if isinstance(desired, Mapping):
-        return isinstance(live, Mapping) and all(k in live and contains(live[k], v) for k, v in desired.items())
+        return isinstance(live, Mapping) and all(
+            k in live and contains(live[k], v, (*path, k)) for k, v in desired.items())
     if isinstance(desired, list):
         return (isinstance(live, list) and len(live) == len(desired)
-                and all(contains(a, b) for a, b in zip(live, desired, strict=True)))
-    return bool(live == desired)
+                and all(contains(a, b, path) for a, b in zip(live, desired, strict=True)))
+    return bool(live == desired) or (holds_quantity(path) and same_quantity(live, desired))
 
 
 def stamp(obj: dict[str, Any]) -> dict[str, Any]:

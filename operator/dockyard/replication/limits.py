@@ -13,6 +13,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from fractions import Fraction
+
+from dockyard.api.registry import quantity_value
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_DELAY = 300.0
@@ -29,16 +32,15 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * scale[u] for n, u in parts)
 
 
-_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
-
-
 def parse_bytes(text: str) -> int:
-    """A quantity such as `50Mi` or `10M` -> bytes."""
-    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([KMGT]i|[kMGT])?", text.strip())
-    if not m:
+    """A quantity such as `50Mi`, `10M` or `1e6` -> whole bytes, as the API server reads it."""
+    try:
+        value: Fraction | None = quantity_value(text.strip())
+    except ValueError:
+        value = None
+    if value is None or value < 0:
         raise ValueError(f"not a byte quantity: {text!r} (use e.g. 50Mi)")
-    return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
+    return int(value)
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
