@@ -1,7 +1,11 @@
 """`dockyard replicate --policy NS/NAME` inside a cluster: credentials from Secrets, result into status.
 
-The run reads the policy and its Secrets from the API (the emulator here) and copies between
-real registries on 127.0.0.1; what it writes into `status` is what users and the operator see.
+The run reads the policy and its Secrets from a real API server and copies between real
+registries on 127.0.0.1; what it writes into `status` is what users and the operator see. It
+runs as a Job's pod would: with a token of the policy's own ServiceAccount (read from a
+kubeconfig, as the pod reads its mounted token), bound to the Role the operator renders for the
+policy (`render.replication.role`), so the run works with exactly the rights it has in a cluster.
+The operator does not run in this module; the tests apply those objects as it would.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import pytest
 import pytest_asyncio
+import yaml
 from aiohttp import web
 
 from dockyard.controller.kube import Kube
@@ -27,22 +33,88 @@ from dockyard.controller.runs import (
     run_in_cluster,
     status_of,
 )
+from dockyard.render.replication import PolicyInput, role, role_binding, service_account, service_account_name
 from dockyard.replication.result import MAX_FAILED_ITEMS, RunResult
-from tests.integration.emulator import Emulator, create, delete, get, patch
+from tests.integration.kube import ApiServer, _call, apply, create, delete, get, patch, wait_for
 from tests.registry.processes import Registries, require_tool, write_htpasswd
 from tests.replication.helpers import Pusher, RecordingProxy, fetch_manifest
 
-NS = "replication"
 POLICIES = "dockyard.dev/v1alpha1/replicationpolicies"
+DEADLINE = 60.0
+
+
+async def as_service_account(server: ApiServer, namespace: str, name: str, directory: Path,
+                             monkeypatch: pytest.MonkeyPatch) -> Kube:
+    """A client of the API as ServiceAccount NAMESPACE/NAME, the way a Job's pod is one.
+
+    A token is requested for the account (TokenRequest, as the kubelet does for the pod),
+    written into a kubeconfig that `KUBECONFIG` points at, and `Kube.from_environment()` reads
+    it. Returns once every grant of the account's Role (named like the account, as the operator
+    names it) is in effect: RBAC reaches the authorizer a moment after the Role is written.
+    """
+    answer = await _call(server, "POST", server.path("v1/serviceaccounts", namespace, name, "token"),
+                         body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                               "spec": {"expirationSeconds": 3600}})
+    config = yaml.safe_load(server.kubeconfig.read_text())
+    config["users"][0]["user"] = {"token": answer["status"]["token"]}
+    path = directory / f"{namespace}-{name}.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    # The kubernetes client reads KUBECONFIG once, at import; a real process sets it before that.
+    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
+    await wait_for(lambda: _granted(server, namespace, name), timeout=DEADLINE,
+                   message=f"the Role {namespace}/{name} in effect for its ServiceAccount")
+    return await Kube.from_environment()
+
+
+async def _granted(server: ApiServer, namespace: str, name: str) -> bool:
+    found = await get(server, "rbac.authorization.k8s.io/v1/roles", name, namespace)
+    if found is None:
+        return False
+    wanted = [{"namespace": namespace, "group": group, "resource": resource.partition("/")[0],
+               "subresource": resource.partition("/")[2], "name": resource_name, "verb": verb}
+              for rule in found["rules"] for group in rule["apiGroups"] for resource in rule["resources"]
+              for resource_name in rule.get("resourceNames") or [""] for verb in rule["verbs"]]
+    user = f"system:serviceaccount:{namespace}:{name}"
+    groups = ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"]
+    for attributes in wanted:
+        review = await _call(server, "POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", body={
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": user, "groups": groups, "resourceAttributes": attributes}})
+        if not review["status"].get("allowed"):
+            return False
+    return True
+
+
+RunAs = Callable[..., Awaitable[Kube]]
 
 
 @pytest_asyncio.fixture()
-async def kube(emulator: Emulator, kubeconfig: Path) -> AsyncIterator[Kube]:
-    client = await Kube.from_environment()  # reads KUBECONFIG, as the Job's pod reads its token
+async def run_as(apiserver: ApiServer, namespace: str, tmp_path: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RunAs]:
+    """`await run_as(name)`: a client with the identity of a run of policy NAME in the test's namespace.
+
+    Its ServiceAccount, Role and RoleBinding are applied as the operator renders them from the
+    live policy (or from BODY, for a policy that does not exist), so a spec change that names
+    another Secret is granted by calling it again, as the operator's reconcile would.
+    """
+    clients: list[Kube] = []
+
+    async def identity(name: str, body: dict[str, Any] | None = None) -> Kube:
+        body = body or await get(apiserver, POLICIES, name, namespace)
+        assert body is not None, f"no policy {name}"
+        inp = PolicyInput.from_body(body)
+        for obj in (service_account(inp), role(inp), role_binding(inp)):
+            await apply(apiserver, obj, manager="dockyard", force=True)
+        client = await as_service_account(apiserver, namespace, service_account_name(name), tmp_path, monkeypatch)
+        clients.append(client)
+        return client
+
     try:
-        yield client
+        yield identity
     finally:
-        await client.close()
+        for client in clients:
+            await client.close()
 
 
 @pytest.fixture()
@@ -55,19 +127,19 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def policy(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+def policy(name: str, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
     spec.setdefault("limits", {"retry": {"max": 1, "backoff": "50ms"}})
     return {"apiVersion": "dockyard.dev/v1alpha1", "kind": "ReplicationPolicy",
-            "metadata": {"name": name, "namespace": NS}, "spec": spec}
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
 
 
-def secret(name: str, data: dict[str, str], type_: str = "Opaque") -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS}, "type": type_,
-            "data": {k: b64(v) for k, v in data.items()}}
+def secret(name: str, namespace: str, data: dict[str, str], type_: str = "Opaque") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+            "type": type_, "data": {k: b64(v) for k, v in data.items()}}
 
 
-async def status(emulator: Emulator, name: str) -> dict[str, Any]:
-    obj = await get(emulator, POLICIES, name, NS)
+async def status(server: ApiServer, namespace: str, name: str) -> dict[str, Any]:
+    obj = await get(server, POLICIES, name, namespace)
     assert obj is not None
     return dict(obj.get("status") or {})
 
@@ -115,8 +187,8 @@ def test_the_reported_status_is_bounded_and_keeps_the_last_success_honest() -> N
 # ----------------------------------------------------------------------------- against registries
 
 
-async def test_docker_config_credentials_from_a_secret(emulator: Emulator, kube: Kube, registries: Registries,
-                                                       tmp_path: Path) -> None:
+async def test_docker_config_credentials_from_a_secret(apiserver: ApiServer, namespace: str, run_as: RunAs,
+                                                       registries: Registries, tmp_path: Path) -> None:
     htpasswd = write_htpasswd(tmp_path / "htpasswd", "reader", "r3ad")
     source = registries.distribution(htpasswd=htpasswd)
     dest = registries.dockyard()
@@ -126,23 +198,24 @@ async def test_docker_config_credentials_from_a_secret(emulator: Emulator, kube:
     assert seed == "Succeeded"
 
     config = json.dumps({"auths": {source.host: {"auth": b64("reader:r3ad")}}})
-    await create(emulator, secret("pull", {".dockerconfigjson": config}, "kubernetes.io/dockerconfigjson"))
-    await create(emulator, policy("from-locked", {
+    await create(apiserver, secret("pull", namespace, {".dockerconfigjson": config}, "kubernetes.io/dockerconfigjson"))
+    await create(apiserver, policy("from-locked", namespace, {
         "source": {"url": source.url, "secretRef": {"name": "pull"}},
         "destination": {"url": dest.url}, "destinationPath": {"prefix": "copy/"},
         "filters": {"repositories": {"include": ["library/app"]}}}))
-    result = await run_in_cluster(NS, "from-locked", kube=kube)
+    kube = await run_as("from-locked")
+    result = await run_in_cluster(namespace, "from-locked", kube=kube)
     assert result.result == "Succeeded", result.fatal or result.failed_items
     code, body, _ = await fetch_manifest(dest.url, "copy/library/app", "1.0")
     assert code == 200 and body == pushed.manifest
-    st = await status(emulator, "from-locked")
+    st = await status(apiserver, namespace, "from-locked")
     assert st["lastRun"]["result"] == "Succeeded" and st["lastRun"]["artifactsCopied"] == 1
 
     # Without the Secret the run cannot authenticate: it says so in status and fails the Job.
-    await delete(emulator, "v1/secrets", "pull", NS)
-    result = await run_in_cluster(NS, "from-locked", kube=kube)
+    await delete(apiserver, "v1/secrets", "pull", namespace)
+    result = await run_in_cluster(namespace, "from-locked", kube=kube)
     assert result.result == "Failed" and exit_code(result) == 1
-    st = await status(emulator, "from-locked")
+    st = await status(apiserver, namespace, "from-locked")
     assert st["lastRun"]["result"] == "Failed"
     assert "Secret 'pull' not found" in st["lastRun"]["message"]
     assert st["lastSuccessfulTime"], "the last success is still reported"
@@ -171,33 +244,34 @@ def refuse_manifests_of(repo: str) -> Callable[[web.Request, RecordingProxy], Aw
 
 
 async def test_failed_items_are_reported_and_tried_first_on_the_next_run(
-        emulator: Emulator, kube: Kube, registries: Registries) -> None:
+        apiserver: ApiServer, namespace: str, run_as: RunAs, registries: Registries) -> None:
     source = registries.distribution()
     dest = registries.distribution()
     async with Pusher(source.url) as pusher:
         for repo in ("apps/one", "apps/two", "apps/zz-broken"):
             await pusher.image(repo, "v1", [repo.encode() * 50])
     async with RecordingProxy(dest.url, refuse_manifests_of("apps/zz-broken")) as gate:
-        await create(emulator, policy("partial", {
+        await create(apiserver, policy("partial", namespace, {
             "source": {"url": source.url}, "destination": {"url": gate.url},
             "filters": {"repositories": {"include": ["apps/**"]}},
             "limits": {"concurrency": 1, "retry": {"max": 1, "backoff": "50ms"}}}))
-        first = await run_in_cluster(NS, "partial", kube=kube)
+        kube = await run_as("partial")
+        first = await run_in_cluster(namespace, "partial", kube=kube)
         assert (first.copied, first.failed) == (2, 1)
         assert exit_code(first) == 0
-        st = await status(emulator, "partial")
+        st = await status(apiserver, namespace, "partial")
         assert st["lastRun"]["result"] == "PartiallyFailed"
         assert [(f["repository"], f["tag"]) for f in st["failedItems"]] == [("apps/zz-broken", "v1")]
         assert "quota exceeded" in st["failedItems"][0]["error"]
         assert "lastSuccessfulTime" not in st
 
     async with RecordingProxy(source.url) as watched:  # the quota is fixed; watch the order of work
-        second = await run_in_cluster(NS, "partial", kube=kube, source_url=watched.url, dest_url=dest.url)
+        second = await run_in_cluster(namespace, "partial", kube=kube, source_url=watched.url, dest_url=dest.url)
         assert (second.copied, second.failed, second.skipped) == (1, 0, 2)
         touched = [r.path.split("/")[2] + "/" + r.path.split("/")[3] for r in watched.records
                    if r.path.startswith("/v2/apps/")]
         assert touched[0] == "apps/zz-broken", f"the failed item goes first, got {touched[:4]}"
-    st = await status(emulator, "partial")
+    st = await status(apiserver, namespace, "partial")
     assert st["lastRun"]["result"] == "Succeeded"
     assert not st.get("failedItems")
     assert st["lastSuccessfulTime"] == st["lastRun"]["completionTime"]
@@ -215,7 +289,7 @@ def self_signed(tmp_path: Path) -> tuple[Path, Path]:
 
 
 async def test_a_ca_secret_makes_a_private_certificate_trusted(
-        emulator: Emulator, kube: Kube, registries: Registries, tmp_path: Path,
+        apiserver: ApiServer, namespace: str, run_as: RunAs, registries: Registries, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, self_signed: tuple[Path, Path]) -> None:
     cert, key = self_signed
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # only for the helper's readiness probe
@@ -225,24 +299,29 @@ async def test_a_ca_secret_makes_a_private_certificate_trusted(
     async with Pusher(source.url) as pusher:
         await pusher.image("base/os", "12", [b"rootfs" * 100])
 
-    await create(emulator, policy("to-tls", {
+    await create(apiserver, policy("to-tls", namespace, {
         "source": {"url": source.url}, "destination": {"url": dest.url},
         "filters": {"repositories": {"include": ["base/os"]}}}))
-    untrusted = await run_in_cluster(NS, "to-tls", kube=kube)
+    untrusted = await run_in_cluster(namespace, "to-tls", kube=await run_as("to-tls"))
     assert untrusted.result == "Failed", "a private certificate is not trusted without its CA"
 
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the run writes the CA file
-    await create(emulator, secret("dest-ca", {"ca.crt": cert.read_text()}))
-    await patch(emulator, POLICIES, "to-tls", {"spec": {"destination": {"caSecretRef": {"name": "dest-ca"}}}}, NS)
-    trusted = await run_in_cluster(NS, "to-tls", kube=kube)
+    await create(apiserver, secret("dest-ca", namespace, {"ca.crt": cert.read_text()}))
+    await patch(apiserver, POLICIES, "to-tls", {"spec": {"destination": {"caSecretRef": {"name": "dest-ca"}}}},
+                namespace)
+    trusted = await run_in_cluster(namespace, "to-tls", kube=await run_as("to-tls"))  # the Role now names dest-ca
     assert trusted.result == "Succeeded", trusted.fatal
-    assert (await status(emulator, "to-tls"))["lastRun"]["artifactsCopied"] == 1
+    assert (await status(apiserver, namespace, "to-tls"))["lastRun"]["artifactsCopied"] == 1
     assert list(scratch.iterdir()) == [], "the CA file is removed after the run"
 
 
-async def test_a_missing_policy_is_an_error_not_a_report(emulator: Emulator, kube: Kube) -> None:
+async def test_a_missing_policy_is_an_error_not_a_report(apiserver: ApiServer, namespace: str,
+                                                         run_as: RunAs) -> None:
+    absent = policy("nope", namespace, {"source": {"url": "http://127.0.0.1:9"},
+                                        "destination": {"url": "http://127.0.0.2:9"}})
+    kube = await run_as("nope", absent)  # the policy was deleted after its Job started
     with pytest.raises(RunError, match="not found"):
-        await run_in_cluster(NS, "nope", kube=kube)
-    assert await get(emulator, POLICIES, "nope", NS) is None, "nothing is created to report into"
+        await run_in_cluster(namespace, "nope", kube=kube)
+    assert await get(apiserver, POLICIES, "nope", namespace) is None, "nothing is created to report into"
