@@ -1,8 +1,8 @@
-"""The real operator process (`dockyard operator run -A`) pointed at the API emulator.
+"""The real operator process (`dockyard operator run -A`) pointed at the real API server.
 
 Shared by the integration tests of every kind: they start the operator exactly as a cluster
-would (a process reading KUBECONFIG), drive the emulator like kubectl and a kube-controller-
-manager would, and read what the operator wrote.
+would (a process reading KUBECONFIG, with the token of its ServiceAccount), drive the API server
+like kubectl and the controllers the tier does not run would, and read what the operator wrote.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.emulator import Emulator, patch
+from tests.integration.kube import ApiServer, patch
 from tests.registry.processes import DOCKYARD, free_port
 
 
@@ -37,7 +37,7 @@ class Operator:
         if self.proc.returncode is not None:
             return
         self.proc.terminate()
-        try:  # the emulator keeps serving while Kopf shuts down
+        try:  # the API server keeps serving while Kopf shuts down
             await asyncio.wait_for(self.proc.wait(), 15)
         except TimeoutError:
             self.proc.kill()
@@ -62,12 +62,12 @@ async def running_operator(kubeconfig: Path, log: Path, *, image: str = "dockyar
         await op.stop()
 
 
-async def report_available(emulator: Emulator, namespace: str, name: str) -> None:
-    """What the Deployment controller writes once all pods of Deployment `name` are up."""
-    dep = emulator.live("apps/v1/deployments", namespace, name)
+async def report_available(server: ApiServer, namespace: str, name: str) -> None:
+    """What the Deployment controller (not run in this tier) writes once all pods of `name` are up."""
+    dep = server.live("apps/v1/deployments", namespace, name)
     assert dep is not None, f"no Deployment {namespace}/{name}"
     n = dep["spec"]["replicas"]
-    await patch(emulator, "apps/v1/deployments", name, {"status": {
+    await patch(server, "apps/v1/deployments", name, {"status": {
         "observedGeneration": dep["metadata"]["generation"], "replicas": n, "updatedReplicas": n,
         "readyReplicas": n, "availableReplicas": n,
         "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}],
