@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -17,6 +18,9 @@ def run(*, namespaces: Sequence[str], all_namespaces: bool, liveness: str | None
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     kopf.configure(verbose=verbose)
+    # An identity of our own: Kopf's default asks the password database for the user's name,
+    # and the image's numeric user (65532) has no entry there.
     kopf.run(standalone=True, clusterwide=all_namespaces or not namespaces,
-             namespaces=list(namespaces), liveness_endpoint=liveness)
+             namespaces=list(namespaces), liveness_endpoint=liveness,
+             identity=f"dockyard@{socket.gethostname()}")
     return 0
