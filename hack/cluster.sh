@@ -17,13 +17,13 @@
 # plugins from Debian. Builds are cached in $DOCKYARD_CACHE (default ~/.cache/dockyard).
 #
 # Everything listens on loopback or on this machine's own address; pods get addresses on a
-# local bridge, and the service range is routed to a local dummy device, so nothing addressed
+# local bridge, and the service range is routed to a portless local bridge, so nothing addressed
 # to the cluster leaves the machine. The API server writes an audit log (DIR/audit.log) at
 # Metadata level, for counting a client's writes. This is a disposable test cluster: the
 # kubelet's own API accepts anonymous requests on the node address.
 #
 # Settings (environment): DOCKYARD_CLUSTER_DIR (state; default /tmp/dockyard-cluster, or
-# /tmp/dockyard-envtest with --control-plane-only), DOCKYARD_APISERVER_PORT (16443; 17443),
+# /tmp/dockyard-envtest with --control-plane-only), DOCKYARD_APISERVER_PORT (6443; 17443),
 # DOCKYARD_ETCD_PORT (12379; 13379).
 set -euo pipefail
 
@@ -37,6 +37,7 @@ NODE=dockyard-node
 POD_CIDR=10.244.0.0/24
 SERVICE_CIDR=10.96.0.0/16
 DNS_IP=10.96.0.10
+PAUSE_IMAGE=registry.k8s.io/pause:3.10 # built locally by hack/image.sh: nothing is pulled
 
 CONTROL_PLANE_ONLY=0
 if [[ ${1:-} == --control-plane-only ]]; then CONTROL_PLANE_ONLY=1; shift; fi
@@ -46,7 +47,7 @@ if ((CONTROL_PLANE_ONLY)); then
   ETCD_PORT=${DOCKYARD_ETCD_PORT:-13379}
 else
   DIR=${DOCKYARD_CLUSTER_DIR:-/tmp/dockyard-cluster}
-  API_PORT=${DOCKYARD_APISERVER_PORT:-16443}
+  API_PORT=${DOCKYARD_APISERVER_PORT:-6443}
   ETCD_PORT=${DOCKYARD_ETCD_PORT:-12379}
 fi
 KUBECTL=$K8S_BIN/kubectl
@@ -97,6 +98,7 @@ wait_for() { # WHAT SECONDS COMMAND...: poll until COMMAND succeeds
     if ((SECONDS >= deadline)); then
       say "timed out after ${seconds}s waiting for $what; last lines of the logs:"
       tail -n 15 "$DIR"/logs/*.log >&2 || true
+      down
       exit 1
     fi
     sleep 0.5
@@ -109,7 +111,7 @@ apiVersion: v1
 kind: Config
 clusters:
 - name: local
-  cluster: {server: "https://127.0.0.1:$API_PORT", certificate-authority: "$DIR/pki/apiserver.crt"}
+  cluster: {server: "https://$API_HOST:$API_PORT", certificate-authority: "$DIR/pki/apiserver.crt"}
 users:
 - name: user
   user: {token: "$2"}
@@ -203,10 +205,10 @@ node() {
   echo "$run" >"$DIR/run-dir"
 
   # Networking: a bridge for pods, forwarding, bridged traffic through iptables, and the
-  # service range routed to a dummy device so that no service address leaves the machine.
+  # service range routed to a portless bridge, so that no service address leaves the machine.
   echo 1 >/proc/sys/net/ipv4/ip_forward
   echo 1 >/proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || true
-  ip link show dockyard-svc >/dev/null 2>&1 || ip link add dockyard-svc type dummy
+  ip link show dockyard-svc >/dev/null 2>&1 || ip link add dockyard-svc type bridge # a device with no ports: a dead end
   ip link set dockyard-svc up
   ip route replace $SERVICE_CIDR dev dockyard-svc
   cat >"$DIR/cni/net.d/10-dockyard.conflist" <<EOF
@@ -230,12 +232,16 @@ state = "$run/containerd"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$DIR/cni/net.d"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
     SystemdCgroup = false
 EOF
   start containerd containerd --config "$DIR/containerd/config.toml"
   wait_for containerd 60 ctr --address "$run/containerd.sock" version
-  "$ROOT/hack/image.sh" import "$("$ROOT/hack/image.sh" pause | tail -n 1)" --address "$run/containerd.sock" >&2
+  "$ROOT/hack/image.sh" import "$("$ROOT/hack/image.sh" pause --tag $PAUSE_IMAGE | tail -n 1)" --address "$run/containerd.sock" >&2
 
   cat >"$DIR/kubelet/config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
@@ -334,9 +340,10 @@ up() {
   if ((!CONTROL_PLANE_ONLY)); then
     ip=$(node_ip)
     [[ -n $ip ]] || die "no non-loopback address on this machine: the kubelet needs one"
-    PAUSE_IMAGE=$("$ROOT/hack/image.sh" pause-name)
   fi
-  say "starting in $DIR (Kubernetes $K8S_VERSION, API server https://127.0.0.1:$API_PORT)"
+  # The API server's self-signed certificate names the address it advertises.
+  API_HOST=$ip
+  say "starting in $DIR (Kubernetes $K8S_VERSION, API server https://$API_HOST:$API_PORT)"
   credentials
   control_plane "$ip"
   ((CONTROL_PLANE_ONLY)) || node "$ip"
@@ -370,7 +377,8 @@ down() {
     ip link del dockyard0 2>/dev/null || true
     ip route del $SERVICE_CIDR dev dockyard-svc 2>/dev/null || true
     ip link del dockyard-svc 2>/dev/null || true
-    iptables -t nat -S POSTROUTING 2>/dev/null | grep -e '-A POSTROUTING.*CNI-' | sed 's/^-A/-D/' |
+    local rule
+    iptables -t nat -S POSTROUTING 2>/dev/null | { grep -e '-A POSTROUTING.*CNI-' || true; } | sed 's/^-A/-D/' |
       while read -r rule; do eval "iptables -t nat $rule" 2>/dev/null || true; done
     rm -rf "$run"
   fi
