@@ -7,6 +7,10 @@ hold. The receiver (`DOCKYARD_EVENTS_ADDR`) accepts an event only with the token
 Registry it names. And a tag pushed to a real `dockyard registry serve`, configured exactly as
 the operator rendered it, starts a run of the `trigger.onPush` policy copying from it.
 Without the URL nothing about events exists.
+
+The API server is a real one (see `conftest.py`) and the operator runs with the rights of its
+ServiceAccount, which may create Secrets but never update or delete them; what the operator
+wrote is read from the API server's audit log.
 """
 
 from __future__ import annotations
@@ -24,18 +28,17 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from tests.integration.emulator import Emulator, create, delete, get, list_objects, patch, wait_for
-from tests.integration.operator import Operator, running_operator
+from tests.integration.kube import ApiServer, Write, create, delete, get, list_objects, patch, wait_for
+from tests.integration.operator import Operator, report_available, running_operator
 from tests.registry.conftest import Client
 from tests.registry.processes import free_port, require_dockyard, start_dockyard
 
-NS = "registries"
 REGISTRIES = "dockyard.dev/v1alpha1/registries"
 SECRETS = "v1/secrets"
 DEPLOYMENTS = "apps/v1/deployments"
 CONFIGMAPS = "v1/configmaps"
 JOBS = "batch/v1/jobs"
-DEADLINE = 30.0
+DEADLINE = 60.0
 TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # 32 random bytes, urlsafe base64 without padding
 
 
@@ -49,28 +52,27 @@ def events_base(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest_asyncio.fixture()
-async def operator(emulator: Emulator, kubeconfig: Path, tmp_path: Path, events_base: str
-                   ) -> AsyncIterator[Operator]:
+async def operator(kubeconfig: Path, tmp_path: Path, events_base: str) -> AsyncIterator[Operator]:
     async with running_operator(kubeconfig, tmp_path / "operator.log") as op:
         yield op
 
 
-def registry(name: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+def registry(name: str, namespace: str) -> dict[str, Any]:
     return {"apiVersion": "dockyard.dev/v1alpha1", "kind": "Registry",
-            "metadata": {"name": name, "namespace": NS}, "spec": spec or {"storage": {"emptyDir": {}}}}
+            "metadata": {"name": name, "namespace": namespace}, "spec": {"storage": {"emptyDir": {}}}}
 
 
-def on_push_policy(name: str, source: str) -> dict[str, Any]:
+def on_push_policy(name: str, namespace: str, source: str) -> dict[str, Any]:
     return {"apiVersion": "dockyard.dev/v1alpha1", "kind": "ReplicationPolicy",
-            "metadata": {"name": name, "namespace": NS},
+            "metadata": {"name": name, "namespace": namespace},
             "spec": {"source": {"registryRef": {"name": source}}, "destination": {"url": "http://127.9.9.9:5000"},
                      "trigger": {"onPush": True}}}
 
 
-async def live(emulator: Emulator, op: Operator, resource: str, name: str) -> dict[str, Any]:
+async def live(server: ApiServer, op: Operator, resource: str, namespace: str, name: str) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         op.check()
-        return emulator.live(resource, NS, name)
+        return server.live(resource, namespace, name)
     try:
         found: dict[str, Any] = await wait_for(check, DEADLINE, message=f"{resource} {name}")
     except TimeoutError:
@@ -82,14 +84,20 @@ def token_of(secret: dict[str, Any]) -> str:
     return base64.b64decode(secret["data"]["token"]).decode()
 
 
-async def settle(emulator: Emulator, op: Operator, seconds: float = 1.5) -> None:
-    """Wait (with a deadline) until nobody has written anything for `seconds`."""
+def operator_writes(server: ApiServer, namespace: str, since: float) -> list[Write]:
+    """The operator's writes in NAMESPACE since the wall-clock time SINCE, its Events left out. Earlier
+    tests' namespaces may still be terminating, and the operator reconciles their Registries too."""
+    return [w for w in server.writes(since) if w.namespace == namespace and w.resource != "events"]
+
+
+async def settle(server: ApiServer, op: Operator, namespace: str, seconds: float = 1.5) -> None:
+    """Wait (with a deadline) until the operator has written nothing to NAMESPACE for `seconds`."""
     deadline = time.monotonic() + DEADLINE
     while time.monotonic() < deadline:
         op.check()
-        mark = time.monotonic()
+        mark = time.time()
         await asyncio.sleep(seconds)  # a quiet window is what is being observed
-        if not [w for w in emulator.writes(mark) if "/events" not in w.path]:
+        if not operator_writes(server, namespace, mark):
             return
     pytest.fail(f"the operator never settled:\n{op.output()}")
 
@@ -108,8 +116,8 @@ async def post(url: str, event: dict[str, Any], token: str | None) -> tuple[int,
                 await asyncio.sleep(0.1)  # the receiver is still starting
 
 
-def event(registry_name: str, tag: str = "v1") -> dict[str, Any]:
-    return {"registry": {"namespace": NS, "name": registry_name}, "repository": "team/app", "tag": tag,
+def event(namespace: str, registry_name: str, tag: str = "v1") -> dict[str, Any]:
+    return {"registry": {"namespace": namespace, "name": registry_name}, "repository": "team/app", "tag": tag,
             "digest": "sha256:" + "cd" * 32}
 
 
@@ -117,11 +125,13 @@ def event(registry_name: str, tag: str = "v1") -> dict[str, Any]:
 
 
 async def test_each_registry_gets_its_own_token_once_and_keeps_it(
-        emulator: Emulator, operator: Operator, kubeconfig: Path, tmp_path: Path, events_base: str) -> None:
-    start = time.monotonic()
-    reg = await create(emulator, registry("main"))
-    secret = await live(emulator, operator, SECRETS, "main-events")
-    dep = await live(emulator, operator, DEPLOYMENTS, "main")
+        apiserver: ApiServer, namespace: str, operator: Operator, kubeconfig: Path, tmp_path: Path,
+        events_base: str) -> None:
+    ns = namespace
+    start = time.time()
+    reg = await create(apiserver, registry("main", ns))
+    secret = await live(apiserver, operator, SECRETS, ns, "main-events")
+    dep = await live(apiserver, operator, DEPLOYMENTS, ns, "main")
 
     assert secret["type"] == "Opaque"
     token = token_of(secret)
@@ -132,94 +142,97 @@ async def test_each_registry_gets_its_own_token_once_and_keeps_it(
     assert secret["metadata"]["labels"] == {"app.kubernetes.io/name": "dockyard-registry",
                                             "app.kubernetes.io/instance": "main",
                                             "app.kubernetes.io/managed-by": "dockyard"}
-    writes = emulator.writes(start)
-    first_secret = writes.index(("POST", f"/api/v1/namespaces/{NS}/secrets"))
-    first_deployment = min(i for i, w in enumerate(writes) if "/deployments" in w.path)
+    writes = operator_writes(apiserver, ns, start)
+    first_secret = writes.index(Write("create", "secrets", ns, "main-events", 201))
+    first_deployment = min(i for i, w in enumerate(writes) if w.resource == "deployments")
     assert first_secret < first_deployment, "the pods would start without their token"
 
     pod = dep["spec"]["template"]["spec"]
     [volume] = [v for v in pod["volumes"] if (v.get("secret") or {}).get("secretName") == "main-events"]
     [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
     assert mount["mountPath"] == "/etc/dockyard/events" and mount["readOnly"] is True
-    config = yaml.safe_load((await live(emulator, operator, CONFIGMAPS, "main-config"))["data"]["config.yaml"])
+    config = yaml.safe_load((await live(apiserver, operator, CONFIGMAPS, ns, "main-config"))["data"]["config.yaml"])
     assert config["notify"] == {"url": f"{events_base}/v1/push", "tokenFile": "/etc/dockyard/events/token",
-                                "registry": {"namespace": NS, "name": "main"}}
+                                "registry": {"namespace": ns, "name": "main"}}
 
     # Reconciles of every kind keep the token: a spec change, the Deployment's status, a restart.
-    await settle(emulator, operator)
-    await patch(emulator, REGISTRIES, "main", {"spec": {"readOnly": True}}, NS)
+    await settle(apiserver, operator, ns)
+    await patch(apiserver, REGISTRIES, "main", {"spec": {"readOnly": True}}, ns)
 
-    async def read_only_config() -> bool:
-        cm = emulator.live(CONFIGMAPS, NS, "main-config") or {}
+    def read_only_config() -> bool:
+        cm = apiserver.live(CONFIGMAPS, ns, "main-config") or {}
         return bool(yaml.safe_load(cm["data"]["config.yaml"]).get("readOnly"))
     await wait_for(read_only_config, DEADLINE, message="the spec change is applied")
-    await patch(emulator, DEPLOYMENTS, "main", {"status": {"replicas": 1, "readyReplicas": 1}}, NS,
-                subresource="status")
-    await settle(emulator, operator)
+    await report_available(apiserver, ns, "main")
+    await settle(apiserver, operator, ns)
     await operator.stop()
     async with running_operator(kubeconfig, tmp_path / "operator-2.log") as again:
-        await settle(emulator, again, 3.0)
-    after = emulator.live(SECRETS, NS, "main-events")
+        await settle(apiserver, again, ns, 3.0)
+    after = apiserver.live(SECRETS, ns, "main-events")
     assert after is not None and token_of(after) == token
     assert after["metadata"]["resourceVersion"] == secret["metadata"]["resourceVersion"], "the Secret was rewritten"
-    secret_writes = [w for w in emulator.writes(start) if "/secrets" in w.path]
-    assert secret_writes == [("POST", f"/api/v1/namespaces/{NS}/secrets")]
+    secret_writes = [w for w in operator_writes(apiserver, ns, start) if w.resource == "secrets"]
+    assert secret_writes == [Write("create", "secrets", ns, "main-events", 201)]
 
 
-async def test_a_deleted_token_secret_is_created_anew(emulator: Emulator, operator: Operator) -> None:
-    await create(emulator, registry("main"))
-    old = token_of(await live(emulator, operator, SECRETS, "main-events"))
-    await settle(emulator, operator)
-    await delete(emulator, SECRETS, "main-events", NS)
+async def test_a_deleted_token_secret_is_created_anew(apiserver: ApiServer, namespace: str,
+                                                      operator: Operator) -> None:
+    await create(apiserver, registry("main", namespace))
+    old = token_of(await live(apiserver, operator, SECRETS, namespace, "main-events"))
+    await settle(apiserver, operator, namespace)
+    await delete(apiserver, SECRETS, "main-events", namespace)
 
     def recreated() -> str | None:
         operator.check()
-        secret = emulator.live(SECRETS, NS, "main-events")
+        secret = apiserver.live(SECRETS, namespace, "main-events")
         return token_of(secret) if secret else None
     new = await wait_for(recreated, DEADLINE, message="main-events created anew")
     assert TOKEN.fullmatch(new) and new != old
 
 
 async def test_the_receiver_accepts_only_the_token_of_the_registry_an_event_names(
-        emulator: Emulator, operator: Operator, events_base: str) -> None:
+        apiserver: ApiServer, namespace: str, operator: Operator, events_base: str) -> None:
+    ns = namespace
     url = f"{events_base}/v1/push"
-    await create(emulator, registry("a"))
-    await create(emulator, registry("b"))
-    await create(emulator, on_push_policy("from-a", "a"))
-    token_a = token_of(await live(emulator, operator, SECRETS, "a-events"))
-    token_b = token_of(await live(emulator, operator, SECRETS, "b-events"))
+    await create(apiserver, registry("a", ns))
+    await create(apiserver, registry("b", ns))
+    await create(apiserver, on_push_policy("from-a", ns, "a"))
+    token_a = token_of(await live(apiserver, operator, SECRETS, ns, "a-events"))
+    token_b = token_of(await live(apiserver, operator, SECRETS, ns, "b-events"))
     assert token_a != token_b
 
-    assert (await post(url, event("a"), token_b))[0] == 401, "b's token must not start a's policies"
-    assert (await post(url, event("b"), token_a))[0] == 401
-    assert (await post(url, event("a"), None))[0] == 401
-    assert (await post(url, event("a"), token_a + "x"))[0] == 401
-    assert (await post(url, event("nowhere"), token_a))[0] == 401
+    assert (await post(url, event(ns, "a"), token_b))[0] == 401, "b's token must not start a's policies"
+    assert (await post(url, event(ns, "b"), token_a))[0] == 401
+    assert (await post(url, event(ns, "a"), None))[0] == 401
+    assert (await post(url, event(ns, "a"), token_a + "x"))[0] == 401
+    assert (await post(url, event(ns, "nowhere"), token_a))[0] == 401
     # A Secret of the right name that no Registry owns is not a token: anyone who may create Secrets could.
-    await create(emulator, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ghost-events", "namespace": NS},
-                            "data": {"token": base64.b64encode(b"forged").decode()}})
-    assert (await post(url, event("ghost"), "forged"))[0] == 401
-    bad = {**event("a"), "registry": {"namespace": NS, "name": "../a"}}
+    await create(apiserver, {"apiVersion": "v1", "kind": "Secret",
+                             "metadata": {"name": "ghost-events", "namespace": ns},
+                             "data": {"token": base64.b64encode(b"forged").decode()}})
+    assert (await post(url, event(ns, "ghost"), "forged"))[0] == 401
+    bad = {**event(ns, "a"), "registry": {"namespace": ns, "name": "../a"}}
     assert (await post(url, bad, token_a))[0] == 400
-    assert await list_objects(emulator, JOBS, NS) == []
+    assert await list_objects(apiserver, JOBS, ns) == []
 
-    assert await post(url, event("b"), token_b) == (202, {"policies": []})
+    assert await post(url, event(ns, "b"), token_b) == (202, {"policies": []})
 
     async def accepted() -> tuple[int, Any] | None:
         # the policy reaches the receiver's index a moment after it is created
-        answer = await post(url, event("a"), token_a)
+        answer = await post(url, event(ns, "a"), token_a)
         return answer if answer[1]["policies"] else None
     assert await wait_for(accepted, DEADLINE, interval=0.2, message="a's push runs from-a") == (
-        202, {"policies": [f"{NS}/from-a"]})
+        202, {"policies": [f"{ns}/from-a"]})
 
 
 async def test_a_tag_pushed_to_a_dockyard_registry_runs_its_on_push_policy(
-        emulator: Emulator, operator: Operator, tmp_path: Path) -> None:
+        apiserver: ApiServer, namespace: str, operator: Operator, tmp_path: Path) -> None:
     require_dockyard()
-    await create(emulator, registry("main"))
-    await create(emulator, on_push_policy("mirror", "main"))
-    token = token_of(await live(emulator, operator, SECRETS, "main-events"))
-    config = yaml.safe_load((await live(emulator, operator, CONFIGMAPS, "main-config"))["data"]["config.yaml"])
+    ns = namespace
+    await create(apiserver, registry("main", ns))
+    await create(apiserver, on_push_policy("mirror", ns, "main"))
+    token = token_of(await live(apiserver, operator, SECRETS, ns, "main-events"))
+    config = yaml.safe_load((await live(apiserver, operator, CONFIGMAPS, ns, "main-config"))["data"]["config.yaml"])
 
     # The pod's view: the Secret mounted as a file, the rendered config; only paths and address differ.
     token_file = tmp_path / "events" / "token"
@@ -232,7 +245,7 @@ async def test_a_tag_pushed_to_a_dockyard_registry_runs_its_on_push_policy(
         client = Client(server.url)
 
         async def mirror_ready() -> bool:
-            obj = await get(emulator, "dockyard.dev/v1alpha1/replicationpolicies", "mirror", NS)
+            obj = await get(apiserver, "dockyard.dev/v1alpha1/replicationpolicies", "mirror", ns)
             conds = ((obj or {}).get("status") or {}).get("conditions") or []
             return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
         await wait_for(mirror_ready, DEADLINE, message="the policy is ready for pushes")
@@ -241,7 +254,7 @@ async def test_a_tag_pushed_to_a_dockyard_registry_runs_its_on_push_policy(
 
         async def push_job() -> list[dict[str, Any]]:
             operator.check()
-            return [j for j in await list_objects(emulator, JOBS, NS)
+            return [j for j in await list_objects(apiserver, JOBS, ns)
                     if j["metadata"]["name"].startswith("mirror-push-")]
         try:
             [job] = await wait_for(push_job, DEADLINE, message="a Job for the pushed tag")
@@ -251,14 +264,18 @@ async def test_a_tag_pushed_to_a_dockyard_registry_runs_its_on_push_policy(
 
 
 async def test_without_the_events_url_nothing_about_events_exists(
-        emulator: Emulator, kubeconfig: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        apiserver: ApiServer, namespace: str, kubeconfig: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DOCKYARD_EVENTS_URL", raising=False)
     monkeypatch.delenv("DOCKYARD_EVENTS_ADDR", raising=False)
+    start = time.time()
     async with running_operator(kubeconfig, tmp_path / "operator.log") as op:
-        await create(emulator, registry("main"))
-        dep = await live(emulator, op, DEPLOYMENTS, "main")
-        config = yaml.safe_load((await live(emulator, op, CONFIGMAPS, "main-config"))["data"]["config.yaml"])
-        await settle(emulator, op)
+        await create(apiserver, registry("main", namespace))
+        dep = await live(apiserver, op, DEPLOYMENTS, namespace, "main")
+        config = yaml.safe_load((await live(apiserver, op, CONFIGMAPS, namespace, "main-config"))
+                                ["data"]["config.yaml"])
+        await settle(apiserver, op, namespace)
     assert "notify" not in config
     assert not [v for v in dep["spec"]["template"]["spec"]["volumes"] if "secret" in v]
-    assert await list_objects(emulator, SECRETS, NS) == []
+    assert await list_objects(apiserver, SECRETS, namespace) == []
+    assert not [w for w in apiserver.writes(start) if w.resource == "secrets"]
