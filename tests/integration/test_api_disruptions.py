@@ -1,0 +1,127 @@
+"""The operator rides out what a real control plane does to its clients, produced for real.
+
+The API server restarts (an upgrade, a crashed process): every watch stream breaks mid-way and
+the operator must reconnect. etcd compacts its history (the API server does so every five
+minutes): a watch resumed from a resource version older than the compaction is answered
+410 Expired and the operator must list afresh. Both happen here to the session's real
+kube-apiserver and etcd, not to an imitation of them; what a user notices is that the operator
+keeps serving changes and, having nothing new to do, writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.integration.kube import ApiServer, create, patch, wait_for
+from tests.integration.operator import Operator, report_available, running_operator
+from tests.integration.test_push_events import DEADLINE, live, operator_writes, registry, settle
+
+REGISTRIES = "dockyard.dev/v1alpha1/registries"
+DEPLOYMENTS = "apps/v1/deployments"
+CONFIGMAPS = "v1/configmaps"
+
+
+def _apiserver_process(server: ApiServer) -> tuple[Path, int, list[str]]:
+    """The pid file, pid and command line (executable by its full path) of the running kube-apiserver."""
+    pidfile = server.directory / "pids" / "kube-apiserver"
+    pid = int(pidfile.read_text())
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode().split("\0")
+    return pidfile, pid, [os.readlink(f"/proc/{pid}/exe"), *argv[1:]]
+
+
+def compact_etcd(server: ApiServer) -> None:
+    """Compact etcd's whole history, through its v3 HTTP gateway (etcdctl need not be installed)."""
+    _, _, argv = _apiserver_process(server)
+    etcd = next(a.split("=", 1)[1] for a in argv if a.startswith("--etcd-servers="))
+
+    def call(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(etcd + path, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer: dict[str, Any] = json.loads(response.read())
+            return answer
+    revision = int(call("/v3/kv/range", {"key": "AA==", "count_only": True})["header"]["revision"])
+    call("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+
+
+async def restart_apiserver(server: ApiServer) -> None:
+    """Kill kube-apiserver (a crash: a graceful stop waits a minute for its own watchers), start it
+    again with the same command line, and wait until it is ready."""
+    pidfile, pid, argv = _apiserver_process(server)
+    os.kill(pid, signal.SIGKILL)
+
+    def stopped() -> bool:
+        try:
+            return "zombie" in Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return True
+    await wait_for(stopped, DEADLINE, message="kube-apiserver stopped")
+    log = server.directory / "logs" / "kube-apiserver.log"
+    # In the background, detached, as hack/cluster.sh starts it (which stops it by the pid file).
+    shell = await asyncio.create_subprocess_exec(
+        "sh", "-c", 'setsid "$@" >>"$0" 2>&1 </dev/null & echo $!', str(log), *argv, stdout=asyncio.subprocess.PIPE)
+    started, _ = await shell.communicate()
+    assert shell.returncode == 0 and started.strip().isdigit(), started
+    pidfile.write_bytes(started)
+
+    async def ready() -> bool:
+        try:
+            async with server.request("GET", "/readyz") as response:
+                return response.status == 200
+        except aiohttp.ClientError:
+            return False
+    await wait_for(ready, DEADLINE, interval=0.5, message="kube-apiserver ready again")
+
+
+async def wait_ready(server: ApiServer, op: Operator, namespace: str, name: str) -> None:
+    def ready() -> bool:
+        op.check()
+        obj = server.live(REGISTRIES, namespace, name) or {}
+        return any(c["type"] == "Ready" and c["status"] == "True"
+                   for c in (obj.get("status") or {}).get("conditions") or [])
+    await wait_for(ready, DEADLINE, message=f"Registry {name} Ready")
+
+
+async def test_the_operator_resumes_after_an_api_server_restart_over_a_compacted_history(
+        apiserver: ApiServer, namespace: str, kubeconfig: Path, tmp_path: Path) -> None:
+    async with running_operator(kubeconfig, tmp_path / "operator.log") as op:
+        await create(apiserver, registry("main", namespace))
+        await live(apiserver, op, DEPLOYMENTS, namespace, "main")
+        await report_available(apiserver, namespace, "main")
+        await wait_ready(apiserver, op, namespace, "main")
+        await settle(apiserver, op, namespace)
+
+        # Other writes move the cluster's resource version past everything the operator has seen;
+        # compacted, the versions its watches would resume from are gone.
+        for i in range(3):
+            await create(apiserver, {"apiVersion": "v1", "kind": "ConfigMap",
+                                     "metadata": {"name": f"unrelated-{i}", "namespace": namespace}})
+        compact_etcd(apiserver)
+        mark = time.time()
+        await restart_apiserver(apiserver)
+
+        # The operator watches again: a new Registry is served, and an edit of the old one too.
+        await create(apiserver, registry("after", namespace))
+        await live(apiserver, op, DEPLOYMENTS, namespace, "after")
+        await settle(apiserver, op, namespace)
+        rewritten = [w for w in operator_writes(apiserver, namespace, mark)
+                     if re.fullmatch(r"main(-.*)?", w.name or "")]
+        assert rewritten == [], f"relisting what it had handled made the operator write: {rewritten}"
+
+        await patch(apiserver, REGISTRIES, "main", {"spec": {"readOnly": True}}, namespace)
+
+        def read_only() -> bool:
+            op.check()
+            config = (apiserver.live(CONFIGMAPS, namespace, "main-config") or {}).get("data") or {}
+            return "readOnly: true" in config.get("config.yaml", "")
+        await wait_for(read_only, DEADLINE, message="an edit after the restart is applied")
