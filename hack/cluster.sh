@@ -294,7 +294,6 @@ addons() {
         pods insecure
         fallthrough in-addr.arpa ip6.arpa
     }
-    cache 5
 }
 EOF
   start coredns coredns -conf "$DIR/Corefile"

@@ -1,16 +1,21 @@
-"""A real Kubernetes cluster with Dockyard installed the way users install it, for `make e2e`.
+"""A real Kubernetes cluster with Dockyard installed the way users install it.
 
-The cluster is the one in KUBECONFIG when it answers; otherwise a kind cluster named
-$KIND_CLUSTER is created for the run (kind and a Docker engine are needed) and deleted
-afterwards (DOCKYARD_E2E_KEEP=1 keeps it). On kind the image $DOCKYARD_IMAGE is built with
-`docker build` and loaded with `kind load`; on any other cluster it must be an image the
-nodes can pull. Dockyard is then installed with `kubectl apply -k` from a copy of
-manifests/ whose image is set to $DOCKYARD_IMAGE.
+`make test` runs this tier on the local one-node cluster of `hack/cluster.sh` (real control
+plane, kubelet, containerd, kube-proxy, CoreDNS, a hostPath provisioner; no Docker), started
+for the session unless one already runs there, and stopped afterwards (DOCKYARD_E2E_KEEP=1
+keeps it). The image is built without Docker by `hack/image.sh` and imported into the
+cluster's containerd. Starting that cluster needs root; elsewhere the tier skips with the
+reason, except in CI, where it fails.
 
-Where nothing can provide a cluster the tests skip with the reason; without DOCKYARD_E2E=1
-they skip with "run `make e2e`". Every test works in a namespace of its own, deleted at the
-end. All waiting is polling with a deadline, and a timeout reports the Registry's status,
-the namespace's events and the operator's log.
+`make e2e` (DOCKYARD_E2E=1) prefers the cluster in KUBECONFIG when it answers, then a kind
+cluster named $KIND_CLUSTER (kind and a Docker engine needed; the image is built with
+`docker build` and loaded with `kind load`), then the local cluster. On a KUBECONFIG cluster
+$DOCKYARD_IMAGE must be an image the nodes can pull.
+
+Dockyard is then installed with `kubectl apply -k` from a copy of manifests/ whose image is
+set to $DOCKYARD_IMAGE. Every test works in a namespace of its own, deleted at the end. All
+waiting is polling with a deadline, and a timeout reports the Registry's status, the
+namespace's events and the operator's log.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+
+from tests.integration.kube import cluster_bin_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_NAMESPACE = "dockyard-system"
@@ -123,6 +130,11 @@ class Cluster:
     kube: Kube
     image: str
     description: str
+    # The local cluster's extras: a StorageClass provisioning ReadWriteMany volumes, a
+    # resolv.conf naming the cluster's DNS (for clients on the node), the API server's audit log.
+    rwx_class: str | None = None
+    resolv_conf: Path | None = None
+    audit_log: Path | None = None
 
 
 def _tool_problems() -> list[str]:
@@ -153,19 +165,62 @@ def _build_and_load(image: str, kind_cluster: str) -> None:
          what="loading the image into kind")
 
 
+LOCAL_DIR = Path(os.environ.get("DOCKYARD_CLUSTER_DIR", "/tmp/dockyard-cluster"))
+
+
+def _local_cluster(image: str, kubectl: str) -> Iterator[Cluster]:
+    """The one-node cluster of hack/cluster.sh, started unless it already runs; the image imported."""
+    def unavailable(why: str) -> None:
+        if env_flag("CI"):
+            pytest.fail(f"the local cluster cannot run: {why}")
+        pytest.skip(f"no Kubernetes cluster for the e2e tier: {why}")
+
+    if os.geteuid() != 0:
+        unavailable("hack/cluster.sh needs root (containerd, the kubelet, iptables)")
+    cluster_sh = str(ROOT / "hack" / "cluster.sh")
+    kubeconfig = LOCAL_DIR / "kubeconfig"
+    started = False
+    if not (kubeconfig.exists() and Kube(kubectl, str(kubeconfig)).reachable()[0]):
+        subprocess.run([cluster_sh, "down"], capture_output=True, timeout=300, check=False)
+        up = subprocess.run([cluster_sh, "up"], capture_output=True, text=True, timeout=1800, check=False)
+        if up.returncode != 0:
+            unavailable(f"hack/cluster.sh up failed:\n{up.stderr[-4000:]}")
+        started = True
+    try:
+        archive = subprocess.run([str(ROOT / "hack" / "image.sh"), "build", "--tag", image], capture_output=True,
+                                 text=True, timeout=1800, check=False)
+        if archive.returncode != 0:
+            raise AssertionError(f"hack/image.sh build failed:\n{archive.stderr[-4000:]}")
+        socket = Path((LOCAL_DIR / "run-dir").read_text().strip()) / "containerd.sock"
+        _run(str(ROOT / "hack" / "image.sh"), "import", archive.stdout.strip().splitlines()[-1],
+             "--address", str(socket), timeout=600, what="importing the image into containerd")
+        resolv = LOCAL_DIR / "resolv.conf"
+        resolv.write_text("nameserver 10.96.0.10\nsearch svc.cluster.local cluster.local\noptions ndots:5\n")
+        yield Cluster(Kube(kubectl, str(kubeconfig)), image, "the local one-node cluster (hack/cluster.sh)",
+                      rwx_class="standard", resolv_conf=resolv, audit_log=LOCAL_DIR / "audit.log")
+    finally:
+        if started and not env_flag("DOCKYARD_E2E_KEEP"):
+            subprocess.run([cluster_sh, "down"], capture_output=True, timeout=300, check=False)
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if os.environ.get("DOCKYARD_E2E") != "1":
-        pytest.skip("run `make e2e`")
     kubectl = shutil.which("kubectl")
+    # The local cluster's own kubectl (built by hack/cluster.sh at the cluster's version) first.
+    built = cluster_bin_dir() / "kubectl"
+    local_kubectl = str(built) if built.exists() else kubectl
+    image = os.environ.get("DOCKYARD_IMAGE", "dockyard:dev")
+    if os.environ.get("DOCKYARD_E2E") != "1":
+        if not local_kubectl:
+            (pytest.fail if env_flag("CI") else pytest.skip)("no kubectl: run hack/cluster.sh build")
+        yield from _local_cluster(image, str(local_kubectl))
+        return
     if not kubectl:
         pytest.skip("kubectl is not installed")
-    image = os.environ.get("DOCKYARD_IMAGE", "dockyard:dev")
     kind_cluster = os.environ.get("KIND_CLUSTER", "dockyard")
 
     kube = Kube(kubectl, os.environ.get("KUBECONFIG"))
-    ok, why = kube.reachable()
-    if ok:
+    if kube.reachable()[0]:
         context = kube.run("config", "current-context", check=False).stdout.strip()
         if context.startswith("kind-") and not _tool_problems():
             _build_and_load(image, context.removeprefix("kind-"))
@@ -175,10 +230,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             yield Cluster(kube, image, f"cluster {context or '(default)'} from KUBECONFIG")
         return
 
-    problems = _tool_problems()
-    if problems:
-        pytest.skip(f"no Kubernetes cluster: the one in KUBECONFIG is not reachable ({why}) and kind "
-                    f"cannot create one ({'; '.join(problems)})")
+    if _tool_problems():
+        yield from _local_cluster(image, str(local_kubectl))
+        return
     kubeconfig = str(tmp_path_factory.mktemp("kind") / "kubeconfig")
     existing = subprocess.run(["kind", "get", "clusters"], capture_output=True, text=True, timeout=60,
                               check=False).stdout.split()
@@ -230,6 +284,7 @@ class Install:
     kube: Kube
     image: str
     crds: list[str]
+    cluster: Cluster
 
 
 @pytest.fixture(scope="session")
@@ -251,7 +306,7 @@ def installed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Ins
                 f"(the nodes pull {cluster.image} themselves: push it, or set DOCKYARD_IMAGE)\n")
         raise AssertionError(f"the operator did not become available on {cluster.description}:\n{hint}"
                              f"{done.stderr}\n{pods[-4000:]}\n{kube.operator_log()}")
-    return Install(kube, cluster.image, crds)
+    return Install(kube, cluster.image, crds, cluster)
 
 
 @pytest.fixture

@@ -18,8 +18,11 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import socket
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,12 +130,13 @@ def storage_classes(kube: Kube) -> tuple[set[str], str | None]:
     return names, default
 
 
-def load_example(path: Path, kube: Kube, namespace: str, workdir: Path) -> Example:
+def load_example(path: Path, installed: Install, namespace: str, workdir: Path) -> Example:
     """The example at PATH, placed in NAMESPACE, with the storage and Secrets this cluster needs.
 
     The Secrets the Registry names are made here (the test must know the password and trust
     the certificate), replacing any the example file brings.
     """
+    kube = installed.kube
     workdir.mkdir(parents=True, exist_ok=True)
     # The test's namespace replaces the example's (and any Namespace object it brings).
     docs = [d for d in yaml.safe_load_all(path.read_text())
@@ -144,7 +148,7 @@ def load_example(path: Path, kube: Kube, namespace: str, workdir: Path) -> Examp
     if pvc := example.pvc:
         names, default = storage_classes(kube)
         if "ReadWriteMany" in pvc.get("accessModes", []):
-            rwx = os.environ.get("DOCKYARD_E2E_RWX_CLASS")
+            rwx = os.environ.get("DOCKYARD_E2E_RWX_CLASS") or installed.cluster.rwx_class
             if not rwx:
                 pytest.skip(f"{path.name} needs ReadWriteMany volumes: set DOCKYARD_E2E_RWX_CLASS to a "
                             "StorageClass of this cluster that provisions them")
@@ -265,35 +269,56 @@ def deploy(kube: Kube, ex: Example) -> dict[str, Any]:
 # --- talking to a registry through port-forward --------------------------------------------------
 
 
-class Client:
-    """skopeo against one Registry, through `kubectl port-forward` to its Service."""
+def _connects(address: tuple[str, int]) -> bool:
+    try:
+        with socket.create_connection(address, timeout=5):
+            return True
+    except OSError:
+        return False
 
-    def __init__(self, kube: Kube, ex: Example, workdir: Path) -> None:
-        self.kube, self.ex, self.workdir = kube, ex, workdir
+
+class Client:
+    """skopeo against one Registry's Service: by its DNS name from the node where the cluster's DNS
+    is known (the local cluster), else through `kubectl port-forward`."""
+
+    def __init__(self, installed: Install, ex: Example, workdir: Path) -> None:
+        self.kube, self.ex, self.workdir = installed.kube, ex, workdir
+        self.resolv_conf = installed.cluster.resolv_conf
         workdir.mkdir(parents=True, exist_ok=True)
 
-    def _service(self) -> tuple[str, int]:
+    @contextmanager
+    def _service(self) -> Iterator[str]:
         svc = the_child(self.kube, self.ex, "services")
         ports = svc["spec"]["ports"]
-        port = next((p for p in ports if p.get("name") == "registry"), ports[0])
-        return svc["metadata"]["name"], int(port["port"])
+        port = int(next((p for p in ports if p.get("name") == "registry"), ports[0])["port"])
+        name = svc["metadata"]["name"]
+        if self.resolv_conf:
+            # kube-proxy programs a new endpoint a moment after the pod turns ready.
+            address = (svc["spec"]["clusterIP"], port)
+            wait_until(f"Service {name} accepts connections", lambda: _connects(address),
+                       timeout=CHANGE_TIMEOUT, interval=0.5)
+            yield f"{name}.{self.ex.namespace}.svc.cluster.local:{port}"
+        else:
+            with port_forward(self.kube, self.ex.namespace, name, port) as host:
+                yield host
+
+    def skopeo(self, *args: str, check: bool = True) -> bool:
+        done = skopeo("copy", "--insecure-policy", *args, workdir=self.workdir, check=check,
+                      resolv_conf=self.resolv_conf)
+        return done.returncode == 0
 
     def push(self, img: Image, ref: str, *, creds: bool = True, check: bool = True) -> bool:
         layout = write_layout(self.workdir / f"src-{uuid.uuid4().hex[:6]}", {"t": img})
-        name, port = self._service()
-        with port_forward(self.kube, self.ex.namespace, name, port) as host:
-            done = skopeo("copy", "--insecure-policy", *self.ex.access.flags("dest", creds=creds),
-                          f"oci:{layout}:t", f"docker://{host}/{ref}", workdir=self.workdir, check=check)
-        return done.returncode == 0
+        with self._service() as host:
+            return self.skopeo(*self.ex.access.flags("dest", creds=creds), f"oci:{layout}:t",
+                               f"docker://{host}/{ref}", check=check)
 
     def pull(self, img: Image, ref: str) -> None:
         """Pull REF (anonymously where the example allows it) and compare it byte for byte with IMG."""
         out = self.workdir / f"pulled-{uuid.uuid4().hex[:6]}"
-        name, port = self._service()
         creds = not self.ex.access.anonymous_pull
-        with port_forward(self.kube, self.ex.namespace, name, port) as host:
-            skopeo("copy", "--insecure-policy", *self.ex.access.flags("src", creds=creds),
-                   f"docker://{host}/{ref}", f"oci:{out}:t", workdir=self.workdir)
+        with self._service() as host:
+            self.skopeo(*self.ex.access.flags("src", creds=creds), f"docker://{host}/{ref}", f"oci:{out}:t")
         assert layout_ref(out, "t")["digest"] == img.digest, f"{ref} came back with another digest"
         for blob in img.blobs:
             assert layout_blob(out, blob.digest) == blob.data, f"{ref}: blob {blob.digest} differs"
@@ -336,7 +361,7 @@ def test_operator_runs_its_own_image_with_least_privilege(installed: Install) ->
 
 @pytest.fixture(params=EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def example(request: pytest.FixtureRequest, installed: Install, namespace: str, tmp_path: Path) -> Example:
-    return load_example(request.param, installed.kube, namespace, tmp_path / "example")
+    return load_example(request.param, installed, namespace, tmp_path / "example")
 
 
 def test_example_becomes_ready_and_serves_push_and_pull(installed: Install, example: Example,
@@ -349,7 +374,7 @@ def test_example_becomes_ready_and_serves_push_and_pull(installed: Install, exam
         images = {c["image"] for c in pod["containers"]}
         assert images == {installed.image}, "registry pods must run the operator's own image by default"
 
-    client = Client(kube, example, tmp_path / "client")
+    client = Client(installed, example, tmp_path / "client")
     img = image(seed=1, layers=2)
     if example.access.user:
         assert not client.push(img, "e2e/hello:v1", creds=False, check=False), \
@@ -361,7 +386,7 @@ def test_example_becomes_ready_and_serves_push_and_pull(installed: Install, exam
 def test_kubectl_scale_reaches_the_deployment(installed: Install, example: Example, tmp_path: Path) -> None:
     kube = installed.kube
     deploy(kube, example)
-    client = Client(kube, example, tmp_path / "client")
+    client = Client(installed, example, tmp_path / "client")
     img = image(seed=7, layers=1)
     client.push(img, "e2e/scaled:v1")
 
@@ -384,7 +409,7 @@ def test_deleting_keeps_the_pvc_and_recreating_reattaches(installed: Install, ex
                                                          tmp_path: Path) -> None:
     kube = installed.kube
     deploy(kube, example)
-    client = Client(kube, example, tmp_path / "client")
+    client = Client(installed, example, tmp_path / "client")
     img = image(seed=23, layers=2)
     client.push(img, "e2e/kept:v1")
     status = (kube.get("-n", example.namespace, "registry", example.name) or {}).get("status", {})

@@ -271,12 +271,20 @@ class Registries:
         self.close()
 
 
-def skopeo(*args: str, workdir: Path, check: bool = True,
-           timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
-    """Run the real skopeo with an auth file of its own (never the user's credentials)."""
+def skopeo(*args: str, workdir: Path, check: bool = True, timeout: float = 300,
+           resolv_conf: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run the real skopeo with an auth file of its own (never the user's credentials).
+
+    With RESOLV_CONF, skopeo resolves names with that file instead of /etc/resolv.conf (bound
+    over it in a mount namespace of its own: root only), e.g. a cluster's DNS for Service names.
+    """
     exe = require_tool("skopeo", "skopeo")
     env = {**os.environ, "REGISTRY_AUTH_FILE": str(workdir / "skopeo-auth.json")}
-    done = subprocess.run([exe, *args], capture_output=True, timeout=timeout, env=env, check=False)
+    argv = [exe, *args]
+    if resolv_conf is not None:
+        argv = ["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"',
+                str(resolv_conf), *argv]
+    done = subprocess.run(argv, capture_output=True, timeout=timeout, env=env, check=False)
     if check and done.returncode != 0:
         raise AssertionError(f"skopeo {' '.join(args)} exited with {done.returncode}:\n"
                              f"{done.stderr.decode(errors='replace')}")

@@ -6,6 +6,7 @@ import logging
 import socket
 import sys
 from collections.abc import Sequence
+from typing import Any, cast
 
 
 def run(*, namespaces: Sequence[str], all_namespaces: bool, liveness: str | None, verbose: bool) -> int:
@@ -22,5 +23,5 @@ def run(*, namespaces: Sequence[str], all_namespaces: bool, liveness: str | None
     # and the image's numeric user (65532) has no entry there.
     kopf.run(standalone=True, clusterwide=all_namespaces or not namespaces,
              namespaces=list(namespaces), liveness_endpoint=liveness,
-             identity=f"dockyard@{socket.gethostname()}")
+             identity=cast(Any, f"dockyard@{socket.gethostname()}"))  # kopf.Identity is a str
     return 0
