@@ -6,6 +6,7 @@
 #                            CoreDNS and a hostPath volume provisioner; wait until the node is Ready
 #   hack/cluster.sh env      print `export KUBECONFIG=...` for the running cluster
 #   hack/cluster.sh down     stop everything and remove the cluster's state
+#   hack/cluster.sh bin-dir  print where the Kubernetes binaries (kubectl among them) are cached
 #
 # With --control-plane-only, `up` starts etcd, kube-apiserver and the kube-controller-manager's
 # garbage collector, namespace and ServiceAccount controllers only: the integration tier's
@@ -31,7 +32,14 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${DOCKYARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dockyard}
 COREDNS_VERSION=v1.15.0
 K8S_VERSION=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$ROOT/hack/k8s/go.mod")
-K8S_BIN=$CACHE/k8s-$K8S_VERSION/bin
+K8S_MINOR=${K8S_VERSION#v1.}
+K8S_MINOR=${K8S_MINOR%%.*}
+# Release builds stamp their version; `kubectl version` and the API server report it.
+K8S_LDFLAGS="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  K8S_LDFLAGS+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$K8S_MINOR -X $pkg.gitTreeState=clean"
+done
+K8S_BIN=$CACHE/k8s-$K8S_VERSION-$(cat "$ROOT"/hack/k8s/go.{mod,sum} <(echo "$K8S_LDFLAGS") | sha256sum | cut -c1-12)
 TOOLS_BIN=$CACHE/tools-coredns-$COREDNS_VERSION-provisioner-$(sha256sum "$ROOT"/hack/provisioner/{go.mod,go.sum,main.go} | sha256sum | cut -c1-12)
 NODE=dockyard-node
 POD_CIDR=10.244.0.0/24
@@ -67,7 +75,7 @@ build() {
   if [[ ! -x $K8S_BIN/kubectl ]]; then
     say "building Kubernetes $K8S_VERSION into $K8S_BIN (a few minutes from a cold cache)"
     mkdir -p "$K8S_BIN.tmp"
-    (cd "$ROOT/hack/k8s" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$K8S_BIN.tmp/" \
+    (cd "$ROOT/hack/k8s" && CGO_ENABLED=0 go build -trimpath -ldflags="$K8S_LDFLAGS" -o "$K8S_BIN.tmp/" \
       k8s.io/kubernetes/cmd/{kube-apiserver,kube-controller-manager,kube-scheduler,kubelet,kube-proxy,kubectl})
     rm -rf "$K8S_BIN" && mv "$K8S_BIN.tmp" "$K8S_BIN"
   fi
@@ -387,8 +395,9 @@ down() {
 
 case ${1:-} in
   build) build ;;
+  bin-dir) echo "$K8S_BIN" ;;
   up) up ;;
   down) down ;;
   env) [[ -f $DIR/kubeconfig ]] || die "no cluster in $DIR (hack/cluster.sh up)"; echo "export KUBECONFIG=$DIR/kubeconfig" ;;
-  *) echo "usage: hack/cluster.sh [--control-plane-only] build|up|down|env" >&2; exit 2 ;;
+  *) echo "usage: hack/cluster.sh [--control-plane-only] build|up|down|env|bin-dir" >&2; exit 2 ;;
 esac

@@ -28,7 +28,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from tests.integration.kube import ApiError, ApiServer, create, delete, list_objects, patch
+from tests.integration.kube import ApiError, ApiServer, cluster_bin_dir, create, delete, list_objects, patch
 from tests.registry.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,20 +38,12 @@ DOCKYARD_KINDS = ("dockyard.dev/v1alpha1/registries", "dockyard.dev/v1alpha1/rep
 
 def kubectl(server: ApiServer, *args: str, input: str | None = None) -> str:
     """Run the cluster's own kubectl as the admin; fail the test with its error."""
-    exe = os.environ.get("DOCKYARD_KUBECTL") or str(_bin_dir() / "kubectl")
+    exe = str(cluster_bin_dir() / "kubectl")
     done = subprocess.run([exe, "--kubeconfig", str(server.kubeconfig), *args], input=input,
                           capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
     return done.stdout
-
-
-def _bin_dir() -> Path:
-    version = next(line.split()[2] for line in (ROOT / "hack/k8s/go.mod").read_text().splitlines()
-                   if line.startswith("require k8s.io/kubernetes "))
-    cache = Path(os.environ.get("DOCKYARD_CACHE") or
-                 Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dockyard")
-    return cache / f"k8s-{version}" / "bin"
 
 
 @pytest.fixture(scope="session")

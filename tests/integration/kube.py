@@ -26,6 +26,7 @@ import datetime
 import inspect
 import json
 import ssl
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -38,11 +39,20 @@ from typing import Any, NamedTuple, TypeVar, overload
 import aiohttp
 import yaml
 
+ROOT = Path(__file__).resolve().parents[2]
+
 T = TypeVar("T")
 Body = dict[str, Any]
 
 OPERATOR_USER = "system:serviceaccount:dockyard-system:dockyard-operator"
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+
+
+def cluster_bin_dir() -> Path:
+    """Where hack/cluster.sh keeps the Kubernetes binaries it builds (kubectl among them)."""
+    done = subprocess.run([str(ROOT / "hack" / "cluster.sh"), "bin-dir"], capture_output=True, text=True,
+                          timeout=60, check=True)
+    return Path(done.stdout.strip())
 
 
 class Write(NamedTuple):
