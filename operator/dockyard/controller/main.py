@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import socket
-import sys
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -16,9 +14,7 @@ def run(*, namespaces: Sequence[str], all_namespaces: bool, liveness: str | None
     import dockyard.controller.push  # push events behind `trigger.onPush`
     import dockyard.controller.replication  # noqa: F401 - ReplicationPolicies
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
-    kopf.configure(verbose=verbose)
+    kopf.configure(verbose=verbose)  # one handler on the root logger: every line is logged once
     # An identity of our own: Kopf's default asks the password database for the user's name,
     # and the image's numeric user (65532) has no entry there.
     kopf.run(standalone=True, clusterwide=all_namespaces or not namespaces,
