@@ -28,17 +28,27 @@ CORE_PLURALS = {
     "Deployment": "deployments", "PodDisruptionBudget": "poddisruptionbudgets", "Ingress": "ingresses",
     "Job": "jobs", "CronJob": "cronjobs", "Registry": "registries",
     "ReplicationPolicy": "replicationpolicies", "Role": "roles", "RoleBinding": "rolebindings",
+    "Namespace": "namespaces",
 }
+NAMESPACE_TERMINATING = "NamespaceTerminating"
+"""The cause of the API server's 403 to anything new in a namespace that is being deleted."""
 
 
 class ApiError(Exception):
-    """An error answer of the API server: `status` is the HTTP code, `reason` the Status reason."""
+    """An error answer of the API server: `status` is the HTTP code, `reason` the Status reason,
+    `causes` the reasons of its `details.causes`."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, causes: tuple[str, ...] = ()) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.causes = causes
+
+    @property
+    def namespace_terminating(self) -> bool:
+        """Refused because the namespace is being deleted: it takes no new objects."""
+        return self.status == 403 and NAMESPACE_TERMINATING in self.causes
 
 
 def path_of(api_version: str, kind: str, namespace: str | None, name: str | None = None,
@@ -121,13 +131,20 @@ class Kube:
                 answer = json.loads(text)
             except ValueError:
                 raise ApiError(status, reason or "", text[:500]) from None
-            raise ApiError(status, answer.get("reason", ""), answer.get("message", text))
+            causes = tuple(str(c.get("reason", "")) for c in (answer.get("details") or {}).get("causes") or [])
+            raise ApiError(status, answer.get("reason", ""), answer.get("message", text), causes)
         result: dict[str, Any] = json.loads(text) if text else {}
         return result
 
     async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
         return await self._request("GET", path_of(api_version, kind, namespace, name))
+
+    async def namespace_terminating(self, name: str) -> bool:
+        """Whether the namespace is being deleted, or is gone."""
+        namespace = await self.get("v1", "Namespace", None, name)
+        return (namespace is None or bool(namespace["metadata"].get("deletionTimestamp"))
+                or (namespace.get("status") or {}).get("phase") == "Terminating")
 
     async def list(self, api_version: str, kind: str, namespace: str | None,
                    label_selector: str | None = None) -> list[dict[str, Any]]:

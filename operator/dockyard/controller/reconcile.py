@@ -9,6 +9,10 @@ child is re-applied only when that hash differs from the newly rendered one (spe
 operator upgrade) or the live object no longer contains the rendered fields (drift). In
 steady state a reconcile is reads only, and status is patched only when it changes.
 
+An object being deleted, or whose namespace is, is let go: nothing is applied and no status or
+Event is written. A terminating namespace refuses new objects (403), and the children its
+deletion removes are meant to go; the operator must not fight it nor report it as a failure.
+
 When the operator receives push events (`DOCKYARD_EVENTS_URL` set), every Registry gets a
 Secret `<registry>-events` with a random token, before its Deployment. The Secret is created
 once and never re-applied: a token that changed on every pass would break the registry's
@@ -139,14 +143,30 @@ class Reconciler:
         self._pending.add(key)
         async with lock:
             self._pending.discard(key)
-            await self.reconcile(namespace, name)
+            try:
+                await self.reconcile(namespace, name)
+            except ApiError as e:  # the namespace began to terminate during the pass
+                if not e.namespace_terminating:
+                    raise
+                log.info("namespace %s is being deleted: leaving %s alone", namespace, name)
+                self.forget(namespace, name)
 
     async def reconcile(self, namespace: str, name: str) -> None:
-        body = await self.kube.get(API_VERSION, "Registry", namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            self._locks.pop((namespace, name), None)
-            return
-        await Pass(self, body).run()
+        body = await self.current("Registry", namespace, name)
+        if body is not None:
+            await Pass(self, body).run()
+
+    async def current(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object to reconcile; None when it, or its namespace, is being deleted (or is gone)."""
+        body = await self.kube.get(API_VERSION, kind, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp") \
+                or await self.kube.namespace_terminating(namespace):
+            self.forget(namespace, name)
+            return None
+        return body
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._locks.pop((namespace, name), None)
 
 
 class ObjectPass:
@@ -254,7 +274,7 @@ class Pass(ObjectPass):
                 try:
                     current = await self.kube.apply(obj)
                 except ApiError as e:
-                    if e.status not in (400, 403, 409, 422):
+                    if e.status not in (400, 403, 409, 422) or e.namespace_terminating:
                         raise
                     errors.append(f"{kind} {meta['name']!r} was refused: {e.message}")
             live[kind] = current
@@ -273,6 +293,8 @@ class Pass(ObjectPass):
                 current = await self.kube.create(events_secret(inp, secrets.token_urlsafe(32)))
                 log.info("created Secret %s/%s with the registry's events token", self.namespace, name)
             except ApiError as e:
+                if e.namespace_terminating:
+                    raise
                 if e.status != 409:  # 409: created meanwhile, which is as good
                     return f"Secret {name!r} (push events token) was refused: {e.message}"
                 return None

@@ -239,12 +239,13 @@ class PolicyReconciler(Reconciler):
             del self.pushes[key]
 
     async def reconcile(self, namespace: str, name: str) -> None:
-        body = await self.kube.get(API_VERSION, KIND, namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            self._locks.pop((namespace, name), None)
-            self.pushes.pop((namespace, name), None)
-            return
-        await PolicyPass(self, body).run()
+        body = await self.current(KIND, namespace, name)
+        if body is not None:
+            await PolicyPass(self, body).run()
+
+    def forget(self, namespace: str, name: str) -> None:
+        super().forget(namespace, name)
+        self.pushes.pop((namespace, name), None)
 
 
 def started_by_cronjob(job: Mapping[str, Any]) -> bool:
@@ -359,7 +360,7 @@ class PolicyPass(ObjectPass):
                 try:
                     await self.kube.apply(obj)
                 except ApiError as e:
-                    if e.status in (400, 403, 409, 422):
+                    if e.status in (400, 403, 409, 422) and not e.namespace_terminating:
                         return f"{kind} {meta['name']!r} was refused: {e.message}"
                     raise
         if inp.spec.trigger.schedule is None:
