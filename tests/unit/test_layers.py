@@ -1,5 +1,5 @@
-"""The package's dependency direction (DESIGN.md): controller -> render -> api; the registry
-server and the replication client share only `oci`; pure layers do no Kubernetes I/O.
+"""The package's dependency direction (docs/architecture.md, "Layers"): controller -> render
+-> api; the registry server and the replication client share only `oci`; pure layers do no Kubernetes I/O.
 `dockyard.cron` (five-field schedules) is a pure leaf that any layer may use.
 
 Command-line modules (`*/cli.py`, `dockyard/cli.py`) are composition roots and may import

@@ -1,7 +1,7 @@
 """The `Registry` kind (dockyard.dev/v1alpha1): spec and status models.
 
-Field names are the public contract (see DESIGN.md); `make crds` generates the CRD from
-these classes, so a field exists here or nowhere.
+Field names are the public contract (see docs/architecture.md, "Layers"); `make crds`
+generates the CRD from these classes, so a field exists here or nowhere.
 """
 
 from __future__ import annotations

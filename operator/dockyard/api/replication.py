@@ -1,8 +1,8 @@
 """The `ReplicationPolicy` kind (dockyard.dev/v1alpha1): spec and status models.
 
 A policy copies images between two registries: a Dockyard `Registry` in the cluster
-(`registryRef`) or any OCI registry by URL. Field names are the public contract of
-DESIGN.md; `make crds` generates the CRD from these classes.
+(`registryRef`) or any OCI registry by URL. Field names are the public contract;
+`make crds` generates the CRD from these classes (see docs/architecture.md, "Layers").
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The copy engine: executes one run of a ReplicationPolicy between two registries.
 
-Order and safety rules (DESIGN.md "ReplicationPolicy"): blobs before manifests, index
-children before their index, the tag written last, so an interrupted run never leaves a
-tag pointing at incomplete content. Digests are preserved byte for byte, except that a
+Order and safety rules (docs/architecture.md, "Data flow of a push"): blobs before
+manifests, index children before their index, the tag written last, so an interrupted run
+never leaves a tag pointing at incomplete content. Digests are preserved byte for byte, except that a
 platform filter has to write a new, smaller index (noted in the run's summary).
 
 Throughput: every blob is moved at most once per run (single flight per digest; other
