@@ -28,6 +28,24 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def yaml_problem(error: Exception) -> str:
+    """One line for a YAML syntax error, keeping PyYAML's line and column (1-based).
+
+    `line 3, column 5: mapping values are not allowed here`; any other error is its first line.
+    """
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        text = f"line {mark.line + 1}, column {mark.column + 1}: {error.problem or 'invalid YAML'}"
+        if error.context:
+            where = error.context_mark
+            started = f" started at line {where.line + 1}, column {where.column + 1}" \
+                if where is not None and where.line != mark.line else ""
+            text += f" ({error.context}{started})"
+        return text
+    lines = str(error).splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def _cmd_crds(args: argparse.Namespace) -> int:
     from dockyard.api.crd import KINDS, crd
 
@@ -39,8 +57,20 @@ def _cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def version() -> str:
+    """The installed distribution's version (the source tree's when run uninstalled)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("dockyard")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install .)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="dockyard", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     crds = sub.add_parser("crds", help="write the CRDs generated from the API models")
     crds.add_argument("--out", default="crds", help="output directory (default: crds)")
