@@ -51,6 +51,8 @@ async def test_dry_run_lists_and_writes_nothing(registries: Registries, tmp_path
     assert out.returncode == 0, out.stderr
     assert "copy   app:1.0 -> mirror/app:1.0" in out.stdout
     assert "copy   app:1.1 -> mirror/app:1.1" in out.stdout
+    assert "Succeeded (dry run, nothing changed): would copy 2, up to date 0, failed 0" in out.stdout
+    assert not SUMMARY.search(out.stdout)
     assert await list_tags(dst.url, "mirror/app") == []
     # With the deletion mirror, tags the source lost are listed for deletion, and kept.
     await seed(dst.url, "mirror/app", ("0.9",))
@@ -59,6 +61,7 @@ async def test_dry_run_lists_and_writes_nothing(registries: Registries, tmp_path
     out = await dockyard("replicate", "-f", str(file), "--dry-run", "--state", str(tmp_path / "s.json"))
     assert out.returncode == 0, out.stderr
     assert "delete mirror/app:0.9" in out.stdout
+    assert "would copy 2, would delete 1," in out.stdout
     assert await list_tags(dst.url, "mirror/app") == ["0.9"]
 
 

@@ -17,10 +17,41 @@ def _secret_data(doc: dict[str, Any]) -> dict[str, str]:
     return data
 
 
+def check_object(doc: dict[str, Any]) -> None:
+    """What the API server would refuse before Dockyard's schema: apiVersion and object names.
+
+    Raises SpecError naming the kind and the field.
+    """
+    import re
+
+    from dockyard.api import API_VERSION, GROUP, SpecError
+    from dockyard.api.schema import DNS_LABEL_PATTERN
+
+    kind = doc.get("kind")
+    api_version = doc.get("apiVersion")
+    if api_version != API_VERSION:
+        served = f"; {GROUP} serves {API_VERSION}" if str(api_version or "").startswith(f"{GROUP}/") else ""
+        raise SpecError(f"{kind} apiVersion", f"{api_version!r} is not {API_VERSION!r}{served}")
+    meta = doc.get("metadata")
+    if not isinstance(meta, dict):
+        raise SpecError(f"{kind} metadata", "is required (a mapping with at least name)")
+    for key in ("name", "namespace"):
+        value = meta.get(key)
+        if value is None and key == "namespace":
+            continue
+        if not isinstance(value, str) or not value:
+            raise SpecError(f"{kind} metadata.{key}", "is required")
+        if len(value) > 63 or not re.match(DNS_LABEL_PATTERN, value):
+            raise SpecError(f"{kind} metadata.{key}",
+                            f"{value!r} is not a valid name: lowercase letters, digits and '-', starting and "
+                            "ending with a letter or digit, at most 63 characters")
+
+
 def _cmd_render(args: argparse.Namespace) -> int:
     import yaml
 
     from dockyard.api import SpecError
+    from dockyard.cli import yaml_problem
     from dockyard.controller.reconcile import events_url_from_environment
     from dockyard.render import RenderInput, render_registry
     from dockyard.render.replication import PolicyInput, render_policy
@@ -29,7 +60,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
         with open(args.file) if args.file != "-" else sys.stdin as f:
             docs = [d for d in yaml.safe_load_all(f) if d]
     except (OSError, yaml.YAMLError) as e:
-        print(f"dockyard render: {args.file}: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"dockyard render: {args.file}: {yaml_problem(e)}", file=sys.stderr)
         return 2
     secrets = {d["metadata"]["name"]: _secret_data(d) for d in docs
                if isinstance(d, dict) and d.get("kind") == "Secret" and (d.get("metadata") or {}).get("name")}
@@ -39,6 +70,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
         policies = [d for d in docs if isinstance(d, dict) and d.get("kind") == "ReplicationPolicy"]
         if not registries and not policies:
             raise SpecError("kind", "no Registry or ReplicationPolicy in the file")
+        for doc in registries + policies:
+            check_object(doc)
         events_url = events_url_from_environment()
         for doc in registries:
             objects.extend(render_registry(RenderInput.from_body(doc, image=args.image, secrets=secrets,

@@ -61,6 +61,15 @@ class ProgressBar:
             self.stream.flush()
 
 
+def dry_run_summary(result: Any) -> str:
+    """`Succeeded (dry run, nothing changed): would copy 3, would delete 1, up to date 10, failed 0, ...`."""
+    parts = [f"would copy {len(result.would_copy)}"]
+    if result.would_delete:
+        parts.append(f"would delete {len(result.would_delete)}")
+    parts += [f"up to date {result.skipped}", f"failed {result.failed}", f"duration {result.duration:.1f}s"]
+    return f"{result.result} (dry run, nothing changed): " + ", ".join(parts)
+
+
 def _credentials(flag: str | None, env_creds: str, env_config: str, url: str) -> Any:
     from dockyard.replication.client import Credentials
 
@@ -86,6 +95,7 @@ def _cmd_replicate(args: argparse.Namespace) -> int:
     from dockyard.api import SpecError
     from dockyard.api.replication import ReplicationPolicySpec
     from dockyard.api.schema import parse
+    from dockyard.cli import yaml_problem
     from dockyard.replication.copy import Access, EngineOptions, RunAccess, run_policy
     from dockyard.replication.filters import RangeError
     from dockyard.replication.limits import parse_bytes
@@ -125,7 +135,7 @@ def _cmd_replicate(args: argparse.Namespace) -> int:
         if chunk < 1024 * 1024 and not os.environ.get("DOCKYARD_ALLOW_SMALL_CHUNKS"):
             raise ValueError("--chunk-size must be at least 1Mi")
     except (OSError, yaml.YAMLError) as e:
-        print(f"{prog}: {args.file}: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"{prog}: {args.file}: {yaml_problem(e)}", file=sys.stderr)
         return 2
     except (SpecError, RangeError, ValueError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
@@ -151,7 +161,7 @@ def _cmd_replicate(args: argparse.Namespace) -> int:
         print(f"{prog}: {result.fatal}", file=sys.stderr)
     for note in result.notes:
         print(f"note: {note}")
-    print(summary_line(result))
+    print(dry_run_summary(result) if args.dry_run else summary_line(result))
     return 0 if result.result == "Succeeded" else 1
 
 
