@@ -1,19 +1,33 @@
 """kstatus conditions (Ready, Reconciling, Stalled) computed by pure functions.
 
-`registry_conditions` is a chain of small policies over what the reconcile observed; it
-returns the conditions without timestamps. `merge` then keeps `lastTransitionTime` of
+Each kind has a chain of small named policies over what its reconcile observed (a frozen
+`Observed` dataclass), evaluated in order by `decide`: the first policy that returns a
+`Verdict` decides, and `kstatus` turns that verdict into the three conditions, without
+timestamps. Both kinds share `decide`, `kstatus` and the policies `invalid_spec` and
+`apply_failed`; the Registry chain is `REGISTRY_POLICIES` below, the ReplicationPolicy chain
+is in `controller.replication_status`. `merge` then keeps `lastTransitionTime` of
 conditions whose status did not change and reports which ones transitioned, so status is
 written only on change and one Event is posted per transition.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 READY, RECONCILING, STALLED = "Ready", "Reconciling", "Stalled"
 TYPES = (READY, RECONCILING, STALLED)
+
+
+class SpecObserved(Protocol):
+    @property
+    def spec_error(self) -> str | None: ...
+
+
+class ApplyObserved(Protocol):
+    @property
+    def apply_error(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -38,56 +52,30 @@ class Verdict:
     reconciling: bool = False
 
 
-def _deployment_condition(dep: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
-    for cond in (dep.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == type_:
-            return dict(cond)
-    return {}
+Obs = TypeVar("Obs")
+Policy = Callable[[Obs], Verdict | None]
+"""One named rule: a Verdict when it applies to the observation, else None (the next one asks)."""
 
 
-def verdict(obs: Observed) -> Verdict:
-    """The first policy that applies decides."""
-    if obs.spec_error:
-        return Verdict(False, "InvalidSpec", obs.spec_error, stalled=True)
-    if obs.missing_secrets:
-        return Verdict(False, "SecretNotFound", "; ".join(obs.missing_secrets), stalled=True)
-    if obs.apply_error:
-        return Verdict(False, "ApplyFailed", obs.apply_error, stalled=True)
-    dep = obs.deployment
-    if dep is None:
-        return Verdict(False, "Creating", "the Deployment does not exist yet", reconciling=True)
-    status = dep.get("status") or {}
-    progressing = _deployment_condition(dep, "Progressing")
-    if progressing.get("status") == "False" and progressing.get("reason") == "ProgressDeadlineExceeded":
-        return Verdict(False, "ProgressDeadlineExceeded",
-                       progressing.get("message") or "the rollout did not progress in time", stalled=True)
-    if (status.get("observedGeneration") or 0) < (dep.get("metadata") or {}).get("generation", 0):
-        return Verdict(False, "RollingOut", "the Deployment controller has not seen the new spec yet",
-                       reconciling=True)
-    want = obs.desired_replicas
-    updated = status.get("updatedReplicas") or 0
-    available = status.get("availableReplicas") or 0
-    total = status.get("replicas") or 0
-    if obs.claim_phase == "Pending" and available < want:
-        return Verdict(False, "ClaimPending", "waiting for the PersistentVolumeClaim to bind",
-                       reconciling=True)
-    if updated < want or total > want:
-        return Verdict(False, "RollingOut", f"{updated}/{want} pods updated, {total} running",
-                       reconciling=True)
-    if available < want:
-        return Verdict(False, "PodsNotReady", f"{available}/{want} pods available", reconciling=True)
-    if want == 0:
-        return Verdict(True, "ScaledToZero", "scaled to zero replicas")
-    return Verdict(True, "Available", f"{available}/{want} pods available")
+def decide(policies: Sequence[Policy[Obs]], obs: Obs) -> Verdict:
+    """Evaluate the policies in order: the first that returns a Verdict decides.
+
+    The last policy of each chain always decides, so every observation has a verdict.
+    """
+    for policy in policies:
+        v = policy(obs)
+        if v is not None:
+            return v
+    raise ValueError("no condition policy decided; the last one of a chain must always decide")
 
 
-def registry_conditions(obs: Observed) -> list[dict[str, Any]]:
-    v = verdict(obs)
+def kstatus(v: Verdict, generation: int) -> list[dict[str, Any]]:
+    """Ready, Reconciling and Stalled of a verdict: the shape both kinds report."""
     idle = "Idle" if not v.stalled else "Stalled"
 
     def cond(type_: str, on: bool, reason: str, message: str) -> dict[str, Any]:
         return {"type": type_, "status": "True" if on else "False", "reason": reason,
-                "message": message, "observedGeneration": obs.generation}
+                "message": message, "observedGeneration": generation}
 
     return [
         cond(READY, v.ready, v.reason, v.message),
@@ -96,6 +84,117 @@ def registry_conditions(obs: Observed) -> list[dict[str, Any]]:
         cond(STALLED, v.stalled, v.reason if v.stalled else "NotStalled",
              v.message if v.stalled else "no error"),
     ]
+
+
+def invalid_spec(obs: SpecObserved) -> Verdict | None:
+    """Shared by both kinds: a spec the operator cannot parse stalls the object."""
+    return Verdict(False, "InvalidSpec", obs.spec_error, stalled=True) if obs.spec_error else None
+
+
+def apply_failed(obs: ApplyObserved) -> Verdict | None:
+    """Shared by both kinds: the API server refused a child."""
+    return Verdict(False, "ApplyFailed", obs.apply_error, stalled=True) if obs.apply_error else None
+
+
+# ----------------------------------------------------------------------------- Registry policies
+
+def _deployment_condition(dep: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
+    for cond in (dep.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return {}
+
+
+def _counts(obs: Observed) -> tuple[int, int, int]:
+    """updatedReplicas, availableReplicas and replicas of the observed Deployment."""
+    status = (obs.deployment or {}).get("status") or {}
+    return (status.get("updatedReplicas") or 0, status.get("availableReplicas") or 0,
+            status.get("replicas") or 0)
+
+
+def secret_not_found(obs: Observed) -> Verdict | None:
+    if obs.missing_secrets:
+        return Verdict(False, "SecretNotFound", "; ".join(obs.missing_secrets), stalled=True)
+    return None
+
+
+def deployment_missing(obs: Observed) -> Verdict | None:
+    if obs.deployment is None:
+        return Verdict(False, "Creating", "the Deployment does not exist yet", reconciling=True)
+    return None
+
+
+def progress_deadline_exceeded(obs: Observed) -> Verdict | None:
+    progressing = _deployment_condition(obs.deployment or {}, "Progressing")
+    if progressing.get("status") == "False" and progressing.get("reason") == "ProgressDeadlineExceeded":
+        return Verdict(False, "ProgressDeadlineExceeded",
+                       progressing.get("message") or "the rollout did not progress in time", stalled=True)
+    return None
+
+
+def spec_not_observed(obs: Observed) -> Verdict | None:
+    dep = obs.deployment or {}
+    if ((dep.get("status") or {}).get("observedGeneration") or 0) < (dep.get("metadata") or {}).get("generation", 0):
+        return Verdict(False, "RollingOut", "the Deployment controller has not seen the new spec yet",
+                       reconciling=True)
+    return None
+
+
+def claim_pending(obs: Observed) -> Verdict | None:
+    _, available, _ = _counts(obs)
+    if obs.claim_phase == "Pending" and available < obs.desired_replicas:
+        return Verdict(False, "ClaimPending", "waiting for the PersistentVolumeClaim to bind",
+                       reconciling=True)
+    return None
+
+
+def rolling_out(obs: Observed) -> Verdict | None:
+    updated, _, total = _counts(obs)
+    want = obs.desired_replicas
+    if updated < want or total > want:
+        return Verdict(False, "RollingOut", f"{updated}/{want} pods updated, {total} running",
+                       reconciling=True)
+    return None
+
+
+def pods_not_ready(obs: Observed) -> Verdict | None:
+    _, available, _ = _counts(obs)
+    if available < obs.desired_replicas:
+        return Verdict(False, "PodsNotReady", f"{available}/{obs.desired_replicas} pods available",
+                       reconciling=True)
+    return None
+
+
+def scaled_to_zero(obs: Observed) -> Verdict | None:
+    return Verdict(True, "ScaledToZero", "scaled to zero replicas") if obs.desired_replicas == 0 else None
+
+
+def available(obs: Observed) -> Verdict:
+    _, count, _ = _counts(obs)
+    return Verdict(True, "Available", f"{count}/{obs.desired_replicas} pods available")
+
+
+REGISTRY_POLICIES: tuple[Policy[Observed], ...] = (
+    invalid_spec,
+    secret_not_found,
+    apply_failed,
+    deployment_missing,
+    progress_deadline_exceeded,
+    spec_not_observed,
+    claim_pending,
+    rolling_out,
+    pods_not_ready,
+    scaled_to_zero,
+    available,
+)
+
+
+def verdict(obs: Observed) -> Verdict:
+    return decide(REGISTRY_POLICIES, obs)
+
+
+def registry_conditions(obs: Observed) -> list[dict[str, Any]]:
+    return kstatus(verdict(obs), obs.generation)
 
 
 def reconciling_now(generation: int) -> list[dict[str, Any]]:
