@@ -56,8 +56,18 @@ cluster-up: ## Start the local one-node cluster (hack/cluster.sh; root); then: e
 cluster-down: ## Stop the local one-node cluster and remove its state
 	hack/cluster.sh down
 
-e2e: $(STAMP) ## End-to-end tests on the cluster in KUBECONFIG, else kind, else the local cluster
-	DOCKYARD_E2E=1 DOCKYARD_IMAGE=$(IMAGE) KIND_CLUSTER=$(KIND_CLUSTER) $(PY) -m pytest -q -rs tests/e2e
+E2E_TESTS ?= tests/e2e
+# Fails when pytest passed only because every test skipped (no cluster, no root): nothing was tested.
+E2E_RAN := import sys, xml.etree.ElementTree as ET; \
+  root = ET.parse(sys.argv[1]).getroot(); suite = root if root.tag == "testsuite" else root.find("testsuite"); \
+  ran = int(suite.get("tests", 0)) - int(suite.get("skipped", 0)); \
+  sys.exit(0 if ran else "make e2e: every end-to-end test was skipped (reasons above), so nothing was tested")
+
+e2e: $(STAMP) ## End-to-end tests on the cluster in KUBECONFIG, else kind, else the local cluster; fails if all skip
+	@report=$$(mktemp) && trap 'rm -f "$$report"' EXIT && \
+	  DOCKYARD_E2E=1 DOCKYARD_IMAGE=$(IMAGE) KIND_CLUSTER=$(KIND_CLUSTER) \
+	    $(PY) -m pytest -q -rs --junitxml="$$report" $(E2E_TESTS) && \
+	  $(PY) -c '$(E2E_RAN)' "$$report"
 
 bench: $(STAMP) ## Benchmarks against the peer registry, printed as a table
 	$(PY) bench/run.py
