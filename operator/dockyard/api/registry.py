@@ -27,6 +27,7 @@ from dockyard.api.schema import (
     Rule,
     cel_string,
     meta,
+    pattern_matches,
 )
 
 AccessMode = Literal["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"]
@@ -176,7 +177,7 @@ class GarbageCollection(Model):
         Rule(
             cel=f"self.schedule.matches({cel_string(CRON_PATTERN)})",
             message="garbageCollection.schedule must be a cron expression with five fields, e.g. '0 3 * * *'",
-            check=lambda g: re.match(CRON_PATTERN, g.schedule) is not None,
+            check=lambda g: pattern_matches(CRON_PATTERN, g.schedule),
             field_path=".schedule",
         ),
     )

@@ -7,10 +7,17 @@ A policy copies images between two registries: a Dockyard `Registry` in the clus
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from dockyard.api.patterns import (
+    PLATFORM_PATTERN,
+    SEMVER_RANGE_PATTERN,
+    glob_error,
+    pattern_error,
+    platform_error,
+    semver_range_error,
+)
 from dockyard.api.registry import Condition
 from dockyard.api.schema import (
     CRON_MAX_LENGTH,
@@ -25,6 +32,7 @@ from dockyard.api.schema import (
     Rule,
     cel_string,
     meta,
+    pattern_matches,
 )
 
 URL_PATTERN = r"^https?://[^\s/]+(/[^\s]*)?$"
@@ -35,6 +43,18 @@ may spell them out longer."""
 TAG_PATTERN_MAX_LENGTH = 256
 """Tags are at most 128 characters; a /regex/ may be longer."""
 PATTERNS_MAX_ITEMS = 256
+
+# Every string of `spec.filters` is read by the copy engine (dockyard.replication.filters), and
+# every one is checked here by that same code, so a policy the engine cannot run is refused when
+# it is read (the operator reports Stalled naming the field, `dockyard render` fails) instead of
+# killing the Job at start-up without a status:
+#
+# * semverRange and platforms: a schema `pattern` (the engine's own grammar, which the API server
+#   checks too) plus the engine's parser;
+# * tag and repository patterns: the engine compiles them with RE2, linear-time whatever the
+#   pattern. The API server cannot compile a regex or a glob's character class in a schema check,
+#   so admission only bounds their length; the operator refuses one RE2 cannot compile
+#   (backreferences such as `/(a)\1/`, lookarounds such as `/(?!rc)/`, a class such as `[z-a]`).
 
 
 @dataclass(frozen=True)
@@ -79,26 +99,28 @@ class RepositoryFilter(Model):
     DOC = "Repository name globs: `*` stays within one path segment, `**` crosses segments."
     include: tuple[str, ...] = field(
         default=(), metadata=meta("Repositories to copy; every repository of the catalog when empty.",
-                                  max_items=PATTERNS_MAX_ITEMS, item_max_length=REPOSITORY_GLOB_MAX_LENGTH))
+                                  max_items=PATTERNS_MAX_ITEMS, item_max_length=REPOSITORY_GLOB_MAX_LENGTH,
+                                  item_check=glob_error))
     exclude: tuple[str, ...] = field(
         default=(), metadata=meta("Repositories never copied.", max_items=PATTERNS_MAX_ITEMS,
-                                  item_max_length=REPOSITORY_GLOB_MAX_LENGTH))
+                                  item_max_length=REPOSITORY_GLOB_MAX_LENGTH, item_check=glob_error))
 
 
 @dataclass(frozen=True)
 class TagFilter(Model):
-    DOC = "Tag patterns are globs unless written as /regex/ (searched, anchor it yourself)."
+    DOC = ("Tag patterns are globs unless written as /regex/ (searched, anchor it yourself). Regexes use "
+           "RE2 syntax (no backreferences or lookarounds) and match in linear time.")
     include: tuple[str, ...] = field(
         default=(), metadata=meta("Tags to copy; every tag when empty.", max_items=PATTERNS_MAX_ITEMS,
-                                  item_max_length=TAG_PATTERN_MAX_LENGTH))
+                                  item_max_length=TAG_PATTERN_MAX_LENGTH, item_check=pattern_error))
     exclude: tuple[str, ...] = field(
         default=(), metadata=meta("Tags never copied.", max_items=PATTERNS_MAX_ITEMS,
-                                  item_max_length=TAG_PATTERN_MAX_LENGTH))
+                                  item_max_length=TAG_PATTERN_MAX_LENGTH, item_check=pattern_error))
     semver_range: str | None = field(
         default=None,
         metadata=meta("Only tags that are versions inside this range, e.g. `>=1.25.0 <2`, `^1.2`, `~1.2`, "
-                      "`1.x`; `||` separates alternatives. Tags that are not versions never match.",
-                      max_length=256))
+                      "`1.x`, `1.2 - 1.4`; `||` separates alternatives. Tags that are not versions never match.",
+                      max_length=256, pattern=SEMVER_RANGE_PATTERN, check=semver_range_error))
 
 
 @dataclass(frozen=True)
@@ -110,7 +132,7 @@ class Filters(Model):
         default=(),
         metadata=meta("Keep only these platforms (os/arch[/variant]) of image indexes; the copied index is "
                       "then a new index with its own digest. Empty keeps indexes byte for byte.",
-                      max_items=64, item_max_length=64))
+                      max_items=64, item_max_length=64, item_pattern=PLATFORM_PATTERN, item_check=platform_error))
     latest: int | None = field(
         default=None, metadata=meta("Keep the newest N selected tags per repository: by image creation time "
                                     "when the configs carry one, else by version order.",
@@ -133,7 +155,7 @@ class Trigger(Model):
         Rule(
             cel=f"!has(self.schedule) || self.schedule.matches({cel_string(CRON_PATTERN)})",
             message="trigger.schedule must be a cron expression with five fields, e.g. '0 */6 * * *'",
-            check=lambda t: t.schedule is None or re.match(CRON_PATTERN, t.schedule) is not None,
+            check=lambda t: t.schedule is None or pattern_matches(CRON_PATTERN, t.schedule),
         ),
     )
     schedule: str | None = field(

@@ -33,9 +33,10 @@ def parse_duration(text: str) -> float:
 
 
 def parse_bytes(text: str) -> int:
-    """A quantity such as `50Mi`, `10M` or `1e6` -> whole bytes, as the API server reads it."""
+    """A quantity such as `50Mi`, `10M` or `1e6` -> whole bytes, as the API server reads it (no blanks around it,
+    which the CRD's pattern refuses too)."""
     try:
-        value: Fraction | None = quantity_value(text.strip())
+        value: Fraction | None = quantity_value(text)
     except ValueError:
         value = None
     if value is None or value < 0:

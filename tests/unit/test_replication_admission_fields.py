@@ -1,0 +1,293 @@
+"""Every string of a ReplicationPolicy that the copy engine parses: admission and the engine agree.
+
+One table per field: value -> accepted. The three readers of the value must all give that answer:
+the API server (the CRD replayed by tests/unit/cel.py), the operator's model (`parse`, which
+`dockyard render` and the in-cluster run use) and the engine's own parser (what the copy Job
+calls at start-up). A value one of them accepts and another refuses is a policy that passes
+`kubectl apply` and then kills its Job, or one the operator refuses for no reason.
+
+Tag and repository patterns are the one documented exception: the API server cannot compile a
+user's regex (or a glob's character class) in a schema check, so it admits any pattern within its
+length, and the model refuses what RE2 cannot compile, naming the field (the operator reports
+Stalled). Their table says so explicitly.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import re2  # type: ignore[import-untyped]
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dockyard.api import SpecError
+from dockyard.api.crd import KINDS, REPLICATION_POLICY, crd
+from dockyard.api.patterns import SEMVER_RANGE_PATTERN, SemverRange
+from dockyard.api.replication import ReplicationPolicySpec
+from dockyard.api.schema import CRON_PATTERN, DURATION_PATTERN, QUANTITY_PATTERN, parse
+from dockyard.replication.filters import RangeError, TagSelector, platform_match, repository_selected
+from dockyard.replication.limits import parse_bytes, parse_duration
+from tests.unit import cel
+
+SCHEMA = cel.version_schema(crd(REPLICATION_POLICY))
+PACKAGE = Path(__file__).parents[2] / "operator" / "dockyard"
+BASE: dict[str, Any] = {"source": {"url": "https://registry-1.docker.io"},
+                        "destination": {"registryRef": {"name": "main"}}}
+
+
+def _spec(path: str, value: Any) -> dict[str, Any]:
+    spec = copy.deepcopy(BASE)
+    node = spec
+    *parents, last = path.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return spec
+
+
+def admitted(path: str, value: Any) -> bool:
+    obj = {"apiVersion": "dockyard.dev/v1alpha1", "kind": "ReplicationPolicy",
+           "metadata": {"name": "p", "namespace": "n"}, "spec": _spec(path, value)}
+    return cel.admit(obj, SCHEMA) == []
+
+
+def model_error(path: str, value: Any) -> SpecError | None:
+    try:
+        parse(ReplicationPolicySpec, _spec(path, value))
+    except SpecError as e:
+        return e
+    return None
+
+
+def engine_accepts(read: Any, value: Any) -> bool:
+    try:
+        read(value)
+    except (ValueError, re2.error):
+        return False
+    return True
+
+
+def assert_all_agree(path: str, value: Any, accepted: bool, read: Any, field: str | None = None) -> None:
+    error = model_error(path, value)
+    assert admitted(path, value) == accepted, f"the CRD {'refuses' if accepted else 'admits'} {value!r}"
+    assert (error is None) == accepted, f"the model {'refuses' if accepted else 'admits'} {value!r}: {error}"
+    engine_value = value if not isinstance(value, list) else value[0]
+    assert engine_accepts(read, engine_value) == accepted, f"the engine disagrees on {value!r}"
+    if error is not None:
+        assert error.path == (field or f"spec.{path}")
+
+
+# ----------------------------------------------------------------------------- limits.bandwidth
+
+BANDWIDTH = [
+    # The Kubernetes quantity grammar, which the engine reads with the same function as the model.
+    ("50Mi", True), ("1e8", True), ("1E8", True), ("+50Mi", True), (".5Gi", True), ("1Pi", True), ("1Ei", True),
+    ("10M", True), ("1.", True), ("1.5Ti", True), ("0", True), ("9e99", True),
+    ("-1", False), ("-50Mi", False), ("fast", False), ("50MB", False), ("50 Mi", False), ("1e", False),
+    ("e3", False), ("", False), ("50Mi\n", False), ("0x10", False), ("\u0661", False), ("1Ki1", False),
+]
+
+
+@pytest.mark.parametrize(("value", "accepted"), BANDWIDTH)
+def test_bandwidth(value: str, accepted: bool) -> None:
+    assert_all_agree("limits.bandwidth", value, accepted, parse_bytes)
+
+
+# ----------------------------------------------------------------------------- semverRange
+
+
+def _selector_with_range(text: str) -> TagSelector:
+    return TagSelector(semver_range=text)  # what the copy engine and the push receiver build at start-up
+
+
+SEMVER = [
+    (">=1.25.0", True), (">=1.25.0 <2", True), ("^1.2", True), ("~1.2", True), ("~>1.2", True), ("1.x", True),
+    ("1.2.X", True), ("*", True), ("v1.2.3", True), ("=1.2.3", True), ("1.2 - 1.4", True),
+    (">=1.0.0-rc.1 <1.0.0", True), (">= 1.2", True), ("> = 1.2", True), ("~ > 1", True), ("1 || 2 || >=3.1", True),
+    ("\t^1\t", True), ("1.2.3+build.5", True), ("01", True),
+    (">=banana", False), ("banana", False), ("", False), ("||", False), ("1 ||", False), (">=", False),
+    (">=1 - 2", False), ("1 -2", False), ("1.2.3.4", False), ("=>1", False), (">>1", False), ("> >=1", False),
+    ("^~1", False), ("1 >", False), ("1,2", False), (">=1\n", False), ("\u00a01", False), ("\u0661", False),
+    ("1 && 2", False),
+]
+
+
+@pytest.mark.parametrize(("value", "accepted"), SEMVER)
+def test_semver_range(value: str, accepted: bool) -> None:
+    assert_all_agree("filters.tags.semverRange", value, accepted, _selector_with_range)
+
+
+def test_a_bad_semver_range_is_refused_at_admission_naming_the_field() -> None:
+    obj = {"apiVersion": "dockyard.dev/v1alpha1", "kind": "ReplicationPolicy",
+           "metadata": {"name": "p", "namespace": "n"}, "spec": _spec("filters.tags.semverRange", ">=banana")}
+    assert [v.path for v in cel.admit(obj, SCHEMA)] == ["spec.filters.tags.semverRange"]
+    error = model_error("filters.tags.semverRange", ">=banana")
+    assert error is not None and error.path == "spec.filters.tags.semverRange"
+    with pytest.raises(RangeError):
+        _selector_with_range(">=banana")
+
+
+_RANGE = re2.compile(SEMVER_RANGE_PATTERN)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet="<>=^~ \t|-.+vxX*0129arc", max_size=24))
+def test_every_range_the_grammar_admits_the_engine_reads(text: str) -> None:
+    """The schema pattern never admits a range the engine's reader then fails on."""
+    if _RANGE.search(text) is not None:
+        SemverRange.read(text)
+    else:
+        with pytest.raises(RangeError):
+            SemverRange.parse(text)
+
+
+# ----------------------------------------------------------------------------- limits.retry.backoff
+
+BACKOFF = [
+    ("2s", True), ("500ms", True), ("1m30s", True), ("1.5h", True), ("0s", True), ("1h2m3s4ms", True),
+    ("soon", False), ("2", False), ("2 s", False), ("-1s", False), ("1d", False), (".5s", False), ("2s\n", False),
+    ("", False), ("1.s", False), ("\u0661s", False),
+]
+
+
+@pytest.mark.parametrize(("value", "accepted"), BACKOFF)
+def test_backoff(value: str, accepted: bool) -> None:
+    assert_all_agree("limits.retry.backoff", value, accepted, parse_duration)
+
+
+# ----------------------------------------------------------------------------- platforms
+
+
+def _platform(text: str) -> None:
+    from dockyard.api.patterns import platform_error
+
+    error = platform_error(text)
+    if error is not None:
+        raise ValueError(error)
+    platform_match([text], {"os": "linux", "architecture": "amd64"})
+
+
+PLATFORMS = [
+    ("linux/amd64", True), ("linux/arm/v7", True), ("windows/amd64", True), ("linux/ppc64le", True),
+    ("linux", False), ("linux/", False), ("/amd64", False), ("linux/arm/v7/x", False), ("linux amd64", False),
+    (" linux/amd64", False), ("", False),
+]
+
+
+@pytest.mark.parametrize(("value", "accepted"), PLATFORMS)
+def test_platforms(value: str, accepted: bool) -> None:
+    assert_all_agree("filters.platforms", [value], accepted, _platform, field="spec.filters.platforms[0]")
+
+
+# ----------------------------------------------------------------------------- tag and repository patterns
+
+
+def _tag_pattern(text: str) -> None:
+    TagSelector(include=(text,)).matches("v1.2.3")
+
+
+def _repository_glob(text: str) -> None:
+    repository_selected("library/nginx", (text,), ())
+
+
+TAG_PATTERNS = [
+    # value, accepted by the model and the engine (the CRD admits every one: see the module's doc)
+    ("*", True), ("v1.*", True), ("*-rc*", True), ("[0-9]*", True), ("[!a-z]*", True), ("/^v[0-9]+$/", True),
+    ("/^(a+)+$/", True), ("//", True), ("/", True), ("[", True), ("/(?i)^V1/", True), (r"/^\d+\.\d+$/", True),
+    (r"/(a)\1/", False), ("/(?!rc)/", False), ("/(?<=v)1/", False), ("/(/", False), ("/[z-a]/", False),
+    ("[z-a]*", False), ("/a{2000}/", False),
+]
+
+
+def assert_model_and_engine_agree(section: str, value: str, accepted: bool, read: Any) -> None:
+    """The CRD admits every pattern within its length; the model and the engine agree on the rest."""
+    for key in ("include", "exclude"):
+        path = f"filters.{section}.{key}"
+        assert admitted(path, [value])
+        error = model_error(path, [value])
+        assert (error is None) == accepted, error
+        assert engine_accepts(read, value) == accepted
+        if error is not None:
+            assert error.path == f"spec.{path}[0]"
+            assert value in error.message
+
+
+@pytest.mark.parametrize(("value", "accepted"), TAG_PATTERNS)
+def test_tag_patterns(value: str, accepted: bool) -> None:
+    assert_model_and_engine_agree("tags", value, accepted, _tag_pattern)
+
+
+REPOSITORY_GLOBS = [
+    ("library/*", True), ("**", True), ("team-?/app", True), ("[a-c]*/x", True), ("library/nginx", True),
+    ("[z-a]*", False), ("[]", False),
+]
+
+
+@pytest.mark.parametrize(("value", "accepted"), REPOSITORY_GLOBS)
+def test_repository_globs(value: str, accepted: bool) -> None:
+    assert_model_and_engine_agree("repositories", value, accepted, _repository_glob)
+
+
+# ----------------------------------------------------------------------------- RE2 everywhere
+
+
+@pytest.mark.timeout(10)
+def test_a_catastrophic_regex_runs_in_linear_time() -> None:
+    """`/^(a+)+$/` takes exponential time on Python's `re`; on RE2 a 10,001-character tag is instant."""
+    spec = parse(ReplicationPolicySpec, _spec("filters.tags.include", ["/^(a+)+$/"]))
+    selector = TagSelector(spec.filters.tags.include)
+    assert not selector.matches("a" * 10_000 + "b")
+    assert selector.matches("a" * 10_000)
+    assert not TagSelector(exclude=("/^(a+)+$/",)).matches("a" * 10_000)
+    assert TagSelector(exclude=("/^(a+)+$/",)).matches("a" * 10_000 + "b")
+
+
+def _re_calls(path: Path) -> list[str]:
+    """Calls of the stdlib `re` whose pattern is neither a literal nor a module constant (`DNS_LABEL_PATTERN`):
+    where a user's regex could reach `re`."""
+    tree = ast.parse(path.read_text())
+    found = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "re"
+                and node.func.attr in {"compile", "match", "search", "fullmatch", "findall", "finditer", "sub",
+                                       "subn", "split"}
+                and not (node.args and (isinstance(node.args[0], ast.Constant)
+                                        or (isinstance(node.args[0], ast.Name) and node.args[0].id.isupper())))):
+            found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    return found
+
+
+def test_the_stdlib_re_never_compiles_a_pattern_that_is_not_a_literal() -> None:
+    calls = [c for p in sorted(PACKAGE.rglob("*.py")) for c in _re_calls(p)]
+    assert calls == []
+
+
+@pytest.mark.parametrize("module", ["api/patterns.py", "api/schema.py", "api/replication.py",
+                                    "replication/filters.py"])
+def test_the_modules_reading_user_patterns_do_not_import_re(module: str) -> None:
+    tree = ast.parse((PACKAGE / module).read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert "re" not in names
+
+
+def _patterns(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return ([node["pattern"]] if isinstance(node.get("pattern"), str) else []) + \
+            [p for v in node.values() for p in _patterns(v)]
+    if isinstance(node, list):
+        return [p for v in node for p in _patterns(v)]
+    return []
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=[k.kind for k in KINDS])
+def test_every_schema_pattern_compiles_with_re2(kind: Any) -> None:
+    patterns = [*_patterns(crd(kind)), CRON_PATTERN, DURATION_PATTERN, QUANTITY_PATTERN]
+    assert patterns
+    for pattern in patterns:
+        re2.compile(pattern)
