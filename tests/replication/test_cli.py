@@ -10,6 +10,7 @@ import os
 import pty
 import random
 import re
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,51 @@ async def test_bearer_token_auth_is_fetched_once_per_scope(registries: Registrie
         assert wrong.failed == 1 and "401" in wrong.failed_items[0].error
     status, _, _ = await fetch_manifest(dst.url, "team/app", "3")
     assert status == 200
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+async def test_an_unreachable_registry_is_named_at_once_and_fails(registries: Registries, tmp_path: Path) -> None:
+    dst = registries.distribution()
+    for url, reason in ((f"http://127.0.0.1:{closed_port()}", "connection refused"),
+                        ("http://nonexistent.invalid:5000", "the host name nonexistent.invalid does not resolve")):
+        file = write_policy(tmp_path / "p.yaml", {"source": {"url": url}, "destination": {"url": dst.url}})
+        out = await dockyard("replicate", "-f", str(file), "--state", str(tmp_path / "s.json"))
+        assert out.returncode == 1, out.stderr
+        lines = out.stderr.splitlines()
+        # The first thing said is what the run waits for, then it gives up with the reason.
+        assert lines[0].startswith(f"dockyard replicate: waiting for {url}: {reason}"), out.stderr
+        assert "retrying in" in lines[0]
+        assert lines[-1].startswith(f"dockyard replicate: cannot connect to {url}: {reason}"), out.stderr
+        assert "gave up after" in lines[-1]
+        assert out.stdout.startswith("Failed: copied 0")
+
+
+async def test_a_registry_that_does_not_answer_is_named_while_waiting(registries: Registries,
+                                                                      monkeypatch: Any,
+                                                                      caplog: Any) -> None:
+    from dockyard.replication import copy
+
+    monkeypatch.setattr(copy, "PING_PATIENCE", 0.2)
+    silent: list[asyncio.StreamWriter] = []
+
+    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.append(writer)  # connected, and never a byte back
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    dst = registries.distribution()
+    try:
+        with caplog.at_level("WARNING", logger="dockyard.replicate"):
+            result = await replicate(policy(url, dst.url, limits={"retry": {"max": 0}}), stall_timeout=1.0)
+    finally:
+        server.close()
+        for writer in silent:
+            writer.close()
+    assert f"waiting for the source registry at {url} to answer" in caplog.text
+    assert result.result == "Failed" and result.fatal

@@ -61,6 +61,23 @@ class ProgressBar:
             self.stream.flush()
 
 
+def log_to_stderr() -> None:
+    """Warnings from the run (a registry it is waiting for) as `dockyard replicate: ...` lines on stderr.
+
+    In a cluster Job, stderr is the pod's log.
+    """
+    import logging
+
+    logger = logging.getLogger("dockyard.replicate")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("dockyard replicate: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+
+
 def dry_run_summary(result: Any) -> str:
     """`Succeeded (dry run, nothing changed): would copy 3, would delete 1, up to date 10, failed 0, ...`."""
     parts = [f"would copy {len(result.would_copy)}"]
@@ -103,6 +120,7 @@ def _cmd_replicate(args: argparse.Namespace) -> int:
     from dockyard.replication.state import FileState
 
     prog = "dockyard replicate"
+    log_to_stderr()
     if args.policy:
         from dockyard.controller.runs import main as in_cluster
 

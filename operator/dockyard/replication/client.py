@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import re
 import ssl
 import time
@@ -26,6 +27,15 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from dockyard.oci import Digest, mediatypes
 from dockyard.replication.limits import Limiter, RetryPolicy, parse_retry_after
+
+log = logging.getLogger("dockyard.replicate")
+
+# Refused, unresolvable or unreachable: nothing was sent, and waiting long rarely helps (a
+# registry restarting comes back within seconds), so these give up after about 3.5 s where
+# HTTP errors back off for a minute.
+CONNECT_RETRY = RetryPolicy(max=3, backoff=0.5, cap=2.0)
+# Seconds a TCP (and TLS) connection may take before the host counts as unreachable.
+CONNECT_TIMEOUT = 10.0
 
 MANIFEST_ACCEPT = ", ".join([
     mediatypes.OCI_INDEX, mediatypes.OCI_MANIFEST, mediatypes.DOCKER_LIST, mediatypes.DOCKER_MANIFEST,
@@ -152,6 +162,7 @@ class Registry:
         self._tokens: dict[str, tuple[str, float]] = {}
         self._token_locks: dict[str, asyncio.Lock] = {}
         self.referrers_api: bool | None = None
+        self.connect_warned = False  # a connection failure was logged: the user knows what we wait for
 
     # ------------------------------------------------------------------ session
 
@@ -167,7 +178,7 @@ class Registry:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._connections, ssl=self._ssl())
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.stall_timeout,
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(self.stall_timeout, CONNECT_TIMEOUT),
                                             sock_read=self.stall_timeout)
             self._session = aiohttp.ClientSession(connector=connector, timeout=timeout,
                                                   auto_decompress=False)
@@ -275,14 +286,35 @@ class Registry:
                         return Response(status, resp.headers, body)
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                     error = _error_of(method, url, status, body)
+            except _CONNECT_ERRORS as e:
+                error = self._cannot_connect(e)
             except (aiohttp.ClientError, TimeoutError) as e:
                 error = RegistryError(f"{method} {url}: {type(e).__name__}: {e}")
             attempt += 1
-            delay = self.retry.delay(attempt, status, retry_after) if retry else None
+            delay = self._delay(attempt, status, retry_after, error) if retry else None
             if delay is None:
                 raise error
             self.stats.retries += 1
             await asyncio.sleep(delay)
+
+    def _cannot_connect(self, e: Exception) -> ConnectError:
+        return ConnectError(self.url, connect_reason(e), retryable=not isinstance(e, aiohttp.ClientSSLError))
+
+    def _delay(self, attempt: int, status: int | None, retry_after: float | None,
+               error: RegistryError) -> float | None:
+        """Seconds before the next attempt, or None to give up; connection errors say so at once."""
+        if not isinstance(error, ConnectError):
+            return self.retry.delay(attempt, status, retry_after)
+        if not error.retryable or attempt > self.retry.max:
+            return None
+        delay = CONNECT_RETRY.delay(attempt)
+        if delay is None:
+            error.args = (f"{error}; gave up after {attempt} attempts",)
+            return None
+        self.connect_warned = True
+        log.warning("waiting for %s: %s; retrying in %.1fs (attempt %d of %d)", self.url, error.reason,
+                    delay, attempt, CONNECT_RETRY.max + 1)
+        return delay
 
     # ------------------------------------------------------------------ listing
 
@@ -425,10 +457,12 @@ class Registry:
                     continue
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 error = _error_of("GET", url, status, body)
+            except _CONNECT_ERRORS as e:
+                error = self._cannot_connect(e)
             except (aiohttp.ClientError, TimeoutError) as e:
                 error = RegistryError(f"GET {url}: {type(e).__name__}: {e}")
             attempt += 1
-            delay = self.retry.delay(attempt, status, retry_after)
+            delay = self._delay(attempt, status, retry_after, error)
             if delay is None:
                 raise error
             self.stats.retries += 1
@@ -485,6 +519,35 @@ class Registry:
                             retry=False)
         except RegistryError:
             pass  # an abandoned session expires on the server anyway
+
+
+_CONNECT_ERRORS: tuple[type[Exception], ...] = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+
+class ConnectError(RegistryError):
+    """The registry could not be reached at all: refused, unresolvable, unreachable or a bad certificate."""
+
+    def __init__(self, url: str, reason: str, *, retryable: bool = True) -> None:
+        super().__init__(f"cannot connect to {url}: {reason}")
+        self.reason = reason
+        self.retryable = retryable
+
+
+def connect_reason(e: Exception) -> str:
+    """Why a connection failed, in words: refused, name not resolved, timed out."""
+    import socket
+
+    if isinstance(e, aiohttp.ConnectionTimeoutError):
+        return "no answer to the connection attempt (host unreachable or firewalled?)"
+    if isinstance(e, aiohttp.ClientSSLError):
+        return f"TLS failed: {e}"
+    assert isinstance(e, aiohttp.ClientConnectorError)
+    os_error = e.os_error
+    if isinstance(os_error, socket.gaierror) or isinstance(e, aiohttp.ClientConnectorDNSError):
+        return f"the host name {e.host} does not resolve ({os_error.strerror or os_error})"
+    if isinstance(os_error, ConnectionRefusedError):
+        return f"connection refused (nothing listens on {e.host} port {e.port})"
+    return f"{os_error.strerror or os_error} ({e.host} port {e.port})"
 
 
 def with_query(location: str, **params: str) -> str:

@@ -25,7 +25,7 @@ import aiohttp
 
 from dockyard.api.replication import FailedItem, ReplicationPolicySpec
 from dockyard.oci import Digest, mediatypes
-from dockyard.replication.client import Credentials, Manifest, Registry, RegistryError
+from dockyard.replication.client import Credentials, Manifest, Registry, RegistryError, log
 from dockyard.replication.filters import (
     TagSelector,
     filter_index_entries,
@@ -41,6 +41,9 @@ from dockyard.replication.plan import plan_repository as _plan_repository
 from dockyard.replication.result import RunResult
 from dockyard.replication.state import StateStore
 from dockyard.replication.transfer import PIECE, BlobMover
+
+# Seconds the registries get to answer the first request before the run says it is waiting.
+PING_PATIENCE = 2.0
 
 T = TypeVar("T")
 
@@ -151,7 +154,7 @@ class Engine:
 
     async def run(self) -> RunResult:
         try:
-            await asyncio.gather(self.source.ping(), self.dest.ping())
+            await self._ping()
             repositories = await self._source_repositories()
         except (RegistryError, aiohttp.ClientError, TimeoutError, OSError) as e:
             self.result.fatal = str(e) or type(e).__name__
@@ -163,6 +166,17 @@ class Engine:
         pairs.sort(key=lambda p: p[0] not in retried)
         await asyncio.gather(*(self._repository(src, dst) for src, dst in pairs))
         return self._finish()
+
+    async def _ping(self) -> None:
+        """Both registries answer /v2/; one that keeps the run waiting is named at once."""
+        sides = {asyncio.ensure_future(r.ping()): (side, r)
+                 for side, r in (("source", self.source), ("destination", self.dest))}
+        _, pending = await asyncio.wait(sides, timeout=PING_PATIENCE)
+        for fut in pending:
+            side, registry = sides[fut]
+            if not registry.connect_warned:
+                log.warning("waiting for the %s registry at %s to answer", side, registry.url)
+        await asyncio.gather(*sides)
 
     def _finish(self) -> RunResult:
         if self._rewritten:
