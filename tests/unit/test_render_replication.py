@@ -14,7 +14,7 @@ import yaml
 
 from dockyard.api import SpecError
 from dockyard.cli import build_parser
-from dockyard.controller.replication import Observed, next_run, policy_conditions, unreported_failure, verdict
+from dockyard.controller.replication_status import Observed, next_run, policy_conditions, unreported_failure, verdict
 from dockyard.render.replication import (
     SYNC_ANNOTATION,
     PolicyInput,

@@ -12,7 +12,7 @@ def run(*, namespaces: Sequence[str], all_namespaces: bool, liveness: str | None
 
     import dockyard.controller.handlers  # registers the handlers of Registries
     import dockyard.controller.push  # push events behind `trigger.onPush`
-    import dockyard.controller.replication  # noqa: F401 - ReplicationPolicies
+    import dockyard.controller.replication_handlers  # noqa: F401 - ReplicationPolicies
 
     kopf.configure(verbose=verbose)  # one handler on the root logger: every line is logged once
     # An identity of our own: Kopf's default asks the password database for the user's name,

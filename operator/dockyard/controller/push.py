@@ -53,8 +53,9 @@ from aiohttp import web
 from dockyard.api import GROUP, VERSION, SpecError
 from dockyard.api.replication import ReplicationPolicySpec
 from dockyard.api.schema import parse
+from dockyard.controller import replication_handlers as _policy_handlers  # noqa: F401 - its startup goes first
 from dockyard.controller.kube import ApiError, Kube
-from dockyard.controller.replication import PLURAL, PolicyReconciler
+from dockyard.controller.replication_reconcile import PLURAL, PolicyReconciler
 from dockyard.render.registry import EVENTS_PATH, EVENTS_TOKEN_KEY, events_secret_name
 from dockyard.replication.filters import RangeError, TagSelector, repository_selected
 
@@ -254,7 +255,7 @@ def parse_addr(text: str) -> tuple[str, int]:
 
 @kopf.on.startup()
 async def start_receiver(memo: kopf.Memo, **kwargs: Any) -> None:
-    """Runs after the policy reconciler exists (this module imports `controller.replication`)."""
+    """Runs after the policy reconciler exists (this module imports `controller.replication_handlers`)."""
     addr = os.environ.get(ADDR_ENV)
     if not addr:
         return

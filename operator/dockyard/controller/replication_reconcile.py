@@ -20,30 +20,30 @@ the run itself writes `lastRun`, `failedItems` and `lastSuccessfulTime` (see
 Triggers: create, `spec` update and resume of a policy; a pending sync request; events of
 the policy's Jobs and CronJob (labelled `app.kubernetes.io/name: dockyard-replication`);
 events of a referenced Registry or Secret (found through an index), so a policy stalled on
-`RegistryNotFound` or `SecretNotFound` recovers by itself when the object appears.
+`RegistryNotFound` or `SecretNotFound` recovers by itself when the object appears
+(`controller.replication_handlers`).
+
+The status policy is in `controller.replication_status`, the Events in
+`controller.replication_events`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime
-import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
-import aiohttp
-import kopf
-
 from dockyard import cron
-from dockyard.api import API_VERSION, GROUP, VERSION, SpecError
+from dockyard.api import API_VERSION, SpecError
 from dockyard.api.replication import ReplicationPolicySpec
 from dockyard.api.schema import parse
 from dockyard.controller import conditions
-from dockyard.controller import handlers as _registry_handlers  # noqa: F401 - its startup goes first
-from dockyard.controller.conditions import READY, RECONCILING, STALLED, Verdict
+from dockyard.controller.conditions import READY, STALLED
 from dockyard.controller.kube import ApiError, Kube
-from dockyard.controller.reconcile import EventPoster, ObjectPass, Reconciler, contains, now, stamp
+from dockyard.controller.reconcile import EventPoster, ObjectPass, Reconciler, contains, stamp
+from dockyard.controller.replication_events import KIND
+from dockyard.controller.replication_status import Observed, job_state, next_run, policy_conditions, unreported_failure
 from dockyard.render.labels import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, NAME_LABEL
 from dockyard.render.replication import (
     APP,
@@ -60,163 +60,9 @@ from dockyard.render.replication import (
     selector_string,
 )
 
-KIND = "ReplicationPolicy"
 PLURAL = "replicationpolicies"
 RUN_LABELS = {NAME_LABEL: APP, MANAGED_BY_LABEL: MANAGER}
 
-log = logging.getLogger("dockyard.replication")
-
-
-# ----------------------------------------------------------------------------- pure status policy
-
-def job_state(job: Mapping[str, Any]) -> str:
-    """`active`, `succeeded` or `failed`; a Job without a terminal condition counts as running."""
-    for cond in (job.get("status") or {}).get("conditions") or []:
-        if cond.get("status") != "True":
-            continue
-        if cond.get("type") in ("Complete", "SuccessCriteriaMet"):
-            return "succeeded"
-        if cond.get("type") in ("Failed", "FailureTarget"):
-            return "failed"
-    return "active"
-
-
-def _started(job: Mapping[str, Any]) -> str:
-    return str((job.get("status") or {}).get("startTime") or (job.get("metadata") or {}).get(
-        "creationTimestamp") or "")
-
-
-def failed_job_message(job: Mapping[str, Any]) -> str:
-    for cond in (job.get("status") or {}).get("conditions") or []:
-        if cond.get("type") in ("Failed", "FailureTarget") and cond.get("status") == "True":
-            detail = cond.get("message") or cond.get("reason") or "failed"
-            return f"run {job['metadata']['name']} failed without reporting a result: {detail}"
-    return f"run {job['metadata']['name']} failed without reporting a result"
-
-
-def unreported_failure(jobs: Sequence[Mapping[str, Any]], last_run: Mapping[str, Any] | None) -> str | None:
-    """The latest finished run failed and never wrote `lastRun` (crash, no API access, bad image)."""
-    finished = sorted((j for j in jobs if job_state(j) != "active"), key=_started)
-    if not finished or job_state(finished[-1]) != "failed":
-        return None
-    reported = str((last_run or {}).get("startTime") or "")
-    if reported and reported >= _started(finished[-1]):
-        return None
-    return failed_job_message(finished[-1])
-
-
-@dataclass(frozen=True)
-class Observed:
-    """What one reconcile of a policy learned: the only input of the condition policy."""
-
-    generation: int
-    spec_error: str | None = None
-    missing_registries: tuple[str, ...] = ()
-    credential_problems: tuple[str, ...] = ()
-    secret_problems: tuple[str, ...] = ()
-    apply_error: str | None = None
-    schedule: str | None = None
-    suspended: bool = False
-    active_run: str | None = None
-    request_waiting: bool = False
-    unreported_failure: str | None = None
-    last_run: Mapping[str, Any] | None = None
-
-
-def verdict(obs: Observed) -> Verdict:
-    """The first policy that applies decides."""
-    if obs.spec_error:
-        return Verdict(False, "InvalidSpec", obs.spec_error, stalled=True)
-    if obs.missing_registries:
-        return Verdict(False, "RegistryNotFound", "; ".join(obs.missing_registries), stalled=True)
-    if obs.credential_problems:
-        return Verdict(False, "CredentialsRequired", "; ".join(obs.credential_problems), stalled=True)
-    if obs.secret_problems:
-        return Verdict(False, "SecretNotFound", "; ".join(obs.secret_problems), stalled=True)
-    if obs.apply_error:
-        return Verdict(False, "ApplyFailed", obs.apply_error, stalled=True)
-    if obs.active_run:
-        waiting = "; a requested run waits for it to finish" if obs.request_waiting else ""
-        return Verdict(True, "Running", f"run {obs.active_run} is in progress{waiting}")
-    if obs.unreported_failure:
-        return Verdict(False, "RunFailed", obs.unreported_failure)
-    last = obs.last_run or {}
-    if last.get("result") == "Failed":
-        return Verdict(False, "LastRunFailed", str(last.get("message") or "the last run failed"))
-    if last.get("result") == "PartiallyFailed":
-        return Verdict(True, "PartiallyFailed",
-                       f"the last run failed for {last.get('artifactsFailed', 0)} artifacts; "
-                       "they are retried first on the next run")
-    if obs.schedule and obs.suspended:
-        return Verdict(True, "Suspended", "scheduled runs are suspended; sync requests still run")
-    if obs.schedule:
-        return Verdict(True, "Scheduled", f"runs on schedule {obs.schedule!r} (UTC)")
-    return Verdict(True, "OnDemand", f"runs when the {SYNC_ANNOTATION} annotation changes")
-
-
-def policy_conditions(obs: Observed) -> list[dict[str, Any]]:
-    v = verdict(obs)
-
-    def cond(type_: str, on: bool, reason: str, message: str) -> dict[str, Any]:
-        return {"type": type_, "status": "True" if on else "False", "reason": reason,
-                "message": message, "observedGeneration": obs.generation}
-
-    return [
-        cond(READY, v.ready, v.reason, v.message),
-        cond(RECONCILING, False, "Stalled" if v.stalled else "Idle", "no work in progress"),
-        cond(STALLED, v.stalled, v.reason if v.stalled else "NotStalled", v.message if v.stalled else "no error"),
-    ]
-
-
-def next_run(schedule: str | None, suspended: bool, at: datetime.datetime) -> str | None:
-    if not schedule or suspended:
-        return None
-    when = cron.next_time(schedule, at)
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
-
-
-# ----------------------------------------------------------------------------- events
-
-def event_object(body: Mapping[str, Any], type_: str, reason: str, message: str, at: str) -> dict[str, Any]:
-    """A core/v1 Event about a policy, as `kubectl describe` and `kubectl events` show it."""
-    meta = body["metadata"]
-    return {
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-        "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"],
-                           "namespace": meta["namespace"], "uid": meta.get("uid")},
-        "type": type_, "reason": reason, "message": message[:1024],
-        "source": {"component": "dockyard"}, "reportingComponent": "dockyard", "reportingInstance": "dockyard",
-        "firstTimestamp": at, "lastTimestamp": at, "count": 1,
-    }
-
-
-class ApiEvents:
-    """Posts Events through the API adapter, from any task.
-
-    Kopf's `kopf.event` works only inside Kopf's handlers; policies are also reconciled from
-    push events (see `controller.push`), so their Events take this path. Posting never blocks
-    or fails a reconcile: it runs in the background and a refused Event is only logged.
-    """
-
-    def __init__(self, kube: Kube) -> None:
-        self.kube = kube
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def __call__(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        task = asyncio.get_running_loop().create_task(self.post(event_object(body, type_, reason, message, now())))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def post(self, event: dict[str, Any]) -> None:
-        try:
-            await self.kube.create(event)
-        except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
-            log.warning("could not post the Event %s about %s: %s", event["reason"],
-                        event["involvedObject"]["name"], e)
-
-
-# ----------------------------------------------------------------------------- reconcile
 
 class PolicyReconciler(Reconciler):
     """Serialised, coalesced reconciles of ReplicationPolicies (same machinery as Registries).
@@ -420,80 +266,3 @@ class PolicyPass(ObjectPass):
             self.post_event(self.body, "Normal", "Ready", message)
         elif s1 != "True" and ready0:
             self.post_event(self.body, "Warning", reason, message)
-
-
-# ----------------------------------------------------------------------------- Kopf handlers
-
-@kopf.on.startup()
-async def start_policy_reconciler(memo: kopf.Memo, **_: Any) -> None:
-    """Runs after `handlers.configure` (registered first, since this module imports it), which
-    puts the API adapter into `memo`. Created here, in the root memo, the reconciler is shared
-    by the per-object memo copies of every handler: one lock and queue per policy."""
-    memo.policy_reconciler = PolicyReconciler(memo.kube, ApiEvents(memo.kube))
-
-
-def _reconciler(memo: Any) -> PolicyReconciler:
-    reconciler: PolicyReconciler = memo.policy_reconciler
-    return reconciler
-
-
-@kopf.index(GROUP, VERSION, PLURAL)
-def policy_references(*, namespace: str | None, name: str, spec: kopf.Spec,
-                      **_: Any) -> dict[tuple[str, str, str], tuple[str, str]]:
-    """("Registry"|"Secret", namespace, name) -> (namespace, name) of the policies that reference it."""
-    try:
-        parsed = parse(ReplicationPolicySpec, dict(spec))
-    except SpecError:
-        return {}
-    ns = namespace or "default"
-    refs: dict[tuple[str, str, str], tuple[str, str]] = {}
-    for reg_ns, reg_name in registry_refs(parsed, ns).values():
-        refs[("Registry", reg_ns, reg_name)] = (ns, name)
-    for secret in referenced_secrets(parsed):
-        refs[("Secret", ns, secret)] = (ns, name)
-    return refs
-
-
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-async def policy_changed(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    await _reconciler(memo).request(namespace or "default", name)
-
-
-@kopf.on.event(GROUP, VERSION, PLURAL, annotations={SYNC_ANNOTATION: kopf.PRESENT})
-async def sync_requested(*, type: str | None, namespace: str | None, name: str, annotations: Mapping[str, str],
-                         status: Mapping[str, Any], memo: Any, **_: Any) -> None:
-    """A new annotation value; the initial listing is covered by resuming the policies."""
-    if type in (None, "DELETED"):
-        return
-    if annotations.get(SYNC_ANNOTATION) != (status or {}).get("lastSyncRequest"):
-        await _reconciler(memo).request(namespace or "default", name)
-
-
-@kopf.on.event("batch", "v1", "jobs", labels=RUN_LABELS)
-@kopf.on.event("batch", "v1", "cronjobs", labels=RUN_LABELS)
-async def run_changed(*, type: str | None, namespace: str | None, labels: Mapping[str, str], memo: Any,
-                      **_: Any) -> None:
-    instance = labels.get(INSTANCE_LABEL)
-    if instance and type is not None:
-        await _reconciler(memo).request(namespace or "default", instance)
-
-
-async def _referenced_changed(kind: str, type: str | None, namespace: str | None, name: str, memo: Any,
-                              index: kopf.Index[tuple[str, str, str], tuple[str, str]]) -> None:
-    if type is None:
-        return
-    for policy_ns, policy in set(index.get((kind, namespace or "default", name), [])):
-        await _reconciler(memo).request(policy_ns, policy)
-
-
-@kopf.on.event(GROUP, VERSION, "registries")
-async def registry_event(*, type: str | None, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
-    await _referenced_changed("Registry", type, namespace, name, memo, kwargs["policy_references"])
-
-
-@kopf.on.event("v1", "secrets")
-async def policy_secret_event(*, type: str | None, namespace: str | None, name: str, memo: Any,
-                              **kwargs: Any) -> None:
-    await _referenced_changed("Secret", type, namespace, name, memo, kwargs["policy_references"])
