@@ -38,13 +38,15 @@ verify-crds: $(STAMP) ## Fail when the committed CRDs are stale
 	  diff -ru crds $$tmp && echo "crds/ is up to date" || \
 	  { echo "crds/ is stale: run 'make crds' and commit the result"; exit 1; }
 
-run: $(STAMP) ## Run the operator against your kubeconfig's cluster, or the registry locally
+DOCKYARD_ADDR ?= 127.0.0.1:5000
+
+run: $(STAMP) ## Run the operator against your kubeconfig's cluster, or the registry locally (DOCKYARD_ADDR=HOST:PORT)
 	@if kubectl version --request-timeout=5s >/dev/null 2>&1; then \
 	  kubectl apply -f crds/ && DOCKYARD_IMAGE=$${DOCKYARD_IMAGE:-$(IMAGE)} $(VENV)/bin/dockyard operator run -A \
 	    --liveness http://127.0.0.1:8080/healthz; \
 	else \
-	  echo "no Kubernetes cluster reachable: serving the embedded registry on http://127.0.0.1:5000 (storage in ./.dockyard/)"; \
-	  $(VENV)/bin/dockyard registry serve --root .dockyard/registry --addr 127.0.0.1:5000; \
+	  echo "no Kubernetes cluster reachable: serving the embedded registry on http://$(DOCKYARD_ADDR) (storage in ./.dockyard/)"; \
+	  $(VENV)/bin/dockyard registry serve --root .dockyard/registry --addr $(DOCKYARD_ADDR); \
 	fi
 
 image: ## Build the container image (docker build; with no Docker engine, hack/image.sh builds an OCI archive)

@@ -7,6 +7,8 @@ Bad flags or config values are one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -23,8 +25,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(Path(args.config)) if args.config else ServeConfig()
-        if args.addr is not None:
-            host, port = parse_addr(args.addr, "--addr")
+        addr = args.addr if args.addr is not None else os.environ.get("DOCKYARD_ADDR") or None
+        if addr is not None:
+            host, port = parse_addr(addr, "--addr" if args.addr is not None else "DOCKYARD_ADDR")
             cfg = replace(cfg, host=host, port=port)
         if args.root is not None:
             cfg = replace(cfg, root=Path(args.root))
@@ -53,7 +56,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from dockyard.registry.server import serve
 
     bound_allocator_caches()
-    return serve(cfg)
+    try:
+        return serve(cfg)
+    except OSError as e:
+        if e.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        reason = "the port is taken" if e.errno == errno.EADDRINUSE else os.strerror(e.errno).lower()
+        return _fail(f"cannot listen on {cfg.host}:{cfg.port}: {reason}; choose another address with "
+                     "--addr HOST:PORT or DOCKYARD_ADDR (make run DOCKYARD_ADDR=127.0.0.1:5001)")
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
@@ -78,7 +88,8 @@ def register(sub: Any) -> None:
                                  parser_class=type(reg))
     serve = reg_sub.add_parser("serve", help="serve the OCI Distribution API")
     serve.add_argument("--config", help="YAML config file (the operator's ConfigMap); flags override it")
-    serve.add_argument("--addr", help="listen address HOST:PORT (default 0.0.0.0:5000)")
+    serve.add_argument("--addr", help="listen address HOST:PORT (default: DOCKYARD_ADDR, else the config's, "
+                                      "else 0.0.0.0:5000)")
     serve.add_argument("--root", help="storage directory (default /var/lib/registry)")
     serve.add_argument("--htpasswd", help="bcrypt htpasswd file; re-read when it changes")
     serve.add_argument("--anonymous-pull", action="store_true", help="allow pulls without credentials")
