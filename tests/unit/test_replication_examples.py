@@ -53,3 +53,45 @@ def test_example_header_says_how_to_create_its_secrets(where: str, doc: dict[str
         ref = doc["spec"][side].get("secretRef")
         if ref:
             assert re.search(rf"create secret (generic|docker-registry) {re.escape(ref['name'])}\b", header)
+
+
+def _registries() -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
+    """Every Registry in examples/, by (namespace, name), with the file it is in."""
+    found: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "Registry":
+                key = (doc["metadata"].get("namespace") or "default", doc["metadata"]["name"])
+                assert key not in found, f"Registry {key} is in {found[key][0]} and {path.name}"
+                found[key] = (path.name, doc)
+    return found
+
+
+@pytest.mark.parametrize(("where", "doc"), POLICIES, ids=[w for w, _ in POLICIES])
+def test_example_renders_with_the_registries_it_references(where: str, doc: dict[str, Any], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from dockyard.cli import main
+
+    registries = _registries()
+    namespace = doc["metadata"].get("namespace") or "default"
+    referenced = []
+    for side in ("source", "destination"):
+        ref = doc["spec"][side].get("registryRef")
+        if ref:
+            key = (ref.get("namespace") or namespace, ref["name"])
+            assert key in registries, f"{where}: no example in examples/ defines the Registry {key[0]}/{key[1]}"
+            file, registry = registries[key]
+            assert file in (EXAMPLES / where.split("#")[0]).read_text(), \
+                f"{where}: the header should name {file}, which defines Registry {key[0]}/{key[1]}"
+            referenced.append(registry)
+    assert referenced, f"{where}: every example policy has a Dockyard Registry on one side"
+    combined = tmp_path / "combined.yaml"
+    combined.write_text(yaml.safe_dump_all([*referenced, doc]))
+    code = main(["render", "-f", str(combined), "--image", "dockyard:test"])
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in yaml.safe_load_all(out) if o}
+    for registry in referenced:
+        assert ("Service", registry["metadata"]["name"]) in kinds
+    if doc["spec"].get("trigger", {}).get("schedule"):
+        assert any(kind == "CronJob" for kind, _ in kinds), sorted(kinds)
