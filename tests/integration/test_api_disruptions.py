@@ -80,7 +80,8 @@ async def restart_apiserver(server: ApiServer) -> None:
                 return response.status == 200
         except aiohttp.ClientError:
             return False
-    await wait_for(ready, DEADLINE, interval=0.5, message="kube-apiserver ready again")
+    # Generous: on a loaded 2-core machine a cold start of kube-apiserver can take a while.
+    await wait_for(ready, 4 * DEADLINE, interval=0.5, message="kube-apiserver ready again")
 
 
 async def wait_ready(server: ApiServer, op: Operator, namespace: str, name: str) -> None:

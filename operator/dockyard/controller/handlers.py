@@ -4,6 +4,8 @@ Triggers: create, `spec` update and resume of a Registry; any event of a child l
 `app.kubernetes.io/managed-by: dockyard` (drift repair, readiness changes); any event of a
 Secret that some Registry references (rollout on rotation, recovery from SecretNotFound);
 the deletion of a Registry's events Secret (created anew by the reconcile).
+
+`register(registry)` adds them to a Kopf registry; `controller.main` calls it.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -
     kopf.event(kopf.Body(essence), type=type_, reason=reason, message=message)
 
 
-@kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -64,13 +65,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.reconciler = Reconciler(memo.kube, post_event, events_url=events_url_from_environment())
 
 
-@kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
     if getattr(memo, "kube", None) is not None:
         await memo.kube.close()
 
 
-@kopf.index(GROUP, VERSION, "registries")
 def registry_secrets(*, namespace: str | None, name: str, spec: kopf.Spec,
                      **_: Any) -> dict[tuple[str | None, str], str]:
     """(namespace, secret name) -> names of the Registries that reference it."""
@@ -81,29 +80,17 @@ def registry_secrets(*, namespace: str | None, name: str, spec: kopf.Spec,
     return {(namespace, secret): name for secret in referenced_secrets(parsed)}
 
 
-@kopf.on.resume(GROUP, VERSION, "registries")
-@kopf.on.create(GROUP, VERSION, "registries")
-@kopf.on.update(GROUP, VERSION, "registries", field="spec")
 async def registry_changed(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     await memo.reconciler.request(namespace, name)
 
 
-def _register_children() -> None:
-    for api_version, plural in CHILDREN:
-        group, _, version = api_version.rpartition("/")
-
-        @kopf.on.event(group, version, plural, labels=CHILD_LABELS)
-        async def child_changed(*, type: str | None, namespace: str | None, labels: Mapping[str, str],
-                                memo: Any, **_: Any) -> None:
-            instance = labels.get(INSTANCE_LABEL)
-            if instance and type is not None:  # the initial listing is covered by resuming the Registries
-                await memo.reconciler.request(namespace, instance)
+async def child_changed(*, type: str | None, namespace: str | None, labels: Mapping[str, str],
+                        memo: Any, **_: Any) -> None:
+    instance = labels.get(INSTANCE_LABEL)
+    if instance and type is not None:  # the initial listing is covered by resuming the Registries
+        await memo.reconciler.request(namespace, instance)
 
 
-_register_children()
-
-
-@kopf.on.event("v1", "secrets")
 async def secret_changed(*, type: str | None, namespace: str | None, name: str, labels: Mapping[str, str],
                          memo: Any, **kwargs: Any) -> None:
     if type is None:
@@ -116,3 +103,17 @@ async def secret_changed(*, type: str | None, namespace: str | None, name: str, 
     index: kopf.Index[tuple[str | None, str], str] = kwargs["registry_secrets"]
     for registry in index.get((namespace, name), []):
         await memo.reconciler.request(namespace, registry)
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    """Register the handlers of Registries; first, since `configure` fills the memo the others use."""
+    kopf.on.startup(registry=registry)(configure)
+    kopf.on.cleanup(registry=registry)(close)
+    kopf.index(GROUP, VERSION, "registries", registry=registry)(registry_secrets)
+    kopf.on.update(GROUP, VERSION, "registries", field="spec", registry=registry)(registry_changed)
+    kopf.on.create(GROUP, VERSION, "registries", registry=registry)(registry_changed)
+    kopf.on.resume(GROUP, VERSION, "registries", registry=registry)(registry_changed)
+    for api_version, plural in CHILDREN:
+        group, _, version = api_version.rpartition("/")
+        kopf.on.event(group, version, plural, labels=CHILD_LABELS, registry=registry)(child_changed)
+    kopf.on.event("v1", "secrets", registry=registry)(secret_changed)

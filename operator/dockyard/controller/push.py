@@ -53,7 +53,6 @@ from aiohttp import web
 from dockyard.api import GROUP, VERSION, SpecError
 from dockyard.api.replication import ReplicationPolicySpec
 from dockyard.api.schema import parse
-from dockyard.controller import replication_handlers as _policy_handlers  # noqa: F401 - its startup goes first
 from dockyard.controller.kube import ApiError, Kube
 from dockyard.controller.replication_reconcile import PLURAL, PolicyReconciler
 from dockyard.render.registry import EVENTS_PATH, EVENTS_TOKEN_KEY, events_secret_name
@@ -86,7 +85,6 @@ class Subscriber:
         return repository_selected(repository, self.include, self.exclude) and self.tags.matches(tag)
 
 
-@kopf.index(GROUP, VERSION, PLURAL)
 def push_subscribers(*, namespace: str | None, name: str, spec: kopf.Spec,
                      **_: Any) -> dict[tuple[str, str], Subscriber]:
     """(namespace, name) of a source Registry -> the onPush policies copying from it."""
@@ -253,9 +251,8 @@ def parse_addr(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-@kopf.on.startup()
 async def start_receiver(memo: kopf.Memo, **kwargs: Any) -> None:
-    """Runs after the policy reconciler exists (this module imports `controller.replication_handlers`)."""
+    """Runs after the policy reconciler exists (registered after it, see `controller.main`)."""
     addr = os.environ.get(ADDR_ENV)
     if not addr:
         return
@@ -266,8 +263,14 @@ async def start_receiver(memo: kopf.Memo, **kwargs: Any) -> None:
     log.info("receiving push events on http://%s:%d%s", host, port, PATH)
 
 
-@kopf.on.cleanup()
 async def stop_receiver(memo: kopf.Memo, **_: Any) -> None:
     receiver: Receiver | None = getattr(memo, "push_receiver", None)
     if receiver is not None:
         await receiver.stop()
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    """Register the receiver's handlers, after those of ReplicationPolicies (see `controller.main`)."""
+    kopf.index(GROUP, VERSION, PLURAL, registry=registry)(push_subscribers)
+    kopf.on.startup(registry=registry)(start_receiver)
+    kopf.on.cleanup(registry=registry)(stop_receiver)

@@ -4,6 +4,8 @@ Triggers: create, `spec` update and resume of a policy; a pending sync request; 
 the policy's Jobs and CronJob (labelled `app.kubernetes.io/name: dockyard-replication`);
 events of a referenced Registry or Secret (found through an index), so a policy stalled on
 `RegistryNotFound` or `SecretNotFound` recovers by itself when the object appears.
+
+`register(registry)` adds them to a Kopf registry; `controller.main` calls it.
 """
 
 from __future__ import annotations
@@ -16,16 +18,14 @@ import kopf
 from dockyard.api import GROUP, VERSION, SpecError
 from dockyard.api.replication import ReplicationPolicySpec
 from dockyard.api.schema import parse
-from dockyard.controller import handlers as _registry_handlers  # noqa: F401 - its startup goes first
 from dockyard.controller.replication_events import ApiEvents
 from dockyard.controller.replication_reconcile import PLURAL, RUN_LABELS, PolicyReconciler
 from dockyard.render.labels import INSTANCE_LABEL
 from dockyard.render.replication import SYNC_ANNOTATION, referenced_secrets, registry_refs
 
 
-@kopf.on.startup()
 async def start_policy_reconciler(memo: kopf.Memo, **_: Any) -> None:
-    """Runs after `handlers.configure` (registered first, since this module imports it), which
+    """Runs after `handlers.configure` (registered before this, see `controller.main`), which
     puts the API adapter into `memo`. Created here, in the root memo, the reconciler is shared
     by the per-object memo copies of every handler: one lock and queue per policy."""
     memo.policy_reconciler = PolicyReconciler(memo.kube, ApiEvents(memo.kube))
@@ -36,7 +36,6 @@ def _reconciler(memo: Any) -> PolicyReconciler:
     return reconciler
 
 
-@kopf.index(GROUP, VERSION, PLURAL)
 def policy_references(*, namespace: str | None, name: str, spec: kopf.Spec,
                       **_: Any) -> dict[tuple[str, str, str], tuple[str, str]]:
     """("Registry"|"Secret", namespace, name) -> (namespace, name) of the policies that reference it."""
@@ -53,14 +52,10 @@ def policy_references(*, namespace: str | None, name: str, spec: kopf.Spec,
     return refs
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 async def policy_changed(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     await _reconciler(memo).request(namespace or "default", name)
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL, annotations={SYNC_ANNOTATION: kopf.PRESENT})
 async def sync_requested(*, type: str | None, namespace: str | None, name: str, annotations: Mapping[str, str],
                          status: Mapping[str, Any], memo: Any, **_: Any) -> None:
     """A new annotation value; the initial listing is covered by resuming the policies."""
@@ -70,8 +65,6 @@ async def sync_requested(*, type: str | None, namespace: str | None, name: str, 
         await _reconciler(memo).request(namespace or "default", name)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=RUN_LABELS)
-@kopf.on.event("batch", "v1", "cronjobs", labels=RUN_LABELS)
 async def run_changed(*, type: str | None, namespace: str | None, labels: Mapping[str, str], memo: Any,
                       **_: Any) -> None:
     instance = labels.get(INSTANCE_LABEL)
@@ -87,12 +80,25 @@ async def _referenced_changed(kind: str, type: str | None, namespace: str | None
         await _reconciler(memo).request(policy_ns, policy)
 
 
-@kopf.on.event(GROUP, VERSION, "registries")
 async def registry_event(*, type: str | None, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
     await _referenced_changed("Registry", type, namespace, name, memo, kwargs["policy_references"])
 
 
-@kopf.on.event("v1", "secrets")
 async def policy_secret_event(*, type: str | None, namespace: str | None, name: str, memo: Any,
                               **kwargs: Any) -> None:
     await _referenced_changed("Secret", type, namespace, name, memo, kwargs["policy_references"])
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    """Register the handlers of ReplicationPolicies, after those of Registries (see `controller.main`)."""
+    kopf.on.startup(registry=registry)(start_policy_reconciler)
+    kopf.index(GROUP, VERSION, PLURAL, registry=registry)(policy_references)
+    kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry)(policy_changed)
+    kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)(policy_changed)
+    kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)(policy_changed)
+    kopf.on.event(GROUP, VERSION, PLURAL, annotations={SYNC_ANNOTATION: kopf.PRESENT},
+                  registry=registry)(sync_requested)
+    kopf.on.event("batch", "v1", "cronjobs", labels=RUN_LABELS, registry=registry)(run_changed)
+    kopf.on.event("batch", "v1", "jobs", labels=RUN_LABELS, registry=registry)(run_changed)
+    kopf.on.event(GROUP, VERSION, "registries", registry=registry)(registry_event)
+    kopf.on.event("v1", "secrets", registry=registry)(policy_secret_event)
