@@ -25,9 +25,10 @@ test: $(STAMP) ## Run every test tier (integration and e2e on a local one-node c
 	  else echo "no Go here: the integration and e2e tiers will skip (hack/cluster.sh build needs it)"; fi
 	$(PY) -m pytest -q -rs tests
 
-lint: $(STAMP) ## ruff and mypy (strict)
+lint: $(STAMP) ## ruff, mypy (strict) and the layer contracts (lint-imports)
 	$(VENV)/bin/ruff check operator tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 crds: $(STAMP) ## Regenerate crds/ from the API models
 	$(VENV)/bin/dockyard crds --out crds
