@@ -176,9 +176,9 @@ def test_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ("90s", 90), ("30m", 1800), ("1h30m", 5400), ("24h", 86400), ("7d", 604800), ("200ms", 0.2), (45, 45),
 ])
 def test_durations(text: str | int, seconds: float) -> None:
-    from dockyard.registry.config import parse_duration
+    from dockyard.registry.config import parse_config_duration
 
-    assert parse_duration(text, "gc.interval") == pytest.approx(seconds)
+    assert parse_config_duration(text, "gc.interval") == pytest.approx(seconds)
 
 
 def test_config_document_maps_to_settings() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dockyard.oci import Digest, ErrorCode, Hasher, OCIError
-from dockyard.registry.storage import FilesystemStorage, Manifest
+from dockyard.registry.storage import FilesystemStorage, StoredManifest
 from tests.registry.conftest import Client, digest_of
 from tests.registry.processes import start_dockyard
 
@@ -69,7 +69,7 @@ def test_commit_ignores_a_stale_hasher(tmp_path: Path) -> None:
 def test_manifest_writes_leave_no_temp_files(tmp_path: Path) -> None:
     s = FilesystemStorage(tmp_path)
     body = b'{"schemaVersion":2}'
-    s.put_manifest("app", "v1", Manifest(Digest.of(body), "application/vnd.oci.image.manifest.v1+json", body))
+    s.put_manifest("app", "v1", StoredManifest(Digest.of(body), "application/vnd.oci.image.manifest.v1+json", body))
     assert _files(s.tmp) == []
     got = s.get_manifest("app", "v1")
     assert got is not None and got.body == body

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from dockyard.replication.client import Registry
+from dockyard.replication.client import RegistryClient
 from tests.registry.processes import Registries
 from tests.replication.helpers import Pusher, RecordingProxy
 
@@ -22,7 +22,7 @@ async def test_catalog_and_tags_follow_pagination(registries: Registries, kind: 
             for tag in tags:
                 await p.image(repo, tag, [random.randbytes(100)])
     async with RecordingProxy(server.url) as proxy:
-        client = Registry(proxy.url)
+        client = RegistryClient(proxy.url)
         try:
             assert sorted(await client.catalog(page=2)) == repos
             assert sorted(await client.tags("team/app3", page=3) or []) == sorted(tags)

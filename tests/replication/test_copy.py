@@ -8,7 +8,7 @@ import json
 import random
 from collections import Counter
 
-from dockyard.replication.client import Registry
+from dockyard.replication.client import RegistryClient
 from tests.registry.processes import RegistryProcess
 from tests.replication.conftest import policy, replicate
 from tests.replication.helpers import (
@@ -114,7 +114,7 @@ async def test_signatures_and_sboms_follow_their_image(pair: Pair) -> None:
         status, body, _ = await fetch_manifest(dst.url, "signed", ref.digest)
         assert status == 200 and digest_of(body) == ref.digest
     # Whatever the destination offers (referrers API or the tag schema), a client finds both.
-    reader = Registry(dst.url)
+    reader = RegistryClient(dst.url)
     try:
         found, _ = await reader.referrers("signed", image.digest)
     finally:

@@ -30,7 +30,7 @@ from dockyard.api.patterns import SEMVER_RANGE_PATTERN, SemverRange
 from dockyard.api.replication import ReplicationPolicySpec
 from dockyard.api.schema import CRON_PATTERN, DURATION_PATTERN, QUANTITY_PATTERN, parse
 from dockyard.replication.filters import RangeError, TagSelector, platform_match, repository_selected
-from dockyard.replication.limits import parse_bytes, parse_duration
+from dockyard.replication.limits import parse_bytes, parse_spec_duration
 from tests.unit import cel
 
 SCHEMA = cel.version_schema(crd(REPLICATION_POLICY))
@@ -156,7 +156,7 @@ BACKOFF = [
 
 @pytest.mark.parametrize(("value", "accepted"), BACKOFF)
 def test_backoff(value: str, accepted: bool) -> None:
-    assert_all_agree("limits.retry.backoff", value, accepted, parse_duration)
+    assert_all_agree("limits.retry.backoff", value, accepted, parse_spec_duration)
 
 
 # ----------------------------------------------------------------------------- platforms

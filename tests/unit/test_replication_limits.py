@@ -13,8 +13,8 @@ from dockyard.replication.limits import (
     RetryPolicy,
     TokenBucket,
     parse_bytes,
-    parse_duration,
     parse_retry_after,
+    parse_spec_duration,
 )
 
 
@@ -76,13 +76,13 @@ def test_bandwidth_bucket_holds_the_long_run_rate() -> None:
 
 
 def test_limit_parsing() -> None:
-    assert parse_duration("2s") == 2.0
-    assert parse_duration("500ms") == 0.5
-    assert parse_duration("1m30s") == 90.0
+    assert parse_spec_duration("2s") == 2.0
+    assert parse_spec_duration("500ms") == 0.5
+    assert parse_spec_duration("1m30s") == 90.0
     assert parse_bytes("50Mi") == 50 * 2**20
     assert parse_bytes("10M") == 10_000_000
     with pytest.raises(ValueError):
-        parse_duration("2 seconds")
+        parse_spec_duration("2 seconds")
     with pytest.raises(ValueError):
         parse_bytes("lots")
 

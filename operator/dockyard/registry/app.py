@@ -27,7 +27,7 @@ from dockyard.registry.auth import Htpasswd
 from dockyard.registry.manifests import parse_manifest
 from dockyard.registry.metrics import Metrics
 from dockyard.registry.notify import Notifier
-from dockyard.registry.storage import FilesystemStorage, Manifest, UploadInfo
+from dockyard.registry.storage import FilesystemStorage, StoredManifest, UploadInfo
 from dockyard.registry.uploads import RangeMismatch, Uploads
 
 T = TypeVar("T")
@@ -46,7 +46,7 @@ _ROUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?P<name>.+)/tags/list"), "tags"),
     (re.compile(r"(?P<name>.+)/referrers/(?P<digest>[^/]+)"), "referrers"),
 ]
-REGISTRY: web.AppKey[Registry] = web.AppKey("registry")
+REGISTRY: web.AppKey[RegistryService] = web.AppKey("registry")
 _CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
 
 
@@ -98,7 +98,7 @@ def _non_negative_int(value: str | None, key: str) -> int | None:
     return int(value)
 
 
-class Registry:
+class RegistryService:
     """The application state: storage, upload sessions, auth, metrics and the worker pool."""
 
     def __init__(self, storage: FilesystemStorage, *, htpasswd: Htpasswd | None = None,
@@ -345,7 +345,7 @@ class Registry:
 
     # ---- manifests -------------------------------------------------------------------------
 
-    async def _manifest(self, name: str, reference: str) -> Manifest:
+    async def _manifest(self, name: str, reference: str) -> StoredManifest:
         if ":" in reference:
             _parse_digest(reference)
         elif not valid_tag(reference):
@@ -357,7 +357,7 @@ class Registry:
         return manifest
 
     @staticmethod
-    def _manifest_headers(m: Manifest) -> dict[str, str]:
+    def _manifest_headers(m: StoredManifest) -> dict[str, str]:
         return {"Content-Type": m.media_type, "Docker-Content-Digest": str(m.digest),
                 "ETag": f'"{m.digest}"'}
 
@@ -408,7 +408,7 @@ class Registry:
             first, *rest = [OCIError(ErrorCode.MANIFEST_BLOB_UNKNOWN, f"{kind} {d} is not in repository {name}",
                                      detail={"digest": str(d)}) for kind, d in missing]
             raise _MultiError(first, rest)
-        manifest = Manifest(digest, parsed.media_type, data)
+        manifest = StoredManifest(digest, parsed.media_type, data)
         descriptor = parsed.descriptor(digest, len(data)) if parsed.subject else None
         await self.run(self._store_manifest, name, tags, manifest, parsed.subject, descriptor)
         if self.notifier is not None:
@@ -425,7 +425,7 @@ class Registry:
         missing += [("manifest", d) for d in dict.fromkeys(children) if not self.storage.has_layer(name, d)]
         return missing
 
-    def _store_manifest(self, name: str, tags: list[str], manifest: Manifest, subject: Digest | None,
+    def _store_manifest(self, name: str, tags: list[str], manifest: StoredManifest, subject: Digest | None,
                         descriptor: dict[str, Any] | None) -> None:
         self.storage.put_manifest(name, tags[0] if tags else None, manifest, subject, descriptor)
         for tag in tags[1:]:

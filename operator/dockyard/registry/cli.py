@@ -67,11 +67,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
-    from dockyard.registry.config import ConfigError, parse_duration
+    from dockyard.registry.config import ConfigError, parse_config_duration
     from dockyard.registry.gc import collect
 
     try:
-        grace = parse_duration(args.grace_period, "--grace-period")
+        grace = parse_config_duration(args.grace_period, "--grace-period")
     except ConfigError as e:
         return _fail(str(e))
     root = Path(args.root)

@@ -67,7 +67,7 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-def parse_duration(value: Any, key: str) -> float:
+def parse_config_duration(value: Any, key: str) -> float:
     """`90s`, `30m`, `1h30m`, `24h`, `7d` or a number of seconds."""
     if isinstance(value, bool):
         raise ConfigError(f"{key}: expected a duration like 1h or 30m, got {value!r}")
@@ -143,7 +143,7 @@ def parse_notify(doc: Any) -> NotifyConfig:
                        namespace=_string(registry["namespace"], "notify.registry.namespace"),
                        name=_string(registry["name"], "notify.registry.name"))
     if "timeout" in notify:
-        cfg = replace(cfg, timeout=parse_duration(notify["timeout"], "notify.timeout"))
+        cfg = replace(cfg, timeout=parse_config_duration(notify["timeout"], "notify.timeout"))
         if cfg.timeout <= 0:
             raise ConfigError("notify.timeout: must be greater than zero")
     if "queueSize" in notify:
@@ -193,13 +193,13 @@ def parse_config(doc: Any) -> ServeConfig:
                 raise ConfigError(f"gc.schedule: {e}") from None
             g = replace(g, schedule=gc["schedule"])
         if "interval" in gc:
-            g = replace(g, interval=parse_duration(gc["interval"], "gc.interval"))
+            g = replace(g, interval=parse_config_duration(gc["interval"], "gc.interval"))
             if g.interval <= 0:
                 raise ConfigError("gc.interval: must be greater than zero")
         if "deleteUntagged" in gc:
             g = replace(g, delete_untagged=_bool(gc["deleteUntagged"], "gc.deleteUntagged"))
         if "gracePeriod" in gc:
-            g = replace(g, grace_period=parse_duration(gc["gracePeriod"], "gc.gracePeriod"))
+            g = replace(g, grace_period=parse_config_duration(gc["gracePeriod"], "gc.gracePeriod"))
         cfg = replace(cfg, gc=g)
     if doc.get("notify") is not None:
         cfg = replace(cfg, notify=parse_notify(doc["notify"]))

@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 
-from dockyard.registry.app import Registry
+from dockyard.registry.app import RegistryService
 from dockyard.registry.auth import Htpasswd
 from dockyard.registry.config import ServeConfig
 from dockyard.registry.gc import collect
@@ -101,7 +101,7 @@ def _event(message: str, **fields: Any) -> None:
     print(json.dumps({"ts": round(_now(), 3), "event": message, **fields}), file=sys.stderr, flush=True)
 
 
-async def _poll_htpasswd(registry: Registry, htpasswd: Htpasswd) -> None:
+async def _poll_htpasswd(registry: RegistryService, htpasswd: Htpasswd) -> None:
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(1.0)
@@ -110,7 +110,7 @@ async def _poll_htpasswd(registry: Registry, htpasswd: Htpasswd) -> None:
                 _event("htpasswd reloaded", path=str(htpasswd.path))
 
 
-async def _gc_loop(registry: Registry, cfg: ServeConfig) -> None:
+async def _gc_loop(registry: RegistryService, cfg: ServeConfig) -> None:
     assert cfg.gc is not None
     loop = asyncio.get_running_loop()
     while True:
@@ -135,7 +135,7 @@ async def _gc_loop(registry: Registry, cfg: ServeConfig) -> None:
 
 async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpasswd | None,
                  ssl_context: ssl.SSLContext | None) -> None:
-    registry = Registry(storage, htpasswd=htpasswd, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only)
+    registry = RegistryService(storage, htpasswd=htpasswd, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only)
     if cfg.notify is not None:
         registry.notifier = Notifier(cfg.notify, registry.metrics)
         await registry.notifier.start()

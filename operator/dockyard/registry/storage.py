@@ -39,7 +39,7 @@ READ_CHUNK = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
-class Manifest:
+class StoredManifest:
     digest: Digest
     media_type: str
     body: bytes
@@ -60,8 +60,8 @@ class Storage(Protocol):
     def blob_path(self, digest: Digest) -> Path: ...
     def mount_blob(self, name: str, digest: Digest, source: str | None) -> bool: ...
     def delete_blob(self, name: str, digest: Digest) -> bool: ...
-    def get_manifest(self, name: str, reference: str) -> Manifest | None: ...
-    def put_manifest(self, name: str, tag: str | None, manifest: Manifest) -> None: ...
+    def get_manifest(self, name: str, reference: str) -> StoredManifest | None: ...
+    def put_manifest(self, name: str, tag: str | None, manifest: StoredManifest) -> None: ...
     def delete_manifest(self, name: str, digest: Digest) -> bool: ...
     def delete_tag(self, name: str, tag: str) -> bool: ...
     def tags(self, name: str) -> list[str] | None: ...
@@ -317,7 +317,7 @@ class FilesystemStorage:
         except DigestError:
             return None
 
-    def get_manifest(self, name: str, reference: str) -> Manifest | None:
+    def get_manifest(self, name: str, reference: str) -> StoredManifest | None:
         digest = self.resolve(name, reference)
         if digest is None:
             return None
@@ -332,7 +332,7 @@ class FilesystemStorage:
             except FileNotFoundError:
                 return None
             self._cache_put(digest, body)
-        return Manifest(digest, media_type, body)
+        return StoredManifest(digest, media_type, body)
 
     def has_manifest(self, name: str, digest: Digest) -> bool:
         return self._revision(name, digest).exists() and self.blob_path(digest).exists()
@@ -346,7 +346,7 @@ class FilesystemStorage:
         self._touch(path)
         return True
 
-    def put_manifest(self, name: str, tag: str | None, manifest: Manifest,
+    def put_manifest(self, name: str, tag: str | None, manifest: StoredManifest,
                      subject: Digest | None = None, descriptor: dict[str, Any] | None = None) -> None:
         path = self.blob_path(manifest.digest)
         if path.exists():

@@ -98,7 +98,9 @@ class Response:
 
 
 @dataclass
-class Manifest:
+class WireManifest:
+    """A manifest as it travels over the wire: media type, exact bytes and their digest."""
+
     media_type: str
     body: bytes
     digest: str
@@ -140,7 +142,7 @@ class Stats:
     retries: int = 0
 
 
-class Registry:
+class RegistryClient:
     """One registry endpoint: base URL, credentials, limits and an aiohttp session."""
 
     def __init__(self, url: str, *, credentials: Credentials | None = None, insecure: bool = False,
@@ -189,7 +191,7 @@ class Registry:
             await self._session.close()
             self._session = None
 
-    async def __aenter__(self) -> Registry:
+    async def __aenter__(self) -> RegistryClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -366,7 +368,7 @@ class Registry:
         manifest = await self.get_manifest(repo, reference, push=push)
         return manifest.digest if manifest else None
 
-    async def get_manifest(self, repo: str, reference: str, *, push: bool = False) -> Manifest | None:
+    async def get_manifest(self, repo: str, reference: str, *, push: bool = False) -> WireManifest | None:
         resp = await self.call("GET", f"/v2/{repo}/manifests/{reference}", scope=self.scope(repo, push),
                                headers={"Accept": MANIFEST_ACCEPT})
         if resp.status == 404:
@@ -383,9 +385,9 @@ class Registry:
         if ":" in reference and digest != reference:
             raise RegistryError(f"{repo}@{reference}: the registry sent content with digest {digest}",
                                 None, "DIGEST_INVALID")
-        return Manifest(media_type, resp.body, digest)
+        return WireManifest(media_type, resp.body, digest)
 
-    async def put_manifest(self, repo: str, reference: str, manifest: Manifest) -> Response:
+    async def put_manifest(self, repo: str, reference: str, manifest: WireManifest) -> Response:
         """PUT a manifest byte for byte; the response tells whether the referrers API saw a subject."""
         resp = await self.call("PUT", f"/v2/{repo}/manifests/{reference}", scope=self.scope(repo, True),
                                headers={"Content-Type": manifest.media_type}, data=manifest.body,
@@ -400,7 +402,7 @@ class Registry:
 
     # ------------------------------------------------------------------ referrers
 
-    async def referrers(self, repo: str, digest: str) -> tuple[list[dict[str, Any]], Manifest | None]:
+    async def referrers(self, repo: str, digest: str) -> tuple[list[dict[str, Any]], WireManifest | None]:
         """Descriptors of manifests whose subject is `digest`.
 
         Uses the referrers API; when the registry does not offer it, reads the tag-schema

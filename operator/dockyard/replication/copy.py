@@ -25,7 +25,7 @@ import aiohttp
 
 from dockyard.api.replication import FailedItem, ReplicationPolicySpec
 from dockyard.oci import Digest, mediatypes
-from dockyard.replication.client import Credentials, Manifest, Registry, RegistryError, log
+from dockyard.replication.client import Credentials, RegistryClient, RegistryError, WireManifest, log
 from dockyard.replication.filters import (
     TagSelector,
     filter_index_entries,
@@ -35,7 +35,7 @@ from dockyard.replication.filters import (
     referrers_tag,
     repository_selected,
 )
-from dockyard.replication.limits import Limiter, RetryPolicy, parse_bytes, parse_duration
+from dockyard.replication.limits import Limiter, RetryPolicy, parse_bytes, parse_spec_duration
 from dockyard.replication.plan import CopyItem, DeleteItem, PathRewrite, Plan, decide, orphaned_destinations
 from dockyard.replication.plan import plan_repository as _plan_repository
 from dockyard.replication.result import RunResult
@@ -94,7 +94,7 @@ class EngineOptions:
 class Engine:
     """One run: plan every selected repository, then copy, then delete (mirror)."""
 
-    def __init__(self, spec: ReplicationPolicySpec, source: Registry, dest: Registry,
+    def __init__(self, spec: ReplicationPolicySpec, source: RegistryClient, dest: RegistryClient,
                  options: EngineOptions, failed_before: Sequence[FailedItem] = ()) -> None:
         self.spec = spec
         self.source = source
@@ -202,7 +202,8 @@ class Engine:
         repos = self.spec.filters.repositories
         return orphaned_destinations(dest_repos, set(repositories), self.rewrite, repos.include, repos.exclude)
 
-    async def _heads(self, registry: Registry, repo: str, tags: Sequence[str], push: bool) -> dict[str, str | None]:
+    async def _heads(self, registry: RegistryClient, repo: str, tags: Sequence[str],
+                     push: bool) -> dict[str, str | None]:
         digests = await asyncio.gather(*(registry.head_manifest(repo, t, push=push) for t in tags))
         return dict(zip(tags, digests, strict=True))
 
@@ -355,7 +356,7 @@ class Engine:
             except Exception as e:  # the image is there; its referrers are retried next run
                 raise RegistryError(f"referrers: {_describe(e)}") from e
 
-    async def _referrers_of(self, item: CopyItem, manifest: Manifest, target: Manifest,
+    async def _referrers_of(self, item: CopyItem, manifest: WireManifest, target: WireManifest,
                             children: list[str] | None) -> None:
         if target.digest == manifest.digest:
             await self._referrers(item.source_repo, item.dest_repo, manifest.digest)
@@ -363,7 +364,7 @@ class Engine:
             for child in children or []:
                 await self._referrers(item.source_repo, item.dest_repo, child)
 
-    def _target(self, manifest: Manifest) -> tuple[Manifest, list[str] | None]:
+    def _target(self, manifest: WireManifest) -> tuple[WireManifest, list[str] | None]:
         """What the destination tag gets, and the child digests an index needs first."""
         if not manifest.is_index:
             return manifest, None
@@ -379,7 +380,7 @@ class Engine:
                                 "MANIFEST_INVALID")
         doc["manifests"] = kept
         body = json.dumps(doc, separators=(",", ":")).encode()
-        rewritten = Manifest(manifest.media_type, body, str(Digest.of(body)))
+        rewritten = WireManifest(manifest.media_type, body, str(Digest.of(body)))
         self._rewritten.add(manifest.digest)
         return rewritten, [e["digest"] for e in kept]
 
@@ -429,7 +430,7 @@ class Engine:
             await self._update_referrers_tag(dst_repo, subject, descriptors, fallback)
 
     async def _update_referrers_tag(self, dst_repo: str, subject: str, descriptors: list[dict[str, Any]],
-                                    fallback: Manifest | None) -> None:
+                                    fallback: WireManifest | None) -> None:
         """The destination has no referrers API: maintain the `sha256-<hex>` index there."""
         tag = referrers_tag(subject)
         existing = await self.dest.get_manifest(dst_repo, tag, push=True)
@@ -444,11 +445,11 @@ class Engine:
             return
         doc["manifests"] = [*doc.get("manifests", []), *added]
         body = json.dumps(doc, separators=(",", ":")).encode()
-        await self.dest.put_manifest(dst_repo, tag, Manifest(mediatypes.OCI_INDEX, body, str(Digest.of(body))))
+        await self.dest.put_manifest(dst_repo, tag, WireManifest(mediatypes.OCI_INDEX, body, str(Digest.of(body))))
 
     # ------------------------------------------------------------------ blobs
 
-    async def _blobs(self, src_repo: str, dst_repo: str, manifest: Manifest) -> None:
+    async def _blobs(self, src_repo: str, dst_repo: str, manifest: WireManifest) -> None:
         doc = manifest.parsed()
         descriptors = ([doc["config"]] if doc.get("config") else []) + list(doc.get("layers") or []) \
             + list(doc.get("blobs") or [])
@@ -535,10 +536,10 @@ def _describe(error: BaseException) -> str:
     return text if text else type(error).__name__
 
 
-def registry_for(access: Access, spec: ReplicationPolicySpec, options: EngineOptions) -> Registry:
+def registry_for(access: Access, spec: ReplicationPolicySpec, options: EngineOptions) -> RegistryClient:
     limits = spec.limits
-    retry = RetryPolicy(max=limits.retry.max, backoff=parse_duration(limits.retry.backoff))
-    return Registry(access.url, credentials=access.credentials, insecure=access.insecure, ca_file=access.ca_file,
+    retry = RetryPolicy(max=limits.retry.max, backoff=parse_spec_duration(limits.retry.backoff))
+    return RegistryClient(access.url, credentials=access.credentials, insecure=access.insecure, ca_file=access.ca_file,
                     retry=retry, requests_per_second=limits.requests_per_second,
                     connections=max(8, limits.concurrency * 2), stall_timeout=options.stall_timeout)
 

@@ -23,7 +23,7 @@ MAX_DELAY = 300.0
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 
 
-def parse_duration(text: str) -> float:
+def parse_spec_duration(text: str) -> float:
     """`2s`, `500ms`, `1m30s` -> seconds."""
     parts = _DURATION_PART.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:

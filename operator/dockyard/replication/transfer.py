@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 
 from dockyard.oci import Digest, Hasher
-from dockyard.replication.client import Registry, RegistryError, with_query
+from dockyard.replication.client import RegistryClient, RegistryError, with_query
 from dockyard.replication.limits import Limiter, ProgressGuard, RetryPolicy, Stalled
 
 PIECE = 256 * 1024
@@ -58,7 +58,7 @@ class _Reader:
 class BlobMover:
     """Copies blobs between two registries with the run's retry policy and bandwidth limit."""
 
-    def __init__(self, source: Registry, dest: Registry, retry: RetryPolicy, bandwidth: Limiter,
+    def __init__(self, source: RegistryClient, dest: RegistryClient, retry: RetryPolicy, bandwidth: Limiter,
                  stall_timeout: float, chunk_size: int, on_bytes: Callable[[int], None]) -> None:
         self.source = source
         self.dest = dest
