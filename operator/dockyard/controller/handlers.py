@@ -80,19 +80,19 @@ def registry_secrets(*, namespace: str | None, name: str, spec: kopf.Spec,
     return {(namespace, secret): name for secret in referenced_secrets(parsed)}
 
 
-async def registry_changed(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+async def registry_changed(*, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     await memo.reconciler.request(namespace, name)
 
 
 async def child_changed(*, type: str | None, namespace: str | None, labels: Mapping[str, str],
-                        memo: Any, **_: Any) -> None:
+                        memo: kopf.Memo, **_: Any) -> None:
     instance = labels.get(INSTANCE_LABEL)
     if instance and type is not None:  # the initial listing is covered by resuming the Registries
         await memo.reconciler.request(namespace, instance)
 
 
 async def secret_changed(*, type: str | None, namespace: str | None, name: str, labels: Mapping[str, str],
-                         memo: Any, **kwargs: Any) -> None:
+                         memo: kopf.Memo, **kwargs: Any) -> None:
     if type is None:
         return
     instance = labels.get(INSTANCE_LABEL)

@@ -26,6 +26,6 @@ def run(*, namespaces: Sequence[str], all_namespaces: bool, liveness: str | None
     # and the image's numeric user (65532) has no entry there.
     kopf.run(standalone=True, clusterwide=all_namespaces or not namespaces,
              namespaces=list(namespaces), liveness_endpoint=liveness,
-             identity=cast(Any, f"dockyard@{socket.gethostname()}"),  # kopf.Identity is a str
+             identity=cast(Any, f"dockyard@{socket.gethostname()}"),  # kopf.Identity: unexported NewType(str)
              registry=registry)
     return 0

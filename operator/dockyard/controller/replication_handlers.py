@@ -31,7 +31,7 @@ async def start_policy_reconciler(memo: kopf.Memo, **_: Any) -> None:
     memo.policy_reconciler = PolicyReconciler(memo.kube, ApiEvents(memo.kube))
 
 
-def _reconciler(memo: Any) -> PolicyReconciler:
+def _reconciler(memo: kopf.Memo) -> PolicyReconciler:
     reconciler: PolicyReconciler = memo.policy_reconciler
     return reconciler
 
@@ -52,12 +52,12 @@ def policy_references(*, namespace: str | None, name: str, spec: kopf.Spec,
     return refs
 
 
-async def policy_changed(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+async def policy_changed(*, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     await _reconciler(memo).request(namespace or "default", name)
 
 
 async def sync_requested(*, type: str | None, namespace: str | None, name: str, annotations: Mapping[str, str],
-                         status: Mapping[str, Any], memo: Any, **_: Any) -> None:
+                         status: Mapping[str, Any], memo: kopf.Memo, **_: Any) -> None:
     """A new annotation value; the initial listing is covered by resuming the policies."""
     if type in (None, "DELETED"):
         return
@@ -65,14 +65,14 @@ async def sync_requested(*, type: str | None, namespace: str | None, name: str, 
         await _reconciler(memo).request(namespace or "default", name)
 
 
-async def run_changed(*, type: str | None, namespace: str | None, labels: Mapping[str, str], memo: Any,
+async def run_changed(*, type: str | None, namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo,
                       **_: Any) -> None:
     instance = labels.get(INSTANCE_LABEL)
     if instance and type is not None:
         await _reconciler(memo).request(namespace or "default", instance)
 
 
-async def _referenced_changed(kind: str, type: str | None, namespace: str | None, name: str, memo: Any,
+async def _referenced_changed(kind: str, type: str | None, namespace: str | None, name: str, memo: kopf.Memo,
                               index: kopf.Index[tuple[str, str, str], tuple[str, str]]) -> None:
     if type is None:
         return
@@ -80,11 +80,11 @@ async def _referenced_changed(kind: str, type: str | None, namespace: str | None
         await _reconciler(memo).request(policy_ns, policy)
 
 
-async def registry_event(*, type: str | None, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+async def registry_event(*, type: str | None, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     await _referenced_changed("Registry", type, namespace, name, memo, kwargs["policy_references"])
 
 
-async def policy_secret_event(*, type: str | None, namespace: str | None, name: str, memo: Any,
+async def policy_secret_event(*, type: str | None, namespace: str | None, name: str, memo: kopf.Memo,
                               **kwargs: Any) -> None:
     await _referenced_changed("Secret", type, namespace, name, memo, kwargs["policy_references"])
 
