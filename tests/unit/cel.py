@@ -460,7 +460,7 @@ def _schema_at(schema: dict[str, Any], dotted: str) -> dict[str, Any] | None:
     return node
 
 
-def structural_problems(schema: dict[str, Any], path: str = "", in_list: bool = False,
+def structural_problems(schema: dict[str, Any], path: str = "", in_list: bool = False,  # noqa: C901  one API-server rule each
                         preserved: bool = False) -> list[str]:
     """What a real API server refuses in a CRD schema: non-structural nodes, bad defaults,
     invalid rules, transition rules it cannot correlate, unbounded lists that rules iterate."""

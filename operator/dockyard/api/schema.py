@@ -266,7 +266,7 @@ def pattern_matches(pattern: str, value: str) -> bool:
     return _compiled(pattern).search(value) is not None
 
 
-def _parse_value(tp: Any, value: Any, path: str, md: Mapping[str, Any]) -> Any:
+def _parse_value(tp: Any, value: Any, path: str, md: Mapping[str, Any]) -> Any:  # noqa: C901  one case per schema type
     if tp is Raw:
         if not isinstance(value, dict):
             raise SpecError(path, f"must be an object, not {_kind(value)}")

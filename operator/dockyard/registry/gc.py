@@ -93,7 +93,7 @@ def _live_manifests(storage: FilesystemStorage, name: str, revisions: dict[Diges
     return live
 
 
-def collect(root: Path, *, grace: float = 3600.0, delete_untagged: bool = False, dry_run: bool = False,
+def collect(root: Path, *, grace: float = 3600.0, delete_untagged: bool = False, dry_run: bool = False,  # noqa: C901
             now: float | None = None) -> GCReport:
     """One mark-and-sweep pass over the storage under `root`. Blocking; safe while serving."""
     start = time.monotonic()

@@ -62,7 +62,7 @@ def _base_type(content_type: str | None) -> str | None:
     return content_type.split(";", 1)[0].strip().lower() or None
 
 
-def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
+def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:  # noqa: C901  one check per field
     """Check a manifest body; raise MANIFEST_INVALID with a precise message when it is wrong."""
     try:
         doc = json.loads(body)
