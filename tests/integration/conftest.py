@@ -60,6 +60,6 @@ async def namespace(apiserver: ApiServer) -> AsyncIterator[str]:
         await delete(apiserver, "v1/namespaces", name)
 
 
-@pytest.fixture()
+@pytest.fixture
 def kubeconfig(apiserver: ApiServer) -> Path:
     return apiserver.operator_kubeconfig

@@ -42,7 +42,7 @@ async def operator(namespace: str, kubeconfig: Path, tmp_path: Path) -> AsyncIte
         yield op
 
 
-@pytest.fixture()
+@pytest.fixture
 def operator_token(kubeconfig: Path) -> str:
     token: str = yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]["token"]
     return token

@@ -42,7 +42,7 @@ DEADLINE = 60.0
 TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # 32 random bytes, urlsafe base64 without padding
 
 
-@pytest.fixture()
+@pytest.fixture
 def events_base(monkeypatch: pytest.MonkeyPatch) -> str:
     """DOCKYARD_EVENTS_URL of the operator started by `operator`; it also receives there."""
     port = free_port()

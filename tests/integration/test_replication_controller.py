@@ -38,7 +38,7 @@ RBAC = ("rbac.authorization.k8s.io/v1/roles", "rbac.authorization.k8s.io/v1/role
 DEADLINE = 60.0
 
 
-@pytest.fixture()
+@pytest.fixture
 def events_url(monkeypatch: pytest.MonkeyPatch) -> str:
     """Where the operator started by `operator` receives push events; Registries get a token Secret each."""
     port = free_port()

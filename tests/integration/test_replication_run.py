@@ -117,7 +117,7 @@ async def run_as(apiserver: ApiServer, namespace: str, tmp_path: Path,
             await client.close()
 
 
-@pytest.fixture()
+@pytest.fixture
 def registries(tmp_path: Path) -> Any:
     with Registries(tmp_path) as servers:
         yield servers
@@ -277,7 +277,7 @@ async def test_failed_items_are_reported_and_tried_first_on_the_next_run(
     assert st["lastSuccessfulTime"] == st["lastRun"]["completionTime"]
 
 
-@pytest.fixture()
+@pytest.fixture
 def self_signed(tmp_path: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 that no system trust store knows, and its key."""
     openssl = require_tool("openssl", "openssl")

@@ -114,7 +114,7 @@ def notify_config(tmp_path: Path, url: str, token_file: Path, **extra: Any) -> P
     return config
 
 
-@pytest.fixture()
+@pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., tuple[RegistryProcess, Client]]]:
     started: list[RegistryProcess] = []
 

@@ -37,7 +37,7 @@ def at(text: str) -> datetime.datetime:
     # both day fields restricted: either matches (Sunday 29th before the 1st)
     ("0 0 1 * 0", "2026-11-27T00:00:00", "2026-11-29T00:00:00"),
     # day of week is `*`: the day of month alone decides
-    ("0 0 1 * *", "2026-11-27T00:00:00", "2026-12-01T00:00:00"),
+    ("0 0 15 * *", "2026-11-27T00:00:00", "2026-12-15T00:00:00"),
     # `*/2` in day of week restricts it (no star): OR with day of month 28
     ("0 0 28 * */2", "2026-11-27T00:00:00", "2026-11-28T00:00:00"),
     ("0 0 29 2 *", "2026-11-27T00:00:00", "2028-02-29T00:00:00"),

@@ -47,6 +47,6 @@ def test_credentials_from_docker_config() -> None:
 
 def test_credentials_flag_form() -> None:
     assert Credentials.parse("user:p:w") == Credentials("user", "p:w")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="user:password"):
         Credentials.parse("nopassword")
     assert Credentials("a", "b").basic() == "Basic " + base64.b64encode(b"a:b").decode()
