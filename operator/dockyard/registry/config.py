@@ -51,7 +51,7 @@ class NotifyConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    host: str = "0.0.0.0"
+    host: str = "0.0.0.0"  # noqa: S104  in a pod: reachable through its Service; `--addr` narrows it
     port: int = 5000
     root: Path = Path("/var/lib/registry")
     htpasswd: Path | None = None
@@ -96,7 +96,7 @@ def parse_addr(value: Any, key: str = "addr") -> tuple[str, int]:
     host = host.strip("[]")
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{key}: invalid port in {value!r}")
-    return host or "0.0.0.0", int(port)
+    return host or "0.0.0.0", int(port)  # noqa: S104  an empty host (":5000") means every interface
 
 
 def _bool(value: Any, key: str) -> bool:

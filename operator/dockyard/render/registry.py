@@ -34,7 +34,7 @@ CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"
 AUTH_DIR = "/etc/dockyard/auth"
 TLS_DIR = "/etc/dockyard/tls"
 EVENTS_DIR = "/etc/dockyard/events"
-EVENTS_TOKEN_KEY = "token"
+EVENTS_TOKEN_KEY = "token"  # noqa: S105  the key's name in the Secret, not a secret
 EVENTS_PATH = "/v1/push"
 DATA_DIR = "/var/lib/registry"
 RUN_AS = 65532
@@ -224,7 +224,7 @@ def _volumes(inp: RenderInput) -> tuple[list[dict[str, Any]], list[dict[str, Any
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108  the pod's own emptyDir
         {"name": "data", "mountPath": DATA_DIR},
     ]
     if spec.storage.pvc is not None:

@@ -45,7 +45,7 @@ STARTING_DEADLINE_SECONDS = 600
 MANUAL_JOB_TTL_SECONDS = 7 * 24 * 3600
 JOB_NAME_MAX = 63  # Job names become pod label values
 CRONJOB_NAME_MAX = 52  # the CronJob controller appends an 11-character suffix
-TMP_DIR = "/tmp"
+TMP_DIR = "/tmp"  # noqa: S108  inside the Job's pod, an emptyDir of its own
 
 
 selector_labels = partial(child_labels.selector_labels, APP)
