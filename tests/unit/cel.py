@@ -31,10 +31,10 @@ import dataclasses
 import functools
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import celpy
 import jsonschema
@@ -565,7 +565,7 @@ _RESERVED = {"true", "false", "null", "in", "as", "break", "const", "continue", 
 """Words CEL reserves: a property of that name is `__name__` in rules (Kubernetes escaping)."""
 
 
-def _add(*costs: int) -> int:
+def _add_costs(*costs: int) -> int:
     return min(sum(costs), _UNBOUNDED)
 
 
@@ -715,42 +715,42 @@ class _Coster:
     def _expr(self, tree: Any) -> _Estimate:
         cond, yes, no = (self.visit(p) for p in self._args(tree))
         kind = yes.kind if yes.kind == no.kind else "dyn"
-        return self.result(_add(cond.cost, max(yes.cost, no.cost)), kind, max(yes.size, no.size))
+        return self.result(_add_costs(cond.cost, max(yes.cost, no.cost)), kind, max(yes.size, no.size))
 
     def _logical(self, tree: Any) -> _Estimate:
         left, right = (self.visit(p) for p in self._args(tree))
-        return self.result(_add(left.cost, right.cost), "bool")
+        return self.result(_add_costs(left.cost, right.cost), "bool")
 
     _conditionalor = _logical
     _conditionaland = _logical
 
     def _relation(self, op: str, left: _Estimate, right: _Estimate) -> _Estimate:
-        args = _add(left.cost, right.cost)
+        args = _add_costs(left.cost, right.cost)
         if op == "relation_in":
             cost = _factor(right.size, 1) if right.kind == "list" else 1
-            return self.result(_add(cost, args), "bool")
+            return self.result(_add_costs(cost, args), "bool")
         if op == "relation_eq" and left.kind == right.kind == "quantity":
-            return self.result(_add(1, args), "bool")  # the Kubernetes library: O(1) equality
+            return self.result(_add_costs(1, args), "bool")  # the Kubernetes library: O(1) equality
         if op in ("relation_eq", "relation_ne") or left.kind in ("string", "bytes"):
             smallest = min(left.size, right.size)
-            return self.result(_add(_factor(smallest, _STRING_TRAVERSAL), args), "bool")
-        return self.result(_add(1, args), "bool")
+            return self.result(_add_costs(_factor(smallest, _STRING_TRAVERSAL), args), "bool")
+        return self.result(_add_costs(1, args), "bool")
 
     def _addition(self, op: str, left: _Estimate, right: _Estimate) -> _Estimate:
-        args = _add(left.cost, right.cost)
+        args = _add_costs(left.cost, right.cost)
         if op == "addition_add" and left.kind in ("string", "bytes", "list"):
-            size = _add(left.size, right.size)
+            size = _add_costs(left.size, right.size)
             cost = 1 if left.kind == "list" else _factor(size, _STRING_TRAVERSAL)
-            return self.result(_add(cost, args), left.kind, size)
-        return self.result(_add(1, args), left.kind if left.kind == right.kind else "dyn")
+            return self.result(_add_costs(cost, args), left.kind, size)
+        return self.result(_add_costs(1, args), left.kind if left.kind == right.kind else "dyn")
 
     def _multiplication(self, op: str, left: _Estimate, right: _Estimate) -> _Estimate:
-        return self.result(_add(1, left.cost, right.cost), left.kind)
+        return self.result(_add_costs(1, left.cost, right.cost), left.kind)
 
     def _unary(self, tree: Any) -> _Estimate:
         op, operand_tree = self._args(tree)
         operand = self.visit(operand_tree)
-        return self.result(_add(1, operand.cost), "bool" if op.data == "unary_not" else operand.kind)
+        return self.result(_add_costs(1, operand.cost), "bool" if op.data == "unary_not" else operand.kind)
 
     def _ident(self, tree: Any) -> _Estimate:
         name = str(tree.children[0])
@@ -766,12 +766,12 @@ class _Coster:
         kind = {"INT_LIT": "int", "UINT_LIT": "uint", "FLOAT_LIT": "double", "BOOL_LIT": "bool",
                 "NULL_LIT": "null", "BYTES_LIT": "bytes"}.get(token.type, "string")
         if kind in ("string", "bytes"):
-            return _Estimate(0, kind, len(compile_rule(str(token)).evaluate({})))
+            return _Estimate(0, kind, len(cast(Sized, compile_rule(str(token)).evaluate({}))))
         return _Estimate(0, kind, 1)
 
     def _list_lit(self, tree: Any) -> _Estimate:
         items = [self.visit(e) for e in self._items(tree)]
-        return _Estimate(_add(_LIST_CREATE, *(i.cost for i in items)), "list", len(items))
+        return _Estimate(_add_costs(_LIST_CREATE, *(i.cost for i in items)), "list", len(items))
 
     def _items(self, tree: Any) -> list[Any]:
         """The expressions of the `exprlist` of a call or list literal."""
@@ -798,7 +798,7 @@ class _Coster:
         operand_tree, name = tree.children
         operand = self.visit(operand_tree)
         select = 1 if operand.kind in ("object", "map", "dyn") else 0
-        return dataclasses.replace(self._field(operand, str(name)), cost=_add(operand.cost, select))
+        return dataclasses.replace(self._field(operand, str(name)), cost=_add_costs(operand.cost, select))
 
     def _member_index(self, tree: Any) -> _Estimate:
         operand_tree, index_tree = tree.children
@@ -808,7 +808,7 @@ class _Coster:
         if schema is not None:
             item = schema.get("items") if operand.kind == "list" else schema.get("additionalProperties")
         value = self.data(item if isinstance(item, dict) else None, operand.sized)
-        return dataclasses.replace(value, cost=_add(1, operand.cost, index.cost))
+        return dataclasses.replace(value, cost=_add_costs(1, operand.cost, index.cost))
 
     def _ident_arg(self, tree: Any) -> _Estimate:
         name = str(tree.children[0])
@@ -819,13 +819,13 @@ class _Coster:
             # A presence test costs nothing in Kubernetes (PresenceTestHasCost(false)): only its operand
             return self.result(self.visit(target.children[0]).cost, "bool")
         args = [self.visit(a) for a in arg_trees]
-        cost = _add(*(a.cost for a in args))
+        cost = _add_costs(*(a.cost for a in args))
         if name in ("quantity", "isQuantity"):
-            return self.result(_add(_factor(args[0].size, _STRING_TRAVERSAL), cost),
+            return self.result(_add_costs(_factor(args[0].size, _STRING_TRAVERSAL), cost),
                                "quantity" if name == "quantity" else "bool")
         if name in ("size", "int", "uint", "double", "string", "bool"):
             kind = {"size": "int", "string": "string"}.get(name, name)
-            return self.result(_add(1, cost), kind)
+            return self.result(_add_costs(1, cost), kind)
         raise NotImplementedError(f"no cost model for {name}()")
 
     def _unwrap(self, tree: Any, rule: str) -> Any:
@@ -846,20 +846,20 @@ class _Coster:
         if name in self._MACROS:
             return self._comprehension(name, target, arg_trees)
         args = [self.visit(a) for a in arg_trees]
-        cost = _add(target.cost, *(a.cost for a in args))
+        cost = _add_costs(target.cost, *(a.cost for a in args))
         if name == "matches":
-            text = _factor(_add(target.size, 1), _STRING_TRAVERSAL)
-            return self.result(_add(_mul(text, _factor(args[0].size, _REGEX_LENGTH)), cost), "bool")
+            text = _factor(_add_costs(target.size, 1), _STRING_TRAVERSAL)
+            return self.result(_add_costs(_mul(text, _factor(args[0].size, _REGEX_LENGTH)), cost), "bool")
         if name in ("startsWith", "endsWith"):
-            return self.result(_add(_factor(args[0].size, _STRING_TRAVERSAL), cost), "bool")
+            return self.result(_add_costs(_factor(args[0].size, _STRING_TRAVERSAL), cost), "bool")
         if name == "contains":
             product = _mul(_factor(target.size, _STRING_TRAVERSAL), _factor(args[0].size, _STRING_TRAVERSAL))
-            return self.result(_add(product, cost), "bool")
+            return self.result(_add_costs(product, cost), "bool")
         kinds = {"size": "int", "compareTo": "int", "sign": "int", "asInteger": "int", "isLessThan": "bool",
                  "isGreaterThan": "bool", "isInteger": "bool", "asApproximateFloat": "double",
                  "add": "quantity", "sub": "quantity"}
         if name in kinds:
-            return self.result(_add(1, cost), kinds[name])
+            return self.result(_add_costs(1, cost), kinds[name])
         raise NotImplementedError(f"no cost model for .{name}()")
 
     def _comprehension(self, macro: str, target: _Estimate, arg_trees: list[Any]) -> _Estimate:
@@ -876,7 +876,7 @@ class _Coster:
             bodies = [self.visit(a) for a in arg_trees[1:]]
         finally:
             self.scopes.pop()
-        body = _add(*(b.cost for b in bodies))
+        body = _add_costs(*(b.cost for b in bodies))
         # cel-go's macro expansions: accumulator init, loop condition, step and result, per item
         init, condition, step, result, kind = {
             "all": (0, 2, 1 + body, 1, "bool"),                       # @not_strictly_false(r); r && p
@@ -885,8 +885,8 @@ class _Coster:
             "map": (_LIST_CREATE, 0, 2 + _LIST_CREATE + body, 1, "list"),  # r + [f]  (p ? r + [f] : r)
             "filter": (_LIST_CREATE, 0, body + 3 + _LIST_CREATE, 1, "list"),  # p ? r + [x] : r
         }[macro]
-        per_item = _add(condition, step)
-        cost = _add(target.cost, init, result, _mul(target.size, per_item))
+        per_item = _add_costs(condition, step)
+        cost = _add_costs(target.cost, init, result, _mul(target.size, per_item))
         return self.result(cost, kind, target.size if kind == "list" else None)
 
 
@@ -916,12 +916,12 @@ def rule_costs(schema: dict[str, Any], path: str = "openAPIV3Schema", cardinalit
     for name, sub in schema.get("properties", {}).items():
         costs.extend(rule_costs(sub, f"{path}.properties[{name}]", cardinality))
     bound_key = {"array": "maxItems", "object": "maxProperties"}.get(str(schema.get("type")))
-    times = None if cardinality is None or bound_key is None or schema.get(bound_key) is None \
+    inner = None if cardinality is None or bound_key is None or schema.get(bound_key) is None \
         else _mul(cardinality, int(schema[bound_key]))
     if isinstance(schema.get("items"), dict):
-        costs.extend(rule_costs(schema["items"], f"{path}.items", times))
+        costs.extend(rule_costs(schema["items"], f"{path}.items", inner))
     if isinstance(schema.get("additionalProperties"), dict):
-        costs.extend(rule_costs(schema["additionalProperties"], f"{path}.additionalProperties", times))
+        costs.extend(rule_costs(schema["additionalProperties"], f"{path}.additionalProperties", inner))
     return costs
 
 

@@ -307,7 +307,7 @@ SPECS = st.fixed_dictionaries({"storage": STORAGES}, optional={"replicas": st.in
 
 @st.composite
 def updates(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    spec = draw(SPECS)
+    spec: dict[str, Any] = draw(SPECS)
     how = draw(st.sampled_from(["create", "unrelated", "pvc edited"]))
     if how == "create":
         return spec, None
@@ -492,7 +492,7 @@ def test_harness_estimates_rule_costs_as_the_api_server_does(rule: str, cost: in
 
 
 def test_harness_multiplies_rule_costs_by_how_often_a_node_can_occur() -> None:
-    schema = {"type": "object", "properties": {"spec": copy.deepcopy(COSTED)}}
+    schema: dict[str, Any] = {"type": "object", "properties": {"spec": copy.deepcopy(COSTED)}}
     by_path = {c.path.split(".x-kubernetes")[0]: c.cost for c in cel.rule_costs(schema)}
     assert by_path["openAPIV3Schema.properties[spec].properties[objs].items"] == 24  # 6 x maxItems 4
     assert by_path["openAPIV3Schema.properties[spec].properties[anyobjs].items"] == 725937  # 3 x 241979
@@ -501,8 +501,10 @@ def test_harness_multiplies_rule_costs_by_how_often_a_node_can_occur() -> None:
 
 
 def test_harness_reads_properties_by_their_cel_names() -> None:
-    schema = {"type": "object", "properties": {"namespace": {"type": "string"}, "a-b": {"type": "string"},
-                                               "m": {"type": "object", "additionalProperties": {"type": "string"}}}}
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {"namespace": {"type": "string"}, "a-b": {"type": "string"},
+                       "m": {"type": "object", "additionalProperties": {"type": "string"}}}}
     view = cel.cel_view({"namespace": "ns", "a-b": "x", "m": {"a-b": "y"}}, schema)
     assert view == {"__namespace__": "ns", "namespace": "ns", "a__dash__b": "x", "m": {"a-b": "y"}}
     rules = ["self.__namespace__ == 'ns'", "self.namespace == 'ns'", "self.a__dash__b == 'x'", "self.m['a-b'] == 'y'"]
