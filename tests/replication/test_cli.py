@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import pty
 import random
@@ -235,6 +236,11 @@ async def test_a_registry_that_does_not_answer_is_named_while_waiting(registries
     from dockyard.replication import copy
 
     monkeypatch.setattr(copy, "PING_PATIENCE", 0.2)
+    # Earlier tests in this process may have sent the logger to stderr only (log_to_stderr) or
+    # disabled it (import-linter's dictConfig disables existing loggers).
+    logger = logging.getLogger("dockyard.replicate")
+    monkeypatch.setattr(logger, "propagate", True)
+    monkeypatch.setattr(logger, "disabled", False)
     silent: list[asyncio.StreamWriter] = []
 
     async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
