@@ -266,6 +266,17 @@ class RegistryClient:
         """
         if not url.startswith(("http://", "https://")):
             url = self.url + url
+        resp, body = await self._exchange(method, url, scope=scope, headers=headers, data=data,
+                                          ok=(*ok, 404), retry=retry)
+        return Response(resp.status, resp.headers, body)
+
+    async def _exchange(self, method: str, url: str, *, scope: str, headers: Mapping[str, str] | None = None,
+                        data: bytes | None = None, ok: tuple[int, ...], retry: bool = True,
+                        stream: bool = False) -> tuple[aiohttp.ClientResponse, bytes]:
+        """The one retry loop: rate limit, auth, one re-authentication on 401, backoff on 429/5xx and
+        connection errors. A status in `ok` is returned with its body read, or, with `stream`, unread
+        (the caller releases the response); anything else raises RegistryError once retries run out.
+        """
         attempt = 0
         reauthed = False
         while True:
@@ -276,18 +287,21 @@ class RegistryClient:
             status: int | None = None
             retry_after: float | None = None
             try:
-                async with self.session.request(method, url, headers=hdrs, data=data,
-                                                allow_redirects=True) as resp:
+                resp = await self.session.request(method, url, headers=hdrs, data=data, allow_redirects=True)
+                status = resp.status
+                if stream and status in ok:
+                    return resp, b""
+                try:
                     body = await resp.read()
-                    status = resp.status
-                    if status == 401 and not reauthed and self._challenged(
-                            resp.headers.get("WWW-Authenticate"), scope):
-                        reauthed = True
-                        continue
-                    if status in ok or status == 404:
-                        return Response(status, resp.headers, body)
-                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                    error = _error_of(method, url, status, body)
+                finally:
+                    resp.release()
+                if status == 401 and not reauthed and self._challenged(resp.headers.get("WWW-Authenticate"), scope):
+                    reauthed = True
+                    continue
+                if status in ok:
+                    return resp, body
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                error = _error_of(method, url, status, body)
             except _CONNECT_ERRORS as e:
                 error = self._cannot_connect(e)
             except (aiohttp.ClientError, TimeoutError) as e:
@@ -435,40 +449,10 @@ class RegistryClient:
 
     async def open_blob(self, repo: str, digest: str, offset: int = 0) -> aiohttp.ClientResponse:
         """A streaming GET of a blob from `offset` (Range); the caller releases the response."""
-        url = f"{self.url}/v2/{repo}/blobs/{digest}"
-        attempt = 0
-        reauthed = False
-        while True:
-            await self.limiter.take()
-            headers = await self._auth_header(self.scope(repo))
-            if offset:
-                headers["Range"] = f"bytes={offset}-"
-            self.stats.requests["GET"] += 1
-            status: int | None = None
-            retry_after: float | None = None
-            try:
-                resp = await self.session.get(url, headers=headers)
-                status = resp.status
-                if status in (200, 206):
-                    return resp
-                body = await resp.read()
-                resp.release()
-                if status == 401 and not reauthed and self._challenged(
-                        resp.headers.get("WWW-Authenticate"), self.scope(repo)):
-                    reauthed = True
-                    continue
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                error = _error_of("GET", url, status, body)
-            except _CONNECT_ERRORS as e:
-                error = self._cannot_connect(e)
-            except (aiohttp.ClientError, TimeoutError) as e:
-                error = RegistryError(f"GET {url}: {type(e).__name__}: {e}")
-            attempt += 1
-            delay = self._delay(attempt, status, retry_after, error)
-            if delay is None:
-                raise error
-            self.stats.retries += 1
-            await asyncio.sleep(delay)
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        resp, _ = await self._exchange("GET", f"{self.url}/v2/{repo}/blobs/{digest}", scope=self.scope(repo),
+                                       headers=headers, ok=(200, 206), stream=True)
+        return resp
 
     async def start_upload(self, repo: str, *, mount: str | None = None,
                            mount_from: str | None = None) -> tuple[str | None, str]:
