@@ -24,7 +24,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from dockyard.replication.limits import Limiter, RetryPolicy, parse_retry_after
+from dockyard.oci.backoff import Limiter, RetryPolicy, parse_retry_after
 
 log = logging.getLogger("dockyard.replicate")
 
