@@ -40,7 +40,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   K8S_LDFLAGS+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$K8S_MINOR -X $pkg.gitTreeState=clean"
 done
 K8S_BIN=$CACHE/k8s-$K8S_VERSION-$(cat "$ROOT"/hack/k8s/go.{mod,sum} <(echo "$K8S_LDFLAGS") | sha256sum | cut -c1-12)
-TOOLS_BIN=$CACHE/tools-coredns-$COREDNS_VERSION-provisioner-$(sha256sum "$ROOT"/hack/provisioner/{go.mod,go.sum,main.go} | sha256sum | cut -c1-12)
+TOOLS_BIN=$CACHE/tools-coredns-$COREDNS_VERSION-provisioner-$(cat "$ROOT"/hack/provisioner/{go.mod,go.sum,main.go} | sha256sum | cut -c1-12)
 NODE=dockyard-node
 POD_CIDR=10.244.0.0/24
 SERVICE_CIDR=10.96.0.0/16
