@@ -25,10 +25,10 @@ test: $(STAMP) ## Run every test tier (integration and e2e on a local one-node c
 	  else echo "no Go here: the integration and e2e tiers will skip (hack/cluster.sh build needs it)"; fi
 	$(PY) -m pytest -q -rs tests
 
-lint: $(STAMP) ## ruff, mypy (strict; the package and tests/unit) and the layer contracts (lint-imports)
+lint: $(STAMP) ## ruff, mypy (strict; the package, tests and bench) and the layer contracts (lint-imports)
 	$(VENV)/bin/ruff check operator tests bench
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy tests/unit
+	$(VENV)/bin/mypy tests bench
 	$(VENV)/bin/lint-imports --no-cache
 
 crds: $(STAMP) ## Regenerate crds/ from the API models

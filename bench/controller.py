@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import functools
 import sys
 import tempfile
 import time
@@ -117,13 +118,15 @@ async def measure(server: ApiServer, tmp: Path, n: int, idle: float, inflight: i
         await asyncio.sleep(3.0)  # let Kopf start watching before the burst
         wall_start, start = time.time(), time.monotonic()
         print(f"controller: creating {n} Registries", file=sys.stderr, flush=True)
-        await bounded(inflight, [lambda name=name: create(server, registry(name)) for name in names])
+        async def create_registry(name: str) -> None:
+            await create(server, registry(name))
+        await bounded(inflight, [functools.partial(create_registry, name) for name in names])
         created = time.monotonic()
         await wait_all(server, op, n, reconciled, limit)
         done = time.monotonic()
         print(f"controller: all reconciled after {done - start:.1f}s; reporting Deployments available",
               file=sys.stderr, flush=True)
-        await bounded(inflight, [lambda name=name: report_available(server, NS, name) for name in names])
+        await bounded(inflight, [functools.partial(report_available, server, NS, name) for name in names])
         reported = time.monotonic()
         await wait_all(server, op, n, ready, limit)
         all_ready = time.monotonic()

@@ -213,7 +213,7 @@ def run(options: argparse.Namespace) -> list[Table]:
 def main(quick: bool) -> None:
     """Run the section alone and print its table (bench/run.py does the same for every section)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from run import render  # type: ignore[import-not-found]
+    from run import render
 
     for table in run(argparse.Namespace(quick=quick, replication_repos=None, replication_tags=None)):
         print(render(table))

@@ -265,18 +265,21 @@ def secret(name: str, namespace: str, data: Mapping[str, str]) -> Body:
 
 
 @overload
-async def wait_for(predicate: Callable[[], Awaitable[T]], timeout: float = ..., *,  # noqa: ASYNC109
+async def wait_for(predicate: Callable[[], Awaitable[T | None]], timeout: float = ..., *,  # noqa: ASYNC109
                    interval: float = ..., message: str = ...) -> T: ...
 
 
 @overload
-async def wait_for(predicate: Callable[[], T], timeout: float = ..., *,  # noqa: ASYNC109
+async def wait_for(predicate: Callable[[], T | None], timeout: float = ..., *,  # noqa: ASYNC109
                    interval: float = ..., message: str = ...) -> T: ...
 
 
 async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, *,  # noqa: ASYNC109
                    interval: float = 0.1, message: str = "") -> Any:
-    """Poll a (sync or async) predicate until it returns something truthy; return that value."""
+    """Poll a (sync or async) predicate until it returns something truthy; return that value.
+
+    The overloads drop None from the result type: a falsy value (None included) is never returned.
+    """
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:

@@ -328,15 +328,19 @@ async def test_no_writes_once_converged(apiserver: ApiServer, namespace: str, op
     await ready(apiserver, operator, namespace, "main")
     await ready(apiserver, operator, namespace, "ha")
     for name in ("main", "ha"):  # the last thing convergence writes: the Ready event
-        await wait_for(lambda name=name: _events_with(apiserver, namespace, name, "Ready"), DEADLINE)
+        async def ready_events(name: str = name) -> list[dict[str, Any]]:
+            return await _events_with(apiserver, namespace, name, "Ready")
+        await wait_for(ready_events, DEADLINE)
     assert await quiet(apiserver, operator, namespace) == []
 
 
 async def _restart_and_resume(apiserver: ApiServer, namespace: str, kubeconfig: Path, log: Path) -> None:
     async with running_operator(kubeconfig, log) as op:
         # The restarted operator has resumed once its handler for the Registry succeeded: Kopf logs it.
-        await wait_for(lambda: op.check() or "Handler 'registry_changed' succeeded" in op.output(), DEADLINE,
-                       message="operator resumed the Registry")
+        def resumed() -> bool:
+            op.check()
+            return "Handler 'registry_changed' succeeded" in op.output()
+        await wait_for(resumed, DEADLINE, message="operator resumed the Registry")
         assert await quiet(apiserver, op, namespace) == []
 
 

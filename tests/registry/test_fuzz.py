@@ -29,7 +29,7 @@ segments = st.one_of(
     st.sampled_from(["fuzz", "fuzz/app", "blobs", "uploads", "manifests", "tags", "list", "referrers",
                      "_catalog", "..", ".", "%2e%2e", "%2F", "..%2F..%2F", "latest", "v1", KNOWN,
                      "sha256:", "sha512:" + "0" * 128, "0" * 32, "UPPER", "a..b", "", "%00", "~"]),
-    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20),
+    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=20),
 )
 queries = st.dictionaries(
     st.sampled_from(["digest", "mount", "from", "n", "last", "tag", "artifactType"]),

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.registry import images
-from tests.registry.images import OCI_INDEX, OCI_MANIFEST, Image, Index, write_layout
+from tests.registry.conftest import OCI_INDEX, OCI_MANIFEST
+from tests.registry.images import Image, Index, write_layout
 from tests.registry.processes import Registries, RegistryProcess, request, skopeo
 
 ACCEPT = {"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}

@@ -19,7 +19,8 @@ from oras.client import OrasClient
 from oras.oci import Subject
 
 from tests.registry import images
-from tests.registry.images import OCI_INDEX, OCI_MANIFEST, write_layout
+from tests.registry.conftest import OCI_INDEX, OCI_MANIFEST
+from tests.registry.images import write_layout
 from tests.registry.processes import Registries, request, skopeo
 
 SBOM_TYPE = "application/vnd.dockyard.test.sbom.v1+json"

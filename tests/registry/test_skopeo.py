@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.registry import images
-from tests.registry.images import OCI_INDEX, OCI_MANIFEST, layout_blob, layout_ref, write_layout
+from tests.registry.conftest import OCI_INDEX, OCI_MANIFEST
+from tests.registry.images import layout_blob, layout_ref, write_layout
 from tests.registry.processes import Registries, RegistryProcess, request, skopeo, write_htpasswd
 
 KINDS = ["dockyard", "distribution"]

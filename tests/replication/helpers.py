@@ -122,7 +122,7 @@ class Pusher:
             tag = subject.digest.replace(":", "-")
             async with self.session.get(f"{self.url}/v2/{repo}/manifests/{tag}",
                                         headers={"Accept": OCI_INDEX}) as r:
-                current = json.loads(await r.read()) if r.status == 200 else {
+                current: dict[str, Any] = json.loads(await r.read()) if r.status == 200 else {
                     "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
             current["manifests"].append({"mediaType": OCI_MANIFEST, "digest": digest, "size": len(body),
                                          "artifactType": artifact_type})

@@ -9,13 +9,13 @@ import random
 from collections import Counter
 
 from dockyard.replication.client import RegistryClient
+from tests.registry.conftest import digest_of
 from tests.registry.processes import RegistryProcess
 from tests.replication.conftest import policy, replicate
 from tests.replication.helpers import (
     Pushed,
     Pusher,
     RecordingProxy,
-    digest_of,
     fetch_blob,
     fetch_manifest,
     list_tags,

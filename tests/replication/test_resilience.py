@@ -12,12 +12,12 @@ import pytest
 from aiohttp import web
 
 from dockyard.replication.state import MemoryState
+from tests.registry.conftest import digest_of
 from tests.registry.processes import Registries
 from tests.replication.conftest import policy, replicate
 from tests.replication.helpers import (
     Pusher,
     RecordingProxy,
-    digest_of,
     fetch_blob,
     fetch_manifest,
     list_tags,
