@@ -7,6 +7,10 @@ hour, day of month, month, day of week; `*`, `?`, lists, ranges, steps (`*/15`, 
 `@yearly` macros. Day of month and day of week combine with OR when both are restricted and
 with AND when either is `*` (Vixie cron). Times are UTC: the rendered CronJob pins
 `timeZone: Etc/UTC`. Pure: no clock is read, the caller passes the time.
+
+Only ASCII is read: fields are separated by ASCII whitespace, numbers are ASCII digits and
+names and macros match case-insensitively in ASCII, so the CRD's admission pattern
+(`dockyard.api.schema.CRON_PATTERN`) can state exactly the same grammar.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ MACROS = {
 MONTHS = {name: i for i, name in enumerate(
     ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), start=1)}
 WEEKDAYS = {name: i for i, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
+SPACES = " \t\n\v\f\r"
+"""The whitespace that separates fields (ASCII only)."""
 HORIZON_DAYS = 366 * 5
 """A schedule that matches no day in five years (`0 0 30 2 *`) never runs."""
 
@@ -73,11 +79,15 @@ class Schedule:
         return dom or dow
 
 
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 def _number(text: str, f: _Field) -> int:
-    value = f.names.get(text.lower())
+    value = f.names.get(text.lower()) if text.isascii() else None
     if value is not None:
         return value
-    if not text.isdigit():
+    if not _digits(text):
         raise CronError(f"{f.name}: {text!r} is not a number")
     n = int(text)
     if not f.low <= n <= f.high:
@@ -99,7 +109,7 @@ def _parse_part(part: str, f: _Field) -> tuple[set[int], bool]:
             high = f.high  # `5/10`: from 5 to the end of the range
     step = 1
     if slash:
-        if not step_text.isdigit() or int(step_text) == 0:
+        if not _digits(step_text) or int(step_text) == 0:
             raise CronError(f"{f.name}: step {step_text!r} must be a positive number")
         step = int(step_text)
         star = star and step == 1
@@ -122,11 +132,12 @@ def _parse_field(text: str, f: _Field) -> tuple[frozenset[int], bool]:
 
 def parse(schedule: str) -> Schedule:
     """The schedule, or CronError saying what is wrong with it."""
-    text = schedule.strip()
-    text = MACROS.get(text.lower(), text)
+    text = schedule.strip(SPACES)
+    if text.isascii():
+        text = MACROS.get(text.lower(), text)
     if text.startswith("@"):
         raise CronError(f"unknown macro {text!r}")
-    fields = text.split()
+    fields = [f for f in text.translate({ord(c): " " for c in SPACES}).split(" ") if f]
     if len(fields) != 5:
         raise CronError(f"expected 5 fields (minute hour day-of-month month day-of-week), got {len(fields)}")
     parsed = [_parse_field(value, f) for value, f in zip(fields, _FIELDS, strict=True)]

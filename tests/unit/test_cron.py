@@ -79,6 +79,12 @@ def test_the_answer_is_utc_whatever_zone_the_caller_uses() -> None:
     ("1,,2 * * * *", "empty list element"),
     ("@every 5m", "unknown macro"),
     ("CRON_TZ=UTC 0 * * *", "is not a number"),
+    # ASCII only, as the admission pattern states it
+    ("\u0661 * * * *", "minute: '\u0661' is not a number"),
+    ("* * * * \u00b2", "is not a number"),
+    ("*/\u0661 * * * *", "step"),
+    ("@wee\u212aly", "unknown macro"),
+    ("0\u00a012 * * * *", "is not a number"),
 ])
 def test_invalid_schedules_say_what_is_wrong(schedule: str, complaint: str) -> None:
     with pytest.raises(CronError, match=complaint.replace("*", r"\*")):
@@ -125,3 +131,11 @@ def test_next_time_is_the_first_firing_minute(minute: str, hour: str, dom: str, 
         assert not _fires(sched, t), (schedule, t)
         t += datetime.timedelta(minutes=1) if (t.hour in sched.hours and sched.day_matches(t.date())) \
             else datetime.timedelta(minutes=60 - t.minute)
+
+
+def test_the_admission_grammar_restates_these_tables() -> None:
+    from dockyard import cron
+    from dockyard.api import cron_grammar
+    assert cron_grammar.SPACES == cron.SPACES
+    assert set(cron_grammar.MACROS) == set(cron.MACROS)
+    assert [(f.low, f.high, f.names) for f in cron_grammar.FIELDS] == [(f.low, f.high, f.names) for f in cron._FIELDS]

@@ -24,9 +24,11 @@ import re2  # type: ignore[import-untyped]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dockyard import cron
 from dockyard.api import SpecError
-from dockyard.api.crd import KINDS, REPLICATION_POLICY, crd
+from dockyard.api.crd import KINDS, REGISTRY, REPLICATION_POLICY, crd
 from dockyard.api.patterns import SEMVER_RANGE_PATTERN, SemverRange
+from dockyard.api.registry import RegistrySpec
 from dockyard.api.replication import ReplicationPolicySpec
 from dockyard.api.schema import CRON_PATTERN, DURATION_PATTERN, QUANTITY_PATTERN, parse
 from dockyard.replication.filters import RangeError, TagSelector, platform_match, repository_selected
@@ -291,3 +293,110 @@ def test_every_schema_pattern_compiles_with_re2(kind: Any) -> None:
     assert patterns
     for pattern in patterns:
         re2.compile(pattern)
+
+
+# ----------------------------------------------------------------------------- cron schedules
+
+REGISTRY_SCHEMA = cel.version_schema(crd(REGISTRY))
+
+SCHEDULES = [
+    # dockyard.cron's grammar: the CRD (pattern + backwards-range rule), the model and cron.parse agree.
+    ("0 */6 * * *", True), ("* * * * *", True), ("? ? ? ? ?", True), ("0 0 1 1 0", True),
+    ("59 23 31 12 6", True), ("0 0 1 1 *", True), ("00 00 01 01 00", True), ("0059 * * * *", True),
+    ("60 * * * *", False), ("99 * * * *", False), ("0 24 * * *", False), ("0 0 0 * *", False),
+    ("0 0 32 * *", False), ("0 0 * 0 *", False), ("0 0 * 13 *", False), ("0 0 * * 7", False), ("0 0 * * 8", False),
+    ("1-5 * * * *", True), ("5-5 * * * *", True), ("5-1 * * * *", False), ("59-0 * * * *", False),
+    ("0 10-9 * * *", False), ("0 0 31-1 * *", False), ("0 0 * 12-1 *", False), ("0 0 * * 6-0", False),
+    ("*/15 * * * *", True), ("?/15 * * * *", True), ("5/10 * * * *", True), ("10-20/5 * * * *", True),
+    ("*/0 * * * *", False), ("*/00 * * * *", False), ("*/007 * * * *", True), ("*/999 * * * *", True),
+    ("1-2/0 * * * *", False), ("*/ * * * *", False), ("*/-1 * * * *", False), ("*/1/2 * * * *", False),
+    ("1,2,3 * * * *", True), ("1,,2 * * * *", False), (",1 * * * *", False), ("1, * * * *", False),
+    ("0-5,10-20/2,*/7,59 * * * *", True), ("1-2-3 * * * *", False), ("-1 * * * *", False), ("1- * * * *", False),
+    ("*-5 * * * *", False), ("*5 * * * *", False), ("** * * * *", False),
+    ("0 0 * jan *", True), ("0 0 * JAN-Dec *", True), ("0 0 * jan-3 *", True), ("0 0 * mar-feb *", False),
+    ("0 0 * 12-jan *", False), ("0 0 * dec/2 *", True), ("0 0 * january *", False), ("0 0 * sun *", False),
+    ("0 0 * * sun", True), ("0 0 * * MON-fri", True), ("0 0 * * sat,SUN", True), ("0 0 * * fri-mon", False),
+    ("0 0 * * 1-sat", True), ("0 0 * * wed-2", False), ("0 0 * * jan", False), ("0 0 jan * *", False),
+    ("jan * * * *", False), ("0 0 * * \u017fun", False), ("0 0 * * \u0661", False), ("\u0661 * * * *", False),
+    ("0 0 * * \u00b2", False),
+    ("@hourly", True), ("@daily", True), ("@midnight", True), ("@weekly", True), ("@monthly", True),
+    ("@yearly", True), ("@annually", True), ("@HOURLY", True), ("  @daily\t", True), ("@every 5m", False),
+    ("@reboot", False), ("@", False), ("@daily 0", False), ("@wee\u212aly", False), ("hourly", False),
+    ("0 */6 * *", False), ("0 */6 * * * *", False), ("", False), ("   ", False),
+    ("  0  12  *  *  *  ", True), ("0\t12\n*\v*\f*\r", True), ("0\u00a012 * * *", False),
+    ("0 12 * * *\u2028", False), ("\u30000 12 * * *", False), ("0 12 * * *\n", True),
+    ("CRON_TZ=UTC 0 * * *", False), ("TZ=UTC 0 * * * *", False), ("every night", False),
+]
+
+
+def _cron_accepts(schedule: str) -> bool:
+    try:
+        cron.parse(schedule)
+    except cron.CronError:
+        return False
+    return True
+
+
+def _registry_admitted(schedule: str) -> bool:
+    obj = {"apiVersion": "dockyard.dev/v1alpha1", "kind": "Registry", "metadata": {"name": "r", "namespace": "n"},
+           "spec": {"storage": {"pvc": {"size": "1Gi"}}, "garbageCollection": {"schedule": schedule}}}
+    return cel.admit(obj, REGISTRY_SCHEMA) == []
+
+
+def _registry_model_error(schedule: str) -> SpecError | None:
+    try:
+        parse(RegistrySpec, {"storage": {"pvc": {"size": "1Gi"}}, "garbageCollection": {"schedule": schedule}})
+    except SpecError as e:
+        return e
+    return None
+
+
+@pytest.mark.parametrize(("value", "accepted"), SCHEDULES)
+def test_trigger_schedule(value: str, accepted: bool) -> None:
+    assert_all_agree("trigger.schedule", value, accepted, cron.parse)
+
+
+@pytest.mark.parametrize(("value", "accepted"), SCHEDULES)
+def test_garbage_collection_schedule(value: str, accepted: bool) -> None:
+    assert _cron_accepts(value) == accepted, f"cron.py {'refuses' if accepted else 'accepts'} {value!r}"
+    assert _registry_admitted(value) == accepted, f"the CRD {'refuses' if accepted else 'admits'} {value!r}"
+    error = _registry_model_error(value)
+    assert (error is None) == accepted, f"the model {'refuses' if accepted else 'admits'} {value!r}: {error}"
+    if error is not None:
+        assert error.path == "spec.garbageCollection.schedule"
+
+
+def test_a_schedule_the_engine_refuses_is_reported_with_the_engines_reason() -> None:
+    error = model_error("trigger.schedule", "99 * * * *")
+    assert error is not None
+    assert error.path == "spec.trigger.schedule"
+
+
+def _cron_value(field: Any) -> st.SearchStrategy[str]:
+    names = sorted(field.names)
+    value = st.one_of(
+        st.integers(max(0, field.low - 2), field.high + 3).map(str),
+        st.tuples(st.integers(0, 2), st.integers(field.low, field.high)).map(lambda t: "0" * t[0] + str(t[1])),
+        st.sampled_from(names or ["x"]).map(lambda n: "".join(c.upper() if i % 2 else c for i, c in enumerate(n))),
+        st.sampled_from(sorted(cron.MONTHS) + sorted(cron.WEEKDAYS)),
+    )
+    rng = st.one_of(st.sampled_from(["*", "?"]), value, st.tuples(value, value).map(lambda t: f"{t[0]}-{t[1]}"))
+    part = st.tuples(rng, st.one_of(st.just(""), st.integers(0, 70).map(lambda s: f"/{s}"))).map("".join)
+    return st.lists(part, min_size=1, max_size=3).map(",".join)
+
+
+SCHEDULE_TEXTS = st.one_of(
+    st.tuples(*(_cron_value(f) for f in cron._FIELDS), st.sampled_from([" ", "  ", "\t"])).map(
+        lambda t: t[-1].join(t[:-1])),
+    st.sampled_from(sorted(cron.MACROS)).map(lambda m: m.upper() if len(m) % 2 else m),
+    st.text(alphabet="0123456789*?,-/ @aeJnMOs\t\u00a0\u0661", max_size=24),
+    st.text(max_size=16),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(SCHEDULE_TEXTS)
+def test_the_crd_admits_exactly_the_schedules_cron_reads(schedule: str) -> None:
+    accepted = _cron_accepts(schedule)
+    assert admitted("trigger.schedule", schedule) == accepted, schedule
+    assert (model_error("trigger.schedule", schedule) is None) == accepted, schedule

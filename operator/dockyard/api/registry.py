@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Literal
 
+from dockyard.api import cron_grammar
 from dockyard.api.schema import (
     ANNOTATIONS,
+    CRON_BACKWARDS_PATTERN,
     CRON_MAX_LENGTH,
     CRON_PATTERN,
     DNS_LABEL_PATTERN,
@@ -176,13 +178,22 @@ class GarbageCollection(Model):
     RULES = (
         Rule(
             cel=f"self.schedule.matches({cel_string(CRON_PATTERN)})",
-            message="garbageCollection.schedule must be a cron expression with five fields, e.g. '0 3 * * *'",
+            message=("garbageCollection.schedule must be a cron expression with five fields (minute 0-59, "
+                     "hour 0-23, day of month 1-31, month 1-12 or JAN-DEC, day of week 0-6 or SUN-SAT) "
+                     "or a macro such as @daily, e.g. '0 3 * * *'"),
             check=lambda g: pattern_matches(CRON_PATTERN, g.schedule),
+            field_path=".schedule",
+        ),
+        Rule(
+            cel=f"!self.schedule.matches({cel_string(CRON_BACKWARDS_PATTERN)})",
+            message="garbageCollection.schedule has a range that runs backwards, e.g. '20-10' instead of '10-20'",
+            check=lambda g: not pattern_matches(CRON_BACKWARDS_PATTERN, g.schedule),
             field_path=".schedule",
         ),
     )
     schedule: str = field(
-        default="0 3 * * *", metadata=meta("When to collect (cron, UTC).", max_length=CRON_MAX_LENGTH))
+        default="0 3 * * *", metadata=meta("When to collect (cron, UTC).", max_length=CRON_MAX_LENGTH,
+                      check=cron_grammar.schedule_error))
     delete_untagged: bool = field(
         default=False, metadata=meta("Also delete manifests no tag, index or live subject refers to."))
     grace_period: str = field(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from dockyard.api import cron_grammar
 from dockyard.api.patterns import (
     PLATFORM_PATTERN,
     SEMVER_RANGE_PATTERN,
@@ -20,6 +21,7 @@ from dockyard.api.patterns import (
 )
 from dockyard.api.registry import Condition
 from dockyard.api.schema import (
+    CRON_BACKWARDS_PATTERN,
     CRON_MAX_LENGTH,
     CRON_PATTERN,
     DNS_LABEL,
@@ -154,12 +156,22 @@ class Trigger(Model):
     RULES = (
         Rule(
             cel=f"!has(self.schedule) || self.schedule.matches({cel_string(CRON_PATTERN)})",
-            message="trigger.schedule must be a cron expression with five fields, e.g. '0 */6 * * *'",
+            message=("trigger.schedule must be a cron expression with five fields (minute 0-59, hour 0-23, "
+                     "day of month 1-31, month 1-12 or JAN-DEC, day of week 0-6 or SUN-SAT) or a macro "
+                     "such as @daily, e.g. '0 */6 * * *'"),
             check=lambda t: t.schedule is None or pattern_matches(CRON_PATTERN, t.schedule),
+            field_path=".schedule",
+        ),
+        Rule(
+            cel=f"!has(self.schedule) || !self.schedule.matches({cel_string(CRON_BACKWARDS_PATTERN)})",
+            message="trigger.schedule has a range that runs backwards, e.g. '20-10' instead of '10-20'",
+            check=lambda t: t.schedule is None or not pattern_matches(CRON_BACKWARDS_PATTERN, t.schedule),
+            field_path=".schedule",
         ),
     )
     schedule: str | None = field(
-        default=None, metadata=meta("Cron schedule of the CronJob.", max_length=CRON_MAX_LENGTH))
+        default=None, metadata=meta("Cron schedule of the CronJob.", max_length=CRON_MAX_LENGTH,
+                      check=cron_grammar.schedule_error))
     on_push: bool = field(
         default=False, metadata=meta("Run when a tag is pushed to the source (Dockyard sources only)."))
 

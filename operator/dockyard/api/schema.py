@@ -24,6 +24,8 @@ from typing import Any, ClassVar, Literal, NewType, TypeVar, get_args, get_origi
 
 import re2  # type: ignore[import-untyped]
 
+from dockyard.api import cron_grammar
+
 Quantity = NewType("Quantity", str)
 """A non-negative Kubernetes resource quantity written as a string: `20Gi`, `500M`, `1.5Ti`."""
 
@@ -37,8 +39,10 @@ QUANTITY_PATTERN = (
     r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?[0-9]+))?$"
 )
-CRON_PATTERN = r"^\s*(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|\S+(\s+\S+){4})\s*$"
-"""Five whitespace-separated cron fields, or one of the macros a CronJob accepts."""
+CRON_PATTERN = cron_grammar.SCHEDULE_PATTERN
+"""A schedule `dockyard.cron` reads: five fields in their ranges, or a macro (see cron_grammar)."""
+CRON_BACKWARDS_PATTERN = cron_grammar.BACKWARDS_PATTERN
+"""Found in a schedule that has a range running backwards (`20-10`), which `dockyard.cron` refuses."""
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 """A duration such as `90s`, `30m`, `1h30m`."""
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
