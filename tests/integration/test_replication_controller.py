@@ -383,13 +383,15 @@ async def test_a_registry_that_requires_login_needs_credentials_in_the_policy(ap
     await wait_condition(apiserver, operator, namespace, "into-locked", "Ready", "True", "OnDemand")
 
 
-async def test_an_impossible_schedule_is_an_invalid_spec(apiserver: ApiServer, namespace: str,
-                                                         operator: Operator) -> None:
-    await create(apiserver, policy("typo", namespace, {
-        "source": {"url": "http://127.1.1.1:5000"}, "destination": {"url": "http://127.1.1.2:5000"},
-        "trigger": {"schedule": "0 25 * * *"}}))
-    obj = await wait_condition(apiserver, operator, namespace, "typo", "Stalled", "True", "InvalidSpec")
-    assert "hour" in condition(obj, "Stalled")["message"]
+async def test_an_impossible_schedule_is_refused_at_admission(apiserver: ApiServer, namespace: str,
+                                                              operator: Operator) -> None:
+    """`kubectl apply` hears of a schedule the CronJob controller could not run (hour 25)."""
+    with pytest.raises(ApiError) as refused:
+        await create(apiserver, policy("typo", namespace, {
+            "source": {"url": "http://127.1.1.1:5000"}, "destination": {"url": "http://127.1.1.2:5000"},
+            "trigger": {"schedule": "0 25 * * *"}}))
+    assert refused.value.status == 422
+    assert "spec.trigger.schedule" in str(refused.value) and "hour 0-23" in str(refused.value)
     assert await get(apiserver, CRONJOBS, "typo", namespace) is None
 
 
