@@ -21,8 +21,8 @@ The request helpers ``create``, ``get``, ``list_objects``, ``patch``, ``apply``,
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime
+import functools
 import inspect
 import json
 import ssl
@@ -48,6 +48,7 @@ OPERATOR_USER = "system:serviceaccount:dockyard-system:dockyard-operator"
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 
 
+@functools.cache
 def cluster_bin_dir() -> Path:
     """Where hack/cluster.sh keeps the Kubernetes binaries it builds (kubectl among them)."""
     done = subprocess.run([str(ROOT / "hack" / "cluster.sh"), "bin-dir"], capture_output=True, text=True,
@@ -256,12 +257,6 @@ async def delete(server: ApiServer, resource: str, name: str, namespace: str | N
             return None
         raise
     return result
-
-
-def secret(name: str, namespace: str, data: Mapping[str, str]) -> Body:
-    """A Secret with DATA base64-encoded, as `kubectl create secret generic` makes it."""
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
 
 
 @overload

@@ -225,8 +225,8 @@ async def run_seed(src: str, dest: str, user: str, password: str) -> str:
     """Copy the staging content to the locked registry with the engine (basic auth from flags)."""
     from dockyard.api.replication import ReplicationPolicySpec
     from dockyard.api.schema import parse
+    from dockyard.oci.client import Credentials
     from dockyard.replication import Access, RunAccess, run_policy
-    from dockyard.replication.client import Credentials
     from dockyard.replication.state import MemoryState
 
     spec = parse(ReplicationPolicySpec, {"source": {"url": src}, "destination": {"url": dest}})

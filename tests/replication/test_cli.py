@@ -192,8 +192,8 @@ async def test_bearer_token_auth_is_fetched_once_per_scope(registries: Registrie
 
     async with RecordingProxy(src.url, token_server) as proxy:
         spec = policy(proxy.url, dst.url)
+        from dockyard.oci.client import Credentials
         from dockyard.replication import Access, EngineOptions, RunAccess, run_policy
-        from dockyard.replication.client import Credentials
         from dockyard.replication.state import MemoryState
 
         result = await run_policy(spec, RunAccess(Access(proxy.url, Credentials("me", "pw")), Access(dst.url)),

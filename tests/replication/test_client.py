@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from dockyard.replication.client import RegistryClient
+from dockyard.oci.client import RegistryClient
 from tests.registry.processes import Registries
 from tests.replication.helpers import Pusher, RecordingProxy
 

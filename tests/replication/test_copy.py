@@ -8,7 +8,7 @@ import json
 import random
 from collections import Counter
 
-from dockyard.replication.client import RegistryClient
+from dockyard.oci.client import RegistryClient
 from tests.registry.conftest import digest_of
 from tests.registry.processes import RegistryProcess
 from tests.replication.conftest import policy, replicate

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from dockyard.replication.client import Credentials, next_link, parse_challenge
+from dockyard.oci.client import Credentials, next_link, parse_challenge
 
 
 def test_bearer_challenge() -> None:

@@ -32,7 +32,7 @@ from dockyard.api import API_VERSION, SpecError
 from dockyard.api.replication import Endpoint, FailedItem, ReplicationPolicySpec
 from dockyard.api.schema import dump, parse
 from dockyard.controller.kube import ApiError, Kube
-from dockyard.replication.client import Credentials
+from dockyard.oci.client import Credentials
 from dockyard.replication.copy import Access, EngineOptions, RunAccess, run_policy
 from dockyard.replication.result import MAX_FAILED_ITEMS, RunResult, last_run
 from dockyard.replication.state import MemoryState

@@ -1,4 +1,4 @@
-"""OCI primitives shared by the registry server and the replication client.
+"""OCI primitives shared by the registry server and the replication engine.
 
 The package itself is pure (no I/O): digests, media types, repository name and reference
 rules, the Distribution Specification's error codes and backoff arithmetic (`backoff`). Both

@@ -88,7 +88,7 @@ def dry_run_summary(result: Any) -> str:
 
 
 def _credentials(flag: str | None, env_creds: str, env_config: str, url: str) -> Any:
-    from dockyard.replication.client import Credentials
+    from dockyard.oci.client import Credentials
 
     text = flag or os.environ.get(env_creds)
     if text:

@@ -25,7 +25,7 @@ import aiohttp
 
 from dockyard.api.replication import FailedItem, ReplicationPolicySpec
 from dockyard.oci import Digest, mediatypes
-from dockyard.replication.client import Credentials, RegistryClient, RegistryError, WireManifest, log
+from dockyard.oci.client import Credentials, RegistryClient, RegistryError, WireManifest, log
 from dockyard.replication.filters import (
     TagSelector,
     filter_index_entries,

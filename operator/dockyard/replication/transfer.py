@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 
 from dockyard.oci import Digest, Hasher
-from dockyard.replication.client import RegistryClient, RegistryError, with_query
+from dockyard.oci.client import RegistryClient, RegistryError, with_query
 from dockyard.replication.limits import Limiter, ProgressGuard, RetryPolicy, Stalled
 
 PIECE = 256 * 1024
