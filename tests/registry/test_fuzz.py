@@ -123,5 +123,6 @@ def test_after_fuzzing_storage_is_consistent(fuzz_server: RegistryProcess) -> No
                 assert hashlib.new(alg, data).hexdigest() == f, f"corrupt blob {alg}:{f}"
     siblings = {p.name for p in root.parent.iterdir()}
     assert siblings <= {"root"} | {p for p in siblings if p.startswith("dockyard-") and p.endswith(".log")}
-    assert set(os.listdir(root)) <= {"blobs", "repositories", "uploads", "tmp"}
+    assert set(os.listdir(root)) <= {"blobs", "repositories", "uploads", "tmp", "gc"}
+    assert not os.listdir(root / "gc" / "intents"), "a push left its GC intent behind"
     assert "Traceback" not in fuzz_server.output(), "the server logged an unhandled exception"

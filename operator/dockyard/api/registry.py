@@ -197,8 +197,10 @@ class GarbageCollection(Model):
     delete_untagged: bool = field(
         default=False, metadata=meta("Also delete manifests no tag, index or live subject refers to."))
     grace_period: str = field(
-        default="1h", metadata=meta("Blobs younger than this are never collected: an upload or manifest "
-                                    "push in flight may be about to reference them.", pattern=DURATION_PATTERN,
+        default="1h", metadata=meta("How long an uploaded blob waits for its manifest (an upload or a "
+                                    "HEAD restarts it) and an untagged manifest lives with deleteUntagged. "
+                                    "Whatever the value, nothing an acknowledged push references is "
+                                    "collected.", pattern=DURATION_PATTERN,
                                     max_length=DURATION_MAX_LENGTH))
 
 

@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
@@ -216,9 +217,9 @@ class RegistryService:
 
     # ---- blobs -----------------------------------------------------------------------------
 
-    async def _blob(self, name: str, digest: str) -> tuple[Digest, int]:
+    async def _blob(self, name: str, digest: str, *, touch: bool = False) -> tuple[Digest, int]:
         d = _parse_digest(digest)
-        size = await self.run(self.storage.blob_size, name, d)
+        size = await self.run(partial(self.storage.blob_size, name, d, touch=touch))
         if size is None:
             raise OCIError(ErrorCode.BLOB_UNKNOWN, f"blob {d} is not in repository {name}",
                            detail={"digest": str(d)})
@@ -226,7 +227,7 @@ class RegistryService:
 
     async def blob_head(self, request: web.Request, name: str, digest: str) -> web.StreamResponse:
         """end-2: HEAD /v2/<name>/blobs/<digest>."""
-        d, size = await self._blob(name, digest)
+        d, size = await self._blob(name, digest, touch=True)
         return web.Response(headers={"Content-Length": str(size), "Docker-Content-Digest": str(d),
                                      "Content-Type": mt.OCTET_STREAM, "Accept-Ranges": "bytes"})
 
@@ -403,14 +404,14 @@ class RegistryService:
         if ref_digest is not None and digest != ref_digest:
             raise OCIError(ErrorCode.DIGEST_INVALID, f"the manifest's digest is {digest}, not {ref_digest}",
                            detail={"digest": str(ref_digest)})
-        missing = await self.run(self._missing_references, name, parsed.blobs, parsed.children)
+        manifest = StoredManifest(digest, parsed.media_type, data)
+        descriptor = parsed.descriptor(digest, len(data)) if parsed.subject else None
+        missing = await self.run(self.storage.push_manifest, name, tags, manifest, parsed.blobs, parsed.children,
+                                 parsed.subject, descriptor)
         if missing:
             first, *rest = [OCIError(ErrorCode.MANIFEST_BLOB_UNKNOWN, f"{kind} {d} is not in repository {name}",
                                      detail={"digest": str(d)}) for kind, d in missing]
             raise _MultiError(first, rest)
-        manifest = StoredManifest(digest, parsed.media_type, data)
-        descriptor = parsed.descriptor(digest, len(data)) if parsed.subject else None
-        await self.run(self._store_manifest, name, tags, manifest, parsed.subject, descriptor)
         if self.notifier is not None:
             for tag in tags:
                 self.notifier.pushed(name, tag, str(digest))
@@ -418,18 +419,6 @@ class RegistryService:
         if parsed.subject is not None:
             headers["OCI-Subject"] = str(parsed.subject)
         return web.Response(status=201, headers=headers)
-
-    def _missing_references(self, name: str, blobs: list[Digest],
-                            children: list[Digest]) -> list[tuple[str, Digest]]:
-        missing = [("blob", d) for d in dict.fromkeys(blobs) if not self.storage.has_layer(name, d)]
-        missing += [("manifest", d) for d in dict.fromkeys(children) if not self.storage.has_layer(name, d)]
-        return missing
-
-    def _store_manifest(self, name: str, tags: list[str], manifest: StoredManifest, subject: Digest | None,
-                        descriptor: dict[str, Any] | None) -> None:
-        self.storage.put_manifest(name, tags[0] if tags else None, manifest, subject, descriptor)
-        for tag in tags[1:]:
-            self.storage.put_manifest(name, tag, manifest)
 
     async def manifest_delete(self, request: web.Request, name: str, reference: str) -> web.StreamResponse:
         """end-9: DELETE /v2/<name>/manifests/<digest> (the manifest) or <tag> (just the tag)."""

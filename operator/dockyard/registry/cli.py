@@ -68,7 +68,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_gc(args: argparse.Namespace) -> int:
     from dockyard.registry.config import ConfigError, parse_config_duration
-    from dockyard.registry.gc import collect
+    from dockyard.registry.gc import GCBusy, collect
 
     try:
         grace = parse_config_duration(args.grace_period, "--grace-period")
@@ -77,7 +77,11 @@ def _cmd_gc(args: argparse.Namespace) -> int:
     root = Path(args.root)
     if not root.is_dir():
         return _fail(f"--root: {root} is not a directory")
-    report = collect(root, grace=grace, delete_untagged=args.delete_untagged, dry_run=args.dry_run)
+    try:
+        report = collect(root, grace=grace, delete_untagged=args.delete_untagged, dry_run=args.dry_run)
+    except GCBusy as e:
+        print(f"dockyard registry gc: {e}", file=sys.stderr)
+        return 1
     print(report.to_json() if args.json else report.summary())
     return 0
 

@@ -24,7 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from dockyard.registry.app import RegistryService
 from dockyard.registry.auth import Htpasswd
 from dockyard.registry.config import ServeConfig
-from dockyard.registry.gc import collect
+from dockyard.registry.gc import collect, recover
 from dockyard.registry.metrics import Metrics
 from dockyard.registry.notify import Notifier
 from dockyard.registry.storage import FilesystemStorage
@@ -172,6 +172,9 @@ def serve(cfg: ServeConfig) -> int:
     _setup_logging()
     # Everything that touches files happens here, before the event loop starts.
     storage = FilesystemStorage(cfg.root)
+    restored = recover(cfg.root)
+    if restored:
+        _event("gc: put back what an interrupted pass had set aside", files=restored)
     htpasswd = Htpasswd(cfg.htpasswd) if cfg.htpasswd else None
     ssl_context = None
     if cfg.tls_cert and cfg.tls_key:

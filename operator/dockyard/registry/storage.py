@@ -10,10 +10,15 @@ repository name, tag, digest or upload id, so no request can address a path outs
     repositories/<name>/_referrers/<alg>/<subject hex>/<alg>-<hex>   descriptor of a referrer
     uploads/<id>/data, uploads/<id>/info                     upload sessions in progress
     tmp/                                                     temp files, renamed into place
+    gc/intents/<id>.json, gc/intents/<id>.done               manifest pushes, for GC (see gc.py)
+    gc/trash/...                                             what a GC pass set aside (see gc.py)
+    gc/lock                                                  held by the GC pass running now
 
-Every visible file is written to a temp file first and moved with `os.replace`, so a killed
-process or a failed digest check never leaves a partial blob, manifest or tag behind.
-The interface is synchronous and thread-safe; the server calls it from a thread pool.
+Every visible file is written to a temp file first, flushed to disk, and moved with
+`os.replace`; the directory entry is flushed after the move. So a killed process, a failed
+digest check or a power loss never leaves a partial blob, manifest or tag behind, and what a
+201 acknowledged survives a power loss. The interface is synchronous and thread-safe; the
+server calls it from a thread pool.
 """
 
 from __future__ import annotations
@@ -56,12 +61,15 @@ class UploadInfo:
 class Storage(Protocol):
     """What the HTTP layer needs from a storage driver (filesystem now, object storage later)."""
 
-    def blob_size(self, name: str, digest: Digest) -> int | None: ...
+    def blob_size(self, name: str, digest: Digest, *, touch: bool = False) -> int | None: ...
     def blob_path(self, digest: Digest) -> Path: ...
     def mount_blob(self, name: str, digest: Digest, source: str | None) -> bool: ...
     def delete_blob(self, name: str, digest: Digest) -> bool: ...
     def get_manifest(self, name: str, reference: str) -> StoredManifest | None: ...
     def put_manifest(self, name: str, tag: str | None, manifest: StoredManifest) -> None: ...
+    def push_manifest(self, name: str, tags: list[str], manifest: StoredManifest, blobs: list[Digest],
+                      children: list[Digest], subject: Digest | None = None,
+                      descriptor: dict[str, Any] | None = None) -> list[tuple[str, Digest]]: ...
     def delete_manifest(self, name: str, digest: Digest) -> bool: ...
     def delete_tag(self, name: str, tag: str) -> bool: ...
     def tags(self, name: str) -> list[str] | None: ...
@@ -77,7 +85,10 @@ class FilesystemStorage:
         self.repos = self.root / "repositories"
         self.uploads = self.root / "uploads"
         self.tmp = self.root / "tmp"
-        for d in (self.blobs, self.repos, self.uploads, self.tmp):
+        self.intents = self.root / "gc" / "intents"
+        self.trash = self.root / "gc" / "trash"
+        self.gc_lock = self.root / "gc" / "lock"
+        for d in (self.blobs, self.repos, self.uploads, self.tmp, self.intents):
             d.mkdir(parents=True, exist_ok=True)
         self._cache: OrderedDict[Digest, bytes] = OrderedDict()
         self._cache_bytes = 0
@@ -97,7 +108,7 @@ class FilesystemStorage:
     def _layer_link(self, name: str, digest: Digest) -> Path:
         return self._repo(name) / "_layers" / digest.algorithm / digest.hex
 
-    def _revision(self, name: str, digest: Digest) -> Path:
+    def revision_path(self, name: str, digest: Digest) -> Path:
         return self._repo(name) / "_manifests" / "revisions" / digest.algorithm / digest.hex
 
     def _tag(self, name: str, tag: str) -> Path:
@@ -105,7 +116,7 @@ class FilesystemStorage:
             raise OCIError(ErrorCode.MANIFEST_INVALID, f"invalid tag {tag[:200]!r}")
         return self._repo(name) / "_manifests" / "tags" / tag
 
-    def _referrers_dir(self, name: str, subject: Digest) -> Path:
+    def referrers_dir(self, name: str, subject: Digest) -> Path:
         return self._repo(name) / "_referrers" / subject.algorithm / subject.hex
 
     # ---- small atomic file helpers -------------------------------------------------------
@@ -118,11 +129,24 @@ class FilesystemStorage:
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, path)
+                f.flush()
+                os.fsync(f.fileno())
+            self._publish(tmp, path)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+
+    @staticmethod
+    def _publish(src: Path, dest: Path) -> None:
+        """Move a flushed file into place and flush the directory entry (and a new directory's)."""
+        parent = dest.parent
+        created = not parent.is_dir()
+        if created:
+            parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dest)
+        _fsync_dir(parent)
+        if created:
+            _fsync_dir(parent.parent)
 
     @staticmethod
     def _read_text(path: Path) -> str | None:
@@ -134,20 +158,28 @@ class FilesystemStorage:
 
     @staticmethod
     def _touch(path: Path) -> None:
-        """Mark a blob as recently referenced so online GC's grace period protects it."""
+        """Mark a blob as recently used so online GC's grace period protects it."""
         with contextlib.suppress(FileNotFoundError):
             os.utime(path)
 
     # ---- blobs ---------------------------------------------------------------------------
 
-    def blob_size(self, name: str, digest: Digest) -> int | None:
-        """Size of a blob the repository may serve (a layer or one of its manifests)."""
-        if not (self._layer_link(name, digest).exists() or self._revision(name, digest).exists()):
+    def blob_size(self, name: str, digest: Digest, *, touch: bool = False) -> int | None:
+        """Size of a blob the repository may serve (a layer or one of its manifests).
+
+        With `touch` (a client's HEAD, which usually precedes a manifest naming the blob) the
+        blob counts as just used, so GC's grace period gives the manifest time to arrive.
+        """
+        if not (self._layer_link(name, digest).exists() or self.revision_path(name, digest).exists()):
             return None
+        path = self.blob_path(digest)
         try:
-            return self.blob_path(digest).stat().st_size
+            size = path.stat().st_size
         except FileNotFoundError:
             return None
+        if touch:
+            self._touch(path)
+        return size
 
     def global_blob_size(self, digest: Digest) -> int | None:
         try:
@@ -196,10 +228,15 @@ class FilesystemStorage:
             return False
 
     def store_blob_file(self, src: Path, digest: Digest) -> None:
-        """Move a verified file into the content-addressed store (idempotent under races)."""
-        dest = self.blob_path(digest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dest)
+        """Flush a verified file and move it into the content-addressed store (idempotent under races).
+
+        The blob counts as new from now on (not from its last write, which may be long ago when
+        an upload is closed by a PUT without a body), so GC's grace period starts here.
+        """
+        with open(src, "rb") as f:
+            os.fsync(f.fileno())
+        os.utime(src)
+        self._publish(src, self.blob_path(digest))
 
     # ---- uploads -------------------------------------------------------------------------
 
@@ -321,7 +358,7 @@ class FilesystemStorage:
         digest = self.resolve(name, reference)
         if digest is None:
             return None
-        media_type = self._read_text(self._revision(name, digest))
+        media_type = self._read_text(self.revision_path(name, digest))
         if media_type is None:
             return None
         body = self._cached_body(digest)
@@ -335,12 +372,12 @@ class FilesystemStorage:
         return StoredManifest(digest, media_type, body)
 
     def has_manifest(self, name: str, digest: Digest) -> bool:
-        return self._revision(name, digest).exists() and self.blob_path(digest).exists()
+        return self.revision_path(name, digest).exists() and self.blob_path(digest).exists()
 
     def has_layer(self, name: str, digest: Digest) -> bool:
         """True when the repository holds the blob; refreshes its mtime for GC's grace period."""
         path = self.blob_path(digest)
-        if not ((self._layer_link(name, digest).exists() or self._revision(name, digest).exists())
+        if not ((self._layer_link(name, digest).exists() or self.revision_path(name, digest).exists())
                 and path.exists()):
             return False
         self._touch(path)
@@ -353,18 +390,78 @@ class FilesystemStorage:
             self._touch(path)
         else:
             self._write_atomic(path, manifest.body)
-        self._write_atomic(self._revision(name, manifest.digest), manifest.media_type.encode())
+        self._write_atomic(self.revision_path(name, manifest.digest), manifest.media_type.encode())
         if subject is not None and descriptor is not None:
-            entry = self._referrers_dir(name, subject) / f"{manifest.digest.algorithm}-{manifest.digest.hex}"
+            entry = self.referrers_dir(name, subject) / f"{manifest.digest.algorithm}-{manifest.digest.hex}"
             self._write_atomic(entry, json.dumps(descriptor, separators=(",", ":")).encode())
         if tag is not None:
             self._write_atomic(self._tag(name, tag), str(manifest.digest).encode())
+
+    def push_manifest(self, name: str, tags: list[str], manifest: StoredManifest, blobs: list[Digest],
+                      children: list[Digest], subject: Digest | None = None,
+                      descriptor: dict[str, Any] | None = None) -> list[tuple[str, Digest]]:
+        """Store a pushed manifest if everything it references is here; else return what is missing.
+
+        The push first records an intent naming the manifest and its references, then checks
+        them, then writes; a GC pass re-reads intents after it has set garbage aside and puts
+        back anything an intent names (gc.py has the whole argument). With no pass running the
+        intent is removed when the push is done; during a pass it stays (marked done) until
+        that pass ends.
+        """
+        intent = self._begin_intent(name, [manifest.digest, *blobs, *children])
+        done = False
+        try:
+            missing = [("blob", d) for d in dict.fromkeys(blobs) if not self.has_layer(name, d)]
+            missing += [("manifest", d) for d in dict.fromkeys(children) if not self.has_layer(name, d)]
+            if missing:
+                return missing
+            self.put_manifest(name, tags[0] if tags else None, manifest, subject, descriptor)
+            for tag in tags[1:]:
+                self.put_manifest(name, tag, manifest)
+            done = True
+            return []
+        finally:
+            self._end_intent(intent, done)
+
+    def _begin_intent(self, name: str, digests: list[Digest]) -> Path:
+        path = self.intents / f"{uuid.uuid4().hex}.json"
+        doc = {"name": name, "digests": [str(d) for d in dict.fromkeys(digests)]}
+        tmp = self.temp_path()
+        tmp.write_bytes(json.dumps(doc, separators=(",", ":")).encode())
+        os.replace(tmp, path)  # visible whole or not at all; power loss ends the push anyway
+        return path
+
+    def _end_intent(self, path: Path, done: bool) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if done and self.gc_lock.exists():
+                os.replace(path, path.with_suffix(".done"))
+            else:
+                path.unlink()
+
+    def intents_now(self) -> list[tuple[Path, str, list[Digest]]]:
+        """Every recorded intent (in progress or done): (file, repository, digests)."""
+        out: list[tuple[Path, str, list[Digest]]] = []
+        for entry in sorted(os.listdir(self.intents)) if self.intents.is_dir() else []:
+            path = self.intents / entry
+            # A push that ends while this lists renames its intent to .done (a pass holds the
+            # lock whenever this is read for GC), so read it under that name.
+            for candidate in (path, path.with_suffix(".done")):
+                try:
+                    doc = json.loads(candidate.read_bytes())
+                    out.append((candidate, str(doc["name"]), [Digest.parse(d) for d in doc["digests"]]))
+                    break
+                except FileNotFoundError:
+                    continue  # done meanwhile, or refused and removed: it made no links
+                except (ValueError, KeyError, TypeError, DigestError):
+                    out.append((candidate, "", []))
+                    break
+        return out
 
     def delete_manifest(self, name: str, digest: Digest) -> bool:
         """Delete a manifest revision, every tag pointing to it and its referrer entry."""
         manifest = self.get_manifest(name, str(digest))
         try:
-            self._revision(name, digest).unlink()
+            self.revision_path(name, digest).unlink()
         except FileNotFoundError:
             return False
         for tag in self.tags(name) or []:
@@ -375,7 +472,7 @@ class FilesystemStorage:
             subject = subject_of(manifest.body)
             if subject is not None:
                 with contextlib.suppress(FileNotFoundError):
-                    (self._referrers_dir(name, subject) / f"{digest.algorithm}-{digest.hex}").unlink()
+                    (self.referrers_dir(name, subject) / f"{digest.algorithm}-{digest.hex}").unlink()
         return True
 
     def delete_tag(self, name: str, tag: str) -> bool:
@@ -397,7 +494,7 @@ class FilesystemStorage:
         return (self._repo(name) / "_manifests").is_dir() or (self._repo(name) / "_layers").is_dir()
 
     def referrers(self, name: str, subject: Digest) -> list[dict[str, Any]]:
-        d = self._referrers_dir(name, subject)
+        d = self.referrers_dir(name, subject)
         try:
             entries = sorted(os.listdir(d))
         except FileNotFoundError:
@@ -442,6 +539,14 @@ class FilesystemStorage:
             return True
         except OSError:
             return False
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def subject_of(body: bytes) -> Digest | None:
