@@ -1,6 +1,6 @@
 """The transport under the OCI client: one registry endpoint's session, auth, retries and rate limit.
 
-Every request goes through `Transport.request`, the one retry loop: it applies the rate
+Every request goes through `Transport.request`, which retries with `backoff.retry`: it applies the rate
 limit, authenticates (Bearer tokens per scope, or basic), re-authenticates once on 401 and
 backs off on 429/5xx honouring Retry-After. Connection errors give up after a few short
 retries, saying at once what they wait for. The OCI API calls themselves live in the client.
@@ -24,7 +24,8 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from dockyard.oci.backoff import Limiter, RetryPolicy, parse_retry_after
+from dockyard.oci import backoff
+from dockyard.oci.backoff import Attempts, Limiter, RetryPolicy, parse_retry_after
 
 log = logging.getLogger("dockyard.replicate")
 
@@ -39,10 +40,20 @@ CONNECT_TIMEOUT = 10.0
 class RegistryError(Exception):
     """A request that failed for good; `status` is None for connection-level failures."""
 
-    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, code: str | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.retry_after = retry_after  # seconds the server asked to wait (Retry-After), if it did
+
+
+class _Final(Exception):
+    """Carries an error out of `Transport.request`'s retry loop untouched (a failed token request)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -217,45 +228,54 @@ class Transport:
     async def request(self, method: str, url: str, *, scope: str, headers: Mapping[str, str] | None = None,
                         data: bytes | None = None, ok: tuple[int, ...], retry: bool = True,
                         stream: bool = False) -> tuple[aiohttp.ClientResponse, bytes]:
-        """The one retry loop: rate limit, auth, one re-authentication on 401, backoff on 429/5xx and
-        connection errors. A status in `ok` is returned with its body read, or, with `stream`, unread
-        (the caller releases the response); anything else raises RegistryError once retries run out.
+        """Rate limit, auth, one re-authentication on 401, backoff on 429/5xx and connection errors
+        (through `backoff.retry`). A status in `ok` is returned with its body read, or, with `stream`,
+        unread (the caller releases the response); anything else raises RegistryError once retries run out.
         """
-        attempt = 0
         reauthed = False
-        while True:
-            await self.limiter.take()
-            hdrs = CIMultiDict(headers or {})
-            hdrs.update(await self._auth_header(scope))
-            self.stats.requests[method] += 1
-            status: int | None = None
-            retry_after: float | None = None
-            try:
-                resp = await self.session.request(method, url, headers=hdrs, data=data, allow_redirects=True)
-                status = resp.status
-                if stream and status in ok:
-                    return resp, b""
+
+        async def attempt(_: Attempts) -> tuple[aiohttp.ClientResponse, bytes]:
+            nonlocal reauthed
+            while True:
+                await self.limiter.take()
+                hdrs = CIMultiDict(headers or {})
                 try:
-                    body = await resp.read()
-                finally:
-                    resp.release()
+                    hdrs.update(await self._auth_header(scope))
+                except Exception as e:  # a failed token request is not retried here
+                    raise _Final(e) from e
+                self.stats.requests[method] += 1
+                try:
+                    resp = await self.session.request(method, url, headers=hdrs, data=data, allow_redirects=True)
+                    status = resp.status
+                    if stream and status in ok:
+                        return resp, b""
+                    try:
+                        body = await resp.read()
+                    finally:
+                        resp.release()
+                except _CONNECT_ERRORS as e:
+                    raise self._cannot_connect(e) from None
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    raise RegistryError(f"{method} {url}: {type(e).__name__}: {e}") from None
                 if status == 401 and not reauthed and self.challenged(resp.headers.get("WWW-Authenticate"), scope):
                     reauthed = True
                     continue
                 if status in ok:
                     return resp, body
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 error = error_of(method, url, status, body)
-            except _CONNECT_ERRORS as e:
-                error = self._cannot_connect(e)
-            except (aiohttp.ClientError, TimeoutError) as e:
-                error = RegistryError(f"{method} {url}: {type(e).__name__}: {e}")
-            attempt += 1
-            delay = self._delay(attempt, status, retry_after, error) if retry else None
-            if delay is None:
+                error.retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 raise error
+
+        def delay(n: int, error: Exception) -> float | None:
+            return self._delay(n, error) if retry and isinstance(error, RegistryError) else None
+
+        async def count(_: Exception) -> None:
             self.stats.retries += 1
-            await asyncio.sleep(delay)
+
+        try:
+            return await backoff.retry(attempt, delay, recover=count)
+        except _Final as final:
+            raise final.error from None
 
     async def send(self, method: str, location: str, *, scope: str, data: Any, headers: Mapping[str, str],
                    ok: tuple[int, ...]) -> Response:
@@ -280,11 +300,10 @@ class Transport:
     def _cannot_connect(self, e: Exception) -> ConnectError:
         return ConnectError(self.url, connect_reason(e), retryable=not isinstance(e, aiohttp.ClientSSLError))
 
-    def _delay(self, attempt: int, status: int | None, retry_after: float | None,
-               error: RegistryError) -> float | None:
+    def _delay(self, attempt: int, error: RegistryError) -> float | None:
         """Seconds before the next attempt, or None to give up; connection errors say so at once."""
         if not isinstance(error, ConnectError):
-            return self.retry.delay(attempt, status, retry_after)
+            return self.retry.delay_for(attempt, error)
         if not error.retryable or attempt > self.retry.max:
             return None
         delay = CONNECT_RETRY.delay(attempt)
