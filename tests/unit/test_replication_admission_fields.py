@@ -32,7 +32,7 @@ from dockyard.api.registry import RegistrySpec
 from dockyard.api.replication import ReplicationPolicySpec
 from dockyard.api.schema import CRON_PATTERN, DURATION_PATTERN, QUANTITY_PATTERN, parse
 from dockyard.replication.filters import RangeError, TagSelector, platform_match, repository_selected
-from dockyard.replication.limits import parse_bytes, parse_spec_duration
+from dockyard.replication.limits import parse_bandwidth, parse_spec_duration
 from tests.unit import cel
 
 SCHEMA = cel.version_schema(crd(REPLICATION_POLICY))
@@ -88,15 +88,35 @@ def assert_all_agree(path: str, value: Any, accepted: bool, read: Any, field: st
 BANDWIDTH = [
     # The Kubernetes quantity grammar, which the engine reads with the same function as the model.
     ("50Mi", True), ("1e8", True), ("1E8", True), ("+50Mi", True), (".5Gi", True), ("1Pi", True), ("1Ei", True),
-    ("10M", True), ("1.", True), ("1.5Ti", True), ("0", True), ("9e99", True),
+    ("10M", True), ("1.", True), ("1.5Ti", True), ("9e99", True),
     ("-1", False), ("-50Mi", False), ("fast", False), ("50MB", False), ("50 Mi", False), ("1e", False),
     ("e3", False), ("", False), ("50Mi\n", False), ("0x10", False), ("\u0661", False), ("1Ki1", False),
+    # At least one byte per second: 0 and fractions would silently mean no limit (the field is omitted for that).
+    ("1", True), ("1.5", True), ("1000m", True), ("0.001Ki", True), ("1e0", True),
+    ("0", False), ("0Mi", False), ("+0", False), ("1m", False), ("999m", False), ("0.5", False), ("1e-3", False),
+    ("0.0001Ki", False), ("1n", False),
 ]
 
 
 @pytest.mark.parametrize(("value", "accepted"), BANDWIDTH)
 def test_bandwidth(value: str, accepted: bool) -> None:
-    assert_all_agree("limits.bandwidth", value, accepted, parse_bytes)
+    assert_all_agree("limits.bandwidth", value, accepted, parse_bandwidth)
+
+
+@pytest.mark.parametrize("value", ["0", "1m"])
+def test_a_bandwidth_below_one_byte_per_second_is_refused_saying_to_omit_the_field(value: str) -> None:
+    obj = {"apiVersion": "dockyard.dev/v1alpha1", "kind": "ReplicationPolicy",
+           "metadata": {"name": "p", "namespace": "n"}, "spec": _spec("limits.bandwidth", value)}
+    violations = cel.admit(obj, SCHEMA)
+    assert [v.path for v in violations] == ["spec.limits.bandwidth"]
+    error = model_error("limits.bandwidth", value)
+    assert error is not None
+    assert error.path == "spec.limits.bandwidth"
+    for message in (violations[0].message, error.message):
+        assert "spec.limits.bandwidth" in message
+        assert "omit the field for no limit" in message
+    with pytest.raises(ValueError, match="omit the field for no limit"):
+        parse_bandwidth(value)
 
 
 # ----------------------------------------------------------------------------- semverRange

@@ -59,6 +59,7 @@ CASES = [
     ("bad deletion", with_(deletion="all"), "deletion"),
     ("bandwidth quantity", with_(limits={"bandwidth": "50Mi", "concurrency": 4}), None),
     ("bandwidth not a quantity", with_(limits={"bandwidth": "fast"}), "bandwidth"),
+    ("zero bandwidth", with_(limits={"bandwidth": "0"}), "omit the field for no limit"),
     ("zero concurrency", with_(limits={"concurrency": 0}), "concurrency"),
     ("retry backoff duration", with_(limits={"retry": {"max": 3, "backoff": "500ms"}}), None),
     ("retry backoff not a duration", with_(limits={"retry": {"backoff": "soon"}}), "backoff"),
@@ -137,7 +138,7 @@ def test_values_at_the_bounds_pass_both() -> None:
                  "platforms": ["linux/" + "a" * 58] * 64},
         destinationPath={"prefix": "p" * 256, "stripPrefix": "s" * 256},
         trigger={"schedule": "@hourly" + " " * 121},
-        limits={"bandwidth": "0" * 62 + "Mi", "retry": {"backoff": "1s" * 32}},
+        limits={"bandwidth": "0" * 61 + "1Mi", "retry": {"backoff": "1s" * 32}},
     )
     assert cel.admit(policy(copy.deepcopy(spec)), SCHEMA) == []
     parse(ReplicationPolicySpec, spec)

@@ -19,7 +19,7 @@ from dockyard.api.patterns import (
     platform_error,
     semver_range_error,
 )
-from dockyard.api.registry import Condition
+from dockyard.api.registry import Condition, quantity_value
 from dockyard.api.schema import (
     CRON_BACKWARDS_PATTERN,
     CRON_MAX_LENGTH,
@@ -39,6 +39,8 @@ from dockyard.api.schema import (
 
 URL_PATTERN = r"^https?://[^\s/]+(/[^\s]*)?$"
 URL_MAX_LENGTH = 2048
+BANDWIDTH_MESSAGE = ("spec.limits.bandwidth must be at least 1 byte per second, e.g. 50Mi "
+                     "(0 or a fraction such as 1m does not mean no limit); omit the field for no limit")
 REPOSITORY_GLOB_MAX_LENGTH = 512
 """Repository names are at most 255 characters with the registry's host (distribution spec); a glob
 may spell them out longer."""
@@ -187,10 +189,21 @@ class Retry(Model):
 @dataclass(frozen=True)
 class Limits(Model):
     DOC = "Politeness and resource limits of one run."
+    RULES = (
+        Rule(
+            # isQuantity: a value the pattern refuses is reported once, by the pattern.
+            cel="!has(self.bandwidth) || !isQuantity(self.bandwidth) || "
+                "quantity(self.bandwidth).compareTo(quantity('1')) >= 0",
+            message=BANDWIDTH_MESSAGE,
+            check=lambda limits: limits.bandwidth is None or quantity_value(limits.bandwidth) >= 1,
+            field_path=".bandwidth",
+        ),
+    )
     concurrency: int = field(default=4, metadata=meta("Artifacts copied at once.", minimum=1, maximum=256))
     requests_per_second: int | None = field(
         default=None, metadata=meta("Requests per second to each registry.", minimum=1))
-    bandwidth: Quantity | None = field(default=None, metadata=meta("Bytes per second moved, e.g. 50Mi."))
+    bandwidth: Quantity | None = field(
+        default=None, metadata=meta("Bytes per second moved, e.g. 50Mi; at least 1. Omit it for no limit."))
     retry: Retry = field(default_factory=Retry, metadata=meta("Retries."))
 
 

@@ -10,6 +10,7 @@ import re
 from fractions import Fraction
 
 from dockyard.api.registry import quantity_value
+from dockyard.api.replication import BANDWIDTH_MESSAGE
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 
@@ -33,6 +34,14 @@ def parse_bytes(text: str) -> int:
     if value is None or value < 0:
         raise ValueError(f"not a byte quantity: {text!r} (use e.g. 50Mi)")
     return int(value)
+
+
+def parse_bandwidth(text: str) -> int:
+    """`spec.limits.bandwidth` -> bytes per second, at least 1 (the field is omitted for no limit)."""
+    value = parse_bytes(text)
+    if value < 1:
+        raise ValueError(BANDWIDTH_MESSAGE)
+    return value
 
 
 class Stalled(Exception):
