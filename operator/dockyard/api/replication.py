@@ -37,7 +37,12 @@ from dockyard.api.schema import (
     pattern_matches,
 )
 
-URL_PATTERN = r"^https?://[^\s/]+(/[^\s]*)?$"
+_HOST_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
+_PORT = r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+URL_PATTERN = (rf"^https?://({_HOST_LABEL}(\.{_HOST_LABEL})*|\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\])(:{_PORT})?"
+               r"(/([A-Za-z0-9._~!$&'()*+,;=:@/-]|%[0-9A-Fa-f]{2})*)?$")
+"""A registry base URL as the OCI client reads it (`dockyard.oci.client.registry_url`): http or https, a host
+name or IPv4 or [IPv6] address, a port 1-65535, a path; no credentials, query or fragment."""
 URL_MAX_LENGTH = 2048
 BANDWIDTH_MESSAGE = ("spec.limits.bandwidth must be at least 1 byte per second, e.g. 50Mi "
                      "(0 or a fraction such as 1m does not mean no limit); omit the field for no limit")

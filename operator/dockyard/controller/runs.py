@@ -33,7 +33,7 @@ from dockyard.api.replication import Endpoint, FailedItem, ReplicationPolicySpec
 from dockyard.api.schema import dump, parse
 from dockyard.controller.kube import ApiError, Kube
 from dockyard.oci.backoff import Attempts, retry
-from dockyard.oci.client import Credentials
+from dockyard.oci.client import Credentials, registry_url
 from dockyard.replication.copy import Access, EngineOptions, RunAccess, run_policy
 from dockyard.replication.result import MAX_FAILED_ITEMS, RunResult, last_run
 from dockyard.replication.state import MemoryState
@@ -120,7 +120,10 @@ async def _side(kube: Kube, namespace: str, endpoint: Endpoint, url: str) -> _Si
 
 async def _url(kube: Kube, namespace: str, endpoint: Endpoint, override: str | None) -> str:
     if override:
-        return override
+        try:
+            return registry_url(override)
+        except ValueError as e:
+            raise AccessError(str(e)) from e
     if endpoint.url is not None:
         return endpoint.url
     assert endpoint.registry_ref is not None

@@ -37,6 +37,60 @@ CONNECT_RETRY = RetryPolicy(max=3, backoff=0.5, cap=2.0)
 CONNECT_TIMEOUT = 10.0
 
 
+_HOST_LABEL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+_IPV6 = frozenset("0123456789abcdefABCDEF:.")
+# RFC 3986 path characters (unreserved, sub-delims, ':' and '@') and '/'; '%' only starts a %XX escape.
+_PATH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@/")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def registry_url(text: str) -> str:
+    """The base URL of a registry as the client uses it (no trailing slash), or ValueError saying why not.
+
+    `http://` or `https://` (lower case: the scheme decides TLS), a host name, IPv4 address or
+    [IPv6] address, an optional port 1-65535 and an optional path the API paths are appended to.
+    No credentials (they come from a Secret), query or fragment, which the request paths would
+    end up inside. The CRD's `url` pattern accepts exactly these (tests/unit/test_replication_admission_fields.py).
+    """
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{text!r} is not a registry URL: {why} (e.g. https://registry.example.com or "
+                          "http://10.0.0.5:5000)")
+
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        raise bad("it must start with http:// or https://")
+    if "?" in rest or "#" in rest:
+        raise bad("a registry URL has no query or fragment")
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        raise bad("credentials belong in the policy's secretRef, not in the URL")
+    port: str | None = None
+    if authority.startswith("["):
+        host, bracket, after = authority[1:].partition("]")
+        if not bracket or ":" not in host or not set(host) <= _IPV6:
+            raise bad(f"{authority!r} is not a bracketed IPv6 address")
+        if after and not after.startswith(":"):
+            raise bad(f"{authority!r} is not an address and port")
+        port = after[1:] if after else None
+    else:
+        host, colon, after = authority.partition(":")
+        port = after if colon else None
+        labels = host.split(".")
+        if not all(label and set(label) <= _HOST_LABEL and label[0] != "-" and label[-1] != "-"
+                   for label in labels):
+            raise bad(f"{host!r} is not a host name or IP address")
+    if port is not None and not (port.isascii() and port.isdigit() and port[0] != "0" and int(port) <= 65535):
+        raise bad(f"the port must be a number from 1 to 65535, not {port!r}")
+    if slash:
+        plain, *escaped = path.split("%")
+        for piece in escaped:
+            if len(piece) < 2 or not set(piece[:2]) <= _HEX:
+                raise bad("a % in the path must start a %XX escape")
+        if not set(plain).union(*(piece[2:] for piece in escaped)) <= _PATH:
+            raise bad("the path may only hold URL path characters (no blanks; %-escape the rest)")
+    return text.rstrip("/")
+
+
 class RegistryError(Exception):
     """A request that failed for good; `status` is None for connection-level failures."""
 
@@ -123,7 +177,7 @@ class Transport:
                  ca_file: str | None = None, retry: RetryPolicy | None = None,
                  requests_per_second: float | None = None, connections: int = 16,
                  stall_timeout: float = 60.0) -> None:
-        self.url = url.rstrip("/")
+        self.url = registry_url(url)
         self.credentials = credentials
         self.retry = retry or RetryPolicy()
         self.limiter = Limiter(requests_per_second)
