@@ -218,7 +218,8 @@ def test_a_bad_semver_range_is_refused_at_admission_naming_the_field() -> None:
            "metadata": {"name": "p", "namespace": "n"}, "spec": _spec("filters.tags.semverRange", ">=banana")}
     assert [v.path for v in cel.admit(obj, SCHEMA)] == ["spec.filters.tags.semverRange"]
     error = model_error("filters.tags.semverRange", ">=banana")
-    assert error is not None and error.path == "spec.filters.tags.semverRange"
+    assert error is not None
+    assert error.path == "spec.filters.tags.semverRange"
     with pytest.raises(RangeError):
         _selector_with_range(">=banana")
 

@@ -162,7 +162,8 @@ def test_design_example_parses_with_defaults() -> None:
     assert spec.destination_path.strip_prefix == "library/"
     defaults = parse(ReplicationPolicySpec, BASE)
     assert (defaults.conflict, defaults.deletion, defaults.referrers) == ("overwrite", "none", True)
-    assert defaults.limits.retry.max == 5 and defaults.limits.concurrency == 4
+    assert defaults.limits.retry.max == 5
+    assert defaults.limits.concurrency == 4
 
 
 def test_crd_shape() -> None:
