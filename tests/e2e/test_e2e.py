@@ -421,7 +421,8 @@ def test_deleting_keeps_the_pvc_and_recreating_reattaches(installed: Install, ex
         assert bool(claim["metadata"].get("ownerReferences")) is not retain, \
             "a retained PVC must have no owner; a retain: false PVC must be owned by the Registry"
     else:
-        assert claim is None and children(kube, example, "persistentvolumeclaims") == [], \
+        assert claim is None, "ephemeral storage must not create a PersistentVolumeClaim"
+        assert children(kube, example, "persistentvolumeclaims") == [], \
             "ephemeral storage must not create a PersistentVolumeClaim"
 
     kube.run("-n", example.namespace, "delete", "registry", example.name, "--wait=true", "--timeout=120s",
@@ -437,13 +438,15 @@ def test_deleting_keeps_the_pvc_and_recreating_reattaches(installed: Install, ex
                    timeout=CHANGE_TIMEOUT, interval=2)
         return
     kept = kube.get("-n", example.namespace, "pvc", claim_name)
-    assert claim is not None and kept is not None, "deleting the Registry deleted its retained PVC"
+    assert claim is not None, "deleting the Registry deleted its retained PVC"
+    assert kept is not None, "deleting the Registry deleted its retained PVC"
     assert kept["metadata"]["uid"] == claim["metadata"]["uid"]
     assert "deletionTimestamp" not in kept["metadata"]
 
     kube.apply(copy.deepcopy(example.docs))
     wait_ready(kube, example)
     again = kube.get("-n", example.namespace, "pvc", claim_name)
-    assert again is not None and again["metadata"]["uid"] == claim["metadata"]["uid"], \
+    assert again is not None, "the re-created Registry got a new PVC instead of re-attaching the old one"
+    assert again["metadata"]["uid"] == claim["metadata"]["uid"], \
         "the re-created Registry got a new PVC instead of re-attaching the old one"
     client.pull(img, "e2e/kept:v1")

@@ -111,7 +111,8 @@ class Pair:
         assert last.get("result") == "Succeeded", f"lastRun: {last}\n{self.diagnose()}"
         assert last.get("artifactsCopied", 0) >= 1, f"lastRun: {last}"
         ready = condition(obj, "Ready")
-        assert ready and ready["status"] == "True", f"Ready: {ready}"
+        assert ready, f"Ready: {ready}"
+        assert ready["status"] == "True", f"Ready: {ready}"
 
     def diagnose(self) -> str:
         kube, ns = self.kube, self.namespace

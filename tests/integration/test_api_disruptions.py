@@ -71,7 +71,8 @@ async def restart_apiserver(server: ApiServer) -> None:
     shell = await asyncio.create_subprocess_exec(
         "sh", "-c", 'setsid "$@" >>"$0" 2>&1 </dev/null & echo $!', str(log), *argv, stdout=asyncio.subprocess.PIPE)
     started, _ = await shell.communicate()
-    assert shell.returncode == 0 and started.strip().isdigit(), started
+    assert shell.returncode == 0, started
+    assert started.strip().isdigit(), started
     pidfile.write_bytes(started)
 
     async def ready() -> bool:

@@ -140,7 +140,8 @@ async def test_a_namespace_that_begins_to_terminate_during_a_pass_ends_the_pass_
         await Late(kube, lambda *event: events.append(event)).request(namespace, "main")
         assert events == []
         writes = [w for w in apiserver.writes(mark) if w.namespace == namespace]
-        assert len(writes) == 1 and writes[0].code == 403, f"one refused child, then nothing: {writes}"
+        assert len(writes) == 1, f"one refused child, then nothing: {writes}"
+        assert writes[0].code == 403, f"one refused child, then nothing: {writes}"
     finally:
         await kube.close()
         await patch(apiserver, "v1/configmaps", "hold", {"metadata": {"finalizers": None}}, namespace)

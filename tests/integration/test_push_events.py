@@ -150,7 +150,8 @@ async def test_each_registry_gets_its_own_token_once_and_keeps_it(
     pod = dep["spec"]["template"]["spec"]
     [volume] = [v for v in pod["volumes"] if (v.get("secret") or {}).get("secretName") == "main-events"]
     [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
-    assert mount["mountPath"] == "/etc/dockyard/events" and mount["readOnly"] is True
+    assert mount["mountPath"] == "/etc/dockyard/events"
+    assert mount["readOnly"] is True
     config = yaml.safe_load((await live(apiserver, operator, CONFIGMAPS, ns, "main-config"))["data"]["config.yaml"])
     assert config["notify"] == {"url": f"{events_base}/v1/push", "tokenFile": "/etc/dockyard/events/token",
                                 "registry": {"namespace": ns, "name": "main"}}
@@ -169,7 +170,8 @@ async def test_each_registry_gets_its_own_token_once_and_keeps_it(
     async with running_operator(kubeconfig, tmp_path / "operator-2.log") as again:
         await settle(apiserver, again, ns, 3.0)
     after = apiserver.live(SECRETS, ns, "main-events")
-    assert after is not None and token_of(after) == token
+    assert after is not None
+    assert token_of(after) == token
     assert after["metadata"]["resourceVersion"] == secret["metadata"]["resourceVersion"], "the Secret was rewritten"
     secret_writes = [w for w in operator_writes(apiserver, ns, start) if w.resource == "secrets"]
     assert secret_writes == [Write("create", "secrets", ns, "main-events", 201)]
@@ -187,7 +189,8 @@ async def test_a_deleted_token_secret_is_created_anew(apiserver: ApiServer, name
         secret = apiserver.live(SECRETS, namespace, "main-events")
         return token_of(secret) if secret else None
     new = await wait_for(recreated, DEADLINE, message="main-events created anew")
-    assert TOKEN.fullmatch(new) and new != old
+    assert TOKEN.fullmatch(new)
+    assert new != old
 
 
 async def test_the_receiver_accepts_only_the_token_of_the_registry_an_event_names(

@@ -186,7 +186,8 @@ async def test_available_deployment_makes_the_registry_ready_with_one_event(
     assert (status["replicas"], status["readyReplicas"]) == (1, 1)
     assert condition(apiserver, namespace, "main", "Reconciling")["status"] == "False"
     events = await wait_for(lambda: _events_with(apiserver, namespace, "main", "Ready"), DEADLINE)
-    assert len(events) == 1 and events[0]["type"] == "Normal"
+    assert len(events) == 1
+    assert events[0]["type"] == "Normal"
 
 
 async def test_scale_subresource_drives_the_deployment_and_the_pdb(
@@ -204,7 +205,8 @@ async def test_scale_subresource_drives_the_deployment_and_the_pdb(
     await report_available(apiserver, namespace, "ha")
     await wait_condition(apiserver, operator, namespace, "ha", "Ready", "True")
     scale = await get(apiserver, REGISTRIES, "ha", namespace, subresource="scale")
-    assert scale is not None and scale["status"]["replicas"] == 3
+    assert scale is not None
+    assert scale["status"]["replicas"] == 3
     assert scale["status"]["selector"] == "app.kubernetes.io/name=dockyard-registry,app.kubernetes.io/instance=ha"
 
     await patch(apiserver, REGISTRIES, "ha", {"spec": {"replicas": 1}}, namespace)
@@ -239,7 +241,8 @@ async def test_missing_secret_stalls_then_recovers_and_rotation_rolls_pods(
     assert "users" in cond["message"]
     assert apiserver.live(DEPLOYMENTS, namespace, "secure") is None
     warnings = await wait_for(lambda: _events_with(apiserver, namespace, "secure", "SecretNotFound"), DEADLINE)
-    assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
+    assert len(warnings) == 1
+    assert warnings[0]["type"] == "Warning"
 
     await create(apiserver, {"apiVersion": "v1", "kind": "Secret",
                              "metadata": {"name": "users", "namespace": namespace},
@@ -397,7 +400,8 @@ async def test_deleting_keeps_the_retained_volume_and_recreating_reattaches_it(
     await wait_for(lambda: all(apiserver.live(r, namespace, n) is None for r, n in owned), DEADLINE,
                    message="children collected")
     kept = apiserver.live(PVCS, namespace, "main-data")
-    assert kept is not None and kept["metadata"]["uid"] == pvc["metadata"]["uid"]
+    assert kept is not None
+    assert kept["metadata"]["uid"] == pvc["metadata"]["uid"]
     assert "deletionTimestamp" not in kept["metadata"]
 
     await create(apiserver, registry("main", {"storage": RWO}, namespace))
@@ -489,9 +493,11 @@ async def test_a_refused_child_stalls_the_registry_but_never_holds_back_the_othe
         await patch(apiserver, REGISTRIES, "main", {"spec": {"readOnly": True,
                                                              "storage": {"pvc": {"size": "5Gi"}}}}, namespace)
         cond = await wait_condition(apiserver, operator, namespace, "main", "Stalled", "True", "ApplyFailed")
-        assert "PersistentVolumeClaim 'main-data'" in cond["message"] and "resize" in cond["message"], cond
+        assert "PersistentVolumeClaim 'main-data'" in cond["message"], cond
+        assert "resize" in cond["message"], cond
         config = apiserver.live(CONFIGMAPS, namespace, "main-config")
-        assert config is not None and "readOnly: true" in config["data"]["config.yaml"]
+        assert config is not None
+        assert "readOnly: true" in config["data"]["config.yaml"]
         after = pod_annotations(apiserver, namespace, "main")
         assert after[CHECKSUM] != before[CHECKSUM], "the pods must still roll to the new configuration"
         assert claim_size(apiserver, namespace, "main-data") == "1Gi"
@@ -559,4 +565,5 @@ async def test_the_operator_streams_only_what_it_manages(
     for plural in ("deployments", "configmaps", "services", "persistentvolumeclaims", "serviceaccounts"):
         assert seen[plural].get("labelSelector") == "app.kubernetes.io/managed-by=dockyard", plural
     assert "type!=helm.sh/release.v1" in seen["secrets"].get("fieldSelector", "")
-    assert "registries" in seen and "labelSelector" not in seen["registries"]
+    assert "registries" in seen
+    assert "labelSelector" not in seen["registries"]

@@ -211,7 +211,8 @@ async def test_a_scheduled_policy_renders_its_cronjob_and_reports_next_run(apise
 
     cj = await get(apiserver, CRONJOBS, "mirror", namespace)
     assert cj is not None
-    assert cj["spec"]["schedule"] == schedule and cj["spec"]["concurrencyPolicy"] == "Forbid"
+    assert cj["spec"]["schedule"] == schedule
+    assert cj["spec"]["concurrencyPolicy"] == "Forbid"
     assert cj["spec"]["suspend"] is False
     args = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args == ["replicate", "--policy", f"{namespace}/mirror", "--source-url", "https://registry-1.docker.io",
@@ -236,7 +237,8 @@ async def test_a_scheduled_policy_renders_its_cronjob_and_reports_next_run(apise
     obj = await wait_condition(apiserver, operator, namespace, "mirror", "Ready", "True", "Suspended")
     assert "nextRun" not in obj["status"]
     cj = await get(apiserver, CRONJOBS, "mirror", namespace)
-    assert cj is not None and cj["spec"]["suspend"] is True
+    assert cj is not None
+    assert cj["spec"]["suspend"] is True
 
     await patch(apiserver, POLICIES, "mirror", {"spec": {"suspend": False, "trigger": {"schedule": None}}},
                 namespace)
@@ -275,7 +277,8 @@ async def test_a_manual_trigger_makes_exactly_one_job_and_never_two_runs_at_once
     assert jobs[0]["spec"]["template"]["spec"]["containers"][0]["args"][:3] == ["replicate", "--policy",
                                                                                  f"{namespace}/sync"]
     cj = await get(apiserver, CRONJOBS, "sync", namespace)
-    assert cj is not None and cj["spec"]["suspend"] is True, "the schedule is held while a manual run is active"
+    assert cj is not None, "the schedule is held while a manual run is active"
+    assert cj["spec"]["suspend"] is True, "the schedule is held while a manual run is active"
 
     # Unrelated changes and repeated events do not start more runs.
     await patch(apiserver, POLICIES, "sync", {"metadata": {"labels": {"touched": "yes"}}}, namespace)
@@ -300,12 +303,14 @@ async def test_a_manual_trigger_makes_exactly_one_job_and_never_two_runs_at_once
     names = await wait_for(second_started, timeout=DEADLINE, message="the waiting request starts after the first")
     assert names == sorted([first, manual_job_name("sync", "second")])
     live = await get(apiserver, POLICIES, "sync", namespace)
-    assert live is not None and live["status"]["lastSyncRequest"] == "second"
+    assert live is not None
+    assert live["status"]["lastSyncRequest"] == "second"
 
     await finish_job(apiserver, namespace, manual_job_name("sync", "second"))
     await wait_condition(apiserver, operator, namespace, "sync", "Ready", "True", "Scheduled")
     cj = await get(apiserver, CRONJOBS, "sync", namespace)
-    assert cj is not None and cj["spec"]["suspend"] is False, "the schedule resumes after the manual run"
+    assert cj is not None, "the schedule resumes after the manual run"
+    assert cj["spec"]["suspend"] is False, "the schedule resumes after the manual run"
     assert len(await jobs_of(apiserver, namespace, "sync")) == 2
     await posted(apiserver, namespace, "sync", "SyncStarted", 2)
     await settle(apiserver, operator)
@@ -330,12 +335,14 @@ async def test_a_missing_registry_stalls_the_policy_until_it_appears(apiserver: 
         "destination": {"url": "http://127.9.9.9:5000"}, "trigger": {"schedule": "@hourly"}},
         annotations={SYNC: "asap"}))
     obj = await wait_condition(apiserver, operator, namespace, "edge", "Stalled", "True", "RegistryNotFound")
-    assert "upstream" in condition(obj, "Stalled")["message"] and dmz in condition(obj, "Stalled")["message"]
+    assert "upstream" in condition(obj, "Stalled")["message"]
+    assert dmz in condition(obj, "Stalled")["message"]
     assert condition(obj, "Ready")["status"] == "False"
     assert await get(apiserver, CRONJOBS, "edge", namespace) is None
     assert await jobs_of(apiserver, namespace, "edge") == [], "nothing runs against a registry that does not exist"
     warnings = await posted(apiserver, namespace, "edge", "RegistryNotFound")
-    assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
+    assert len(warnings) == 1
+    assert warnings[0]["type"] == "Warning"
     await settle(apiserver, operator)
     assert (w := await quiet(apiserver)) == [], f"a stalled policy is not retried in a hot loop: {w}"
     assert len([e for e in await events(apiserver, namespace, "edge") if e.get("reason") == "RegistryNotFound"]) == 1
@@ -391,7 +398,8 @@ async def test_an_impossible_schedule_is_refused_at_admission(apiserver: ApiServ
             "source": {"url": "http://127.1.1.1:5000"}, "destination": {"url": "http://127.1.1.2:5000"},
             "trigger": {"schedule": "0 25 * * *"}}))
     assert refused.value.status == 422
-    assert "spec.trigger.schedule" in str(refused.value) and "hour 0-23" in str(refused.value)
+    assert "spec.trigger.schedule" in str(refused.value)
+    assert "hour 0-23" in str(refused.value)
     assert await get(apiserver, CRONJOBS, "typo", namespace) is None
 
 
@@ -434,13 +442,15 @@ async def test_a_run_writes_its_result_into_the_status(apiserver: ApiServer, nam
         assert result.result == "Succeeded", result
         got = request("GET", f"{dest.url}/v2/team/app/manifests/v1", auth=("pusher", "pushpass"),
                       headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
-        assert got.status == 200 and got.body == app.manifest, "the copy is byte for byte"
+        assert got.status == 200, "the copy is byte for byte"
+        assert got.body == app.manifest, "the copy is byte for byte"
 
         obj = await get(apiserver, POLICIES, "copy", namespace)
         assert obj is not None
         last = obj["status"]["lastRun"]
         assert last["result"] == "Succeeded"
-        assert last["artifactsCopied"] == 2 and last["artifactsFailed"] == 0
+        assert last["artifactsCopied"] == 2
+        assert last["artifactsFailed"] == 0
         assert last["bytesCopied"] > 0
         assert obj["status"]["lastSuccessfulTime"] == last["completionTime"]
         assert not obj["status"].get("failedItems")
@@ -516,7 +526,8 @@ async def test_pushes_to_a_dockyard_source_run_on_push_policies_once_at_a_time(
     async with aiohttp.ClientSession() as session, session.post(
             events_url, json={"registry": {"namespace": ns, "name": "main"}, "repository": "team/app"},
             headers={"Authorization": f"Bearer {token}"}) as r:
-        assert r.status == 400 and "tag" in (await r.json())["error"]
+        assert r.status == 400
+        assert "tag" in (await r.json())["error"]
     assert await post_push(operator, events_url, ns, "other/app", "v1", token=token) == (202, {"policies": []}), (
         "filtered repository")
     assert await post_push(operator, events_url, ns, "team/app", "v1-dev", token=token) == (202, {"policies": []}), (
@@ -532,7 +543,8 @@ async def test_pushes_to_a_dockyard_source_run_on_push_policies_once_at_a_time(
     assert first["metadata"]["name"].startswith("on-push-push-")
     assert first["metadata"]["annotations"]["dockyard.dev/push-event"].startswith("team/app:v1@sha256:")
     cj = await get(apiserver, CRONJOBS, "on-push", ns)
-    assert cj is not None and cj["spec"]["suspend"] is True, "the schedule is held during the push run"
+    assert cj is not None, "the schedule is held during the push run"
+    assert cj["spec"]["suspend"] is True, "the schedule is held during the push run"
     assert obj["status"].get("lastSyncRequest") is None
     assert await jobs_of(apiserver, ns, "nightly") == [], "a policy without onPush does not run on pushes"
 

@@ -157,10 +157,12 @@ def test_policy_references() -> None:
 def test_credentials_come_from_docker_config_or_basic_auth_secrets() -> None:
     config = json.dumps({"auths": {"quay.example": {"auth": b64("robot:tok:en")}}})
     creds = credentials_from_secret({".dockerconfigjson": b64(config)}, "https://quay.example", "q")
-    assert creds is not None and (creds.username, creds.password) == ("robot", "tok:en")
+    assert creds is not None
+    assert (creds.username, creds.password) == ("robot", "tok:en")
     assert credentials_from_secret({".dockerconfigjson": b64(config)}, "https://other.example", "q") is None
     creds = credentials_from_secret({"username": b64("u"), "password": b64("p")}, "http://x", "b")
-    assert creds is not None and (creds.username, creds.password) == ("u", "p")
+    assert creds is not None
+    assert (creds.username, creds.password) == ("u", "p")
 
 
 def test_the_reported_status_is_bounded_and_keeps_the_last_success_honest() -> None:
@@ -207,14 +209,17 @@ async def test_docker_config_credentials_from_a_secret(apiserver: ApiServer, nam
     result = await run_in_cluster(namespace, "from-locked", kube=kube)
     assert result.result == "Succeeded", result.fatal or result.failed_items
     code, body, _ = await fetch_manifest(dest.url, "copy/library/app", "1.0")
-    assert code == 200 and body == pushed.manifest
+    assert code == 200
+    assert body == pushed.manifest
     st = await status(apiserver, namespace, "from-locked")
-    assert st["lastRun"]["result"] == "Succeeded" and st["lastRun"]["artifactsCopied"] == 1
+    assert st["lastRun"]["result"] == "Succeeded"
+    assert st["lastRun"]["artifactsCopied"] == 1
 
     # Without the Secret the run cannot authenticate: it says so in status and fails the Job.
     await delete(apiserver, "v1/secrets", "pull", namespace)
     result = await run_in_cluster(namespace, "from-locked", kube=kube)
-    assert result.result == "Failed" and exit_code(result) == 1
+    assert result.result == "Failed"
+    assert exit_code(result) == 1
     st = await status(apiserver, namespace, "from-locked")
     assert st["lastRun"]["result"] == "Failed"
     assert "Secret 'pull' not found" in st["lastRun"]["message"]

@@ -87,7 +87,8 @@ def test_htpasswd_changes_apply_without_restart(tmp_path: Path) -> None:
         else:
             pytest.fail("the new htpasswd was not picked up within 10s")
         _assert_unauthorized(Client(server.url, ("old", "secret1")).request("GET", "/v2/"))
-        assert server.proc is not None and server.proc.pid == pid
+        assert server.proc is not None
+        assert server.proc.pid == pid
 
 
 def test_anonymous_pull_with_authenticated_push(tmp_path: Path, htpasswd: Path) -> None:

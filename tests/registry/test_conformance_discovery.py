@@ -115,7 +115,8 @@ def test_end12a_referrers_list_descriptors_with_artifact_type_and_annotations(cl
     assert r.status == 200
     assert r.header("Content-Type") == OCI_INDEX
     index = r.json()
-    assert index["schemaVersion"] == 2 and index["mediaType"] == OCI_INDEX
+    assert index["schemaVersion"] == 2
+    assert index["mediaType"] == OCI_INDEX
     found = {d["digest"]: d for d in index["manifests"]}
     assert set(found) == {sbom, sig}
     assert found[sbom]["artifactType"] == SBOM

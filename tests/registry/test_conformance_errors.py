@@ -99,7 +99,8 @@ def test_errors_use_the_spec_json_form(client: Client, repo: str) -> None:
     (err,) = doc["errors"]
     assert set(err) <= {"code", "message", "detail"}
     assert err["code"] == "NAME_UNKNOWN" or err["code"] == "MANIFEST_UNKNOWN"
-    assert isinstance(err["message"], str) and err["message"]
+    assert isinstance(err["message"], str)
+    assert err["message"]
 
 
 def test_unknown_endpoint_is_404(client: Client) -> None:

@@ -76,7 +76,9 @@ def test_access_log_is_one_json_object_per_request(client: Client, server: Regis
                 entry = json.loads(line)
         time.sleep(0.05)
     assert entry is not None, "no access log line for the request"
-    assert entry["method"] == "GET" and entry["path"] == marker and entry["status"] == 404
+    assert entry["method"] == "GET"
+    assert entry["path"] == marker
+    assert entry["status"] == 404
     assert entry["user_agent"] == "conformance-test"
     assert isinstance(entry["duration_ms"], float | int)
 
@@ -122,9 +124,11 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path: Path, args: list[str]) -> N
 
 def test_gc_command_bad_flags_exit_2(tmp_path: Path) -> None:
     r = _run("registry", "gc", "--root", str(tmp_path), "--grace-period", "whenever")
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1
     r = _run("registry", "gc", "--root", str(tmp_path / "missing"))
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_config_file_is_used_and_flags_override_it(tmp_path: Path) -> None:
@@ -138,7 +142,8 @@ def test_config_file_is_used_and_flags_override_it(tmp_path: Path) -> None:
     with proc.start():
         c = Client(proc.url)
         r = c.request("POST", "/v2/app/blobs/uploads/", body=b"")
-        assert r.status == 405 and "read-only" in r.body.decode()
+        assert r.status == 405
+        assert "read-only" in r.body.decode()
         assert (root_from_file / "blobs").is_dir()
     override_root = tmp_path / "override"
     port2 = free_port()
@@ -189,8 +194,10 @@ def test_config_document_maps_to_settings() -> None:
                         "tls": {"cert": "/tls/tls.crt", "key": "/tls/tls.key"},
                         "gc": {"interval": "12h", "deleteUntagged": True, "gracePeriod": "2h"}})
     assert (cfg.host, cfg.port, str(cfg.root)) == ("127.0.0.1", 6000, "/data")
-    assert cfg.anonymous_pull and cfg.read_only
-    assert str(cfg.tls_cert) == "/tls/tls.crt" and str(cfg.tls_key) == "/tls/tls.key"
+    assert cfg.anonymous_pull
+    assert cfg.read_only
+    assert str(cfg.tls_cert) == "/tls/tls.crt"
+    assert str(cfg.tls_key) == "/tls/tls.key"
     assert cfg.gc == GCConfig(interval=43200, delete_untagged=True, grace_period=7200)
     assert parse_config({}).gc is None
     assert parse_config(None).port == 5000
@@ -202,11 +209,13 @@ def test_gc_schedule_decides_when_the_next_collection_runs() -> None:
     from dockyard.registry.config import parse_config
 
     gc = parse_config({"gc": {"schedule": "30 3 * * *"}}).gc
-    assert gc is not None and gc.schedule == "30 3 * * *"
+    assert gc is not None
+    assert gc.schedule == "30 3 * * *"
     before = datetime.datetime(2026, 11, 27, 3, 0, tzinfo=datetime.UTC)
     assert gc.next_delay(before) == 30 * 60
     after = datetime.datetime(2026, 11, 27, 3, 31, tzinfo=datetime.UTC)
     assert gc.next_delay(after) == (24 * 60 - 1) * 60
     never = parse_config({"gc": {"schedule": "0 0 30 2 *"}}).gc
-    assert never is not None and never.next_delay(before) is None
+    assert never is not None
+    assert never.next_delay(before) is None
     assert parse_config({"gc": {"interval": "2h"}}).gc.next_delay(before) == 7200  # type: ignore[union-attr]

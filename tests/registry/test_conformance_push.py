@@ -221,7 +221,8 @@ def test_end11_failed_mount_falls_back_to_an_upload_session(client: Client, repo
         r = client.request("POST", f"/v2/{repo}/b/blobs/uploads/?{query}")
         assert r.status == 202, query
         location = r.header("Location")
-        assert location and "/blobs/uploads/" in location
+        assert location
+        assert "/blobs/uploads/" in location
     # the fallback session is a working upload
     assert client.request("PUT", f"{location}?digest={digest_of(b'x')}", body=b"x").status == 201
 

@@ -46,7 +46,8 @@ class Upload:
 
     def _absolute(self, resp: Response) -> str:
         location = resp.headers["Location"]
-        assert isinstance(location, str) and location, "an upload response must carry Location"
+        assert isinstance(location, str), "an upload response must carry Location"
+        assert location, "an upload response must carry Location"
         return urllib.parse.urljoin(self.server.url + "/", location)
 
     def patch(self, data: bytes, start: int) -> Response:

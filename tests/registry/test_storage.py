@@ -72,7 +72,8 @@ def test_manifest_writes_leave_no_temp_files(tmp_path: Path) -> None:
     s.put_manifest("app", "v1", StoredManifest(Digest.of(body), "application/vnd.oci.image.manifest.v1+json", body))
     assert _files(s.tmp) == []
     got = s.get_manifest("app", "v1")
-    assert got is not None and got.body == body
+    assert got is not None
+    assert got.body == body
 
 
 def test_storage_refuses_unsafe_names_even_if_called_directly(tmp_path: Path) -> None:

@@ -78,7 +78,9 @@ async def test_run_prints_a_summary_and_exit_codes_follow_the_result(registries:
     out = await dockyard("replicate", "-f", str(file), "--dest-url", dst.url, "--state", str(state))
     assert out.returncode == 0, out.stderr
     m = SUMMARY.search(out.stdout)
-    assert m and m.group(1) == "Succeeded" and m.group(2) == "2", out.stdout
+    assert m, out.stdout
+    assert m.group(1) == "Succeeded", out.stdout
+    assert m.group(2) == "2", out.stdout
     assert await list_tags(dst.url, "app") == ["1.0", "1.1"]
     assert json.loads(state.read_text()) == {"failedItems": []}
     # A repository that does not exist at the source is a failed item: exit 1, remembered.
@@ -144,7 +146,9 @@ async def test_progress_bar_on_a_terminal(registries: Registries, tmp_path: Path
         os.close(terminal)
     assert proc.returncode == 0
     text = shown.decode(errors="replace")
-    assert "\r[" in text and "6/6" in text and "copied 6" in text
+    assert "\r[" in text
+    assert "6/6" in text
+    assert "copied 6" in text
     assert "[" not in proc.stdout.split("Succeeded")[0]  # the bar never pollutes stdout
 
 
@@ -156,12 +160,14 @@ async def test_basic_auth_from_flags_environment_and_docker_config(registries: R
     file = write_policy(tmp_path / "p.yaml", {"source": {"url": src.url}, "destination": {"url": dst.url}})
     state = str(tmp_path / "s.json")
     denied = await dockyard("replicate", "-f", str(file), "--state", state)
-    assert denied.returncode == 1 and "401" in denied.stderr
+    assert denied.returncode == 1
+    assert "401" in denied.stderr
     by_flag = await dockyard("replicate", "-f", str(file), "--state", state, "--dest-creds", "robot:s3cr:et")
     assert by_flag.returncode == 0, by_flag.stderr
     by_env = await dockyard("replicate", "-f", str(file), "--state", state,
                             env={"DOCKYARD_DEST_CREDS": "robot:s3cr:et"})
-    assert by_env.returncode == 0 and SUMMARY.search(by_env.stdout).group(3) == "2"  # type: ignore[union-attr]
+    assert by_env.returncode == 0
+    assert SUMMARY.search(by_env.stdout).group(3) == "2"  # type: ignore[union-attr]
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"auths": {dst.host: {"auth": base64.b64encode(b"robot:s3cr:et").decode()}}}))
     by_config = await dockyard("replicate", "-f", str(file), "--state", state,
@@ -198,11 +204,13 @@ async def test_bearer_token_auth_is_fetched_once_per_scope(registries: Registrie
 
         result = await run_policy(spec, RunAccess(Access(proxy.url, Credentials("me", "pw")), Access(dst.url)),
                                   MemoryState(), EngineOptions())
-        assert result.result == "Succeeded" and result.copied == 3, (result.failed_items, result.fatal)
+        assert result.result == "Succeeded", (result.failed_items, result.fatal)
+        assert result.copied == 3, (result.failed_items, result.fatal)
         # One token per scope for the whole run: the catalog, then the repository.
         assert sorted(map(tuple, token_requests)) == [("registry:catalog:*",), ("repository:team/app:pull",)]
         wrong = await replicate(policy(proxy.url, dst.url, filters={"repositories": {"include": ["team/app"]}}))
-        assert wrong.failed == 1 and "401" in wrong.failed_items[0].error
+        assert wrong.failed == 1
+        assert "401" in wrong.failed_items[0].error
     status, _, _ = await fetch_manifest(dst.url, "team/app", "3")
     assert status == 200
 
@@ -257,4 +265,5 @@ async def test_a_registry_that_does_not_answer_is_named_while_waiting(registries
         for writer in silent:
             writer.close()
     assert f"waiting for the source registry at {url} to answer" in caplog.text
-    assert result.result == "Failed" and result.fatal
+    assert result.result == "Failed"
+    assert result.fatal

@@ -47,14 +47,16 @@ async def test_shared_layers_move_once_and_digests_are_preserved(pair: Pair, sko
         assert result.bytes_copied == sum(unique.values())
         uploads = Counter(r.path.split("digest=")[1] for r in proxy.records
                           if r.method == "PUT" and "digest=" in r.path and r.bytes_in > 0)
-        assert set(uploads) == set(unique) and max(uploads.values()) == 1
+        assert set(uploads) == set(unique)
+        assert max(uploads.values()) == 1
         assert proxy.count("POST", "mount=") >= 2 * len(base)
     for (repo, tag), image in pushed.items():
         assert skopeo_digest(dst.host, repo, tag) == image.digest
     for digest, size in unique.items():
         blob = await fetch_blob(dst.url, "other/c", digest)
         if blob is not None:
-            assert len(blob) == size and digest_of(blob) == digest
+            assert len(blob) == size
+            assert digest_of(blob) == digest
 
 
 async def test_a_second_run_with_nothing_new_only_reads(pair: Pair) -> None:
@@ -80,7 +82,8 @@ async def test_platform_filter_writes_a_smaller_index_and_no_filter_keeps_it_byt
         await p.index("multi", "1.1", images)
     filtered = await replicate(policy(src.url, dst.url, filters={
         "platforms": ["linux/amd64", "linux/arm64"], "tags": {"include": ["1.0"]}}))
-    assert filtered.result == "Succeeded" and filtered.copied == 1
+    assert filtered.result == "Succeeded"
+    assert filtered.copied == 1
     assert any("rewritten by the platform filter" in n for n in filtered.notes)
     status, body, _ = await fetch_manifest(dst.url, "multi", "1.0")
     assert status == 200
@@ -94,9 +97,11 @@ async def test_platform_filter_writes_a_smaller_index_and_no_filter_keeps_it_byt
     async with RecordingProxy(dst.url) as proxy:
         again = await replicate(policy(src.url, proxy.url, filters={
             "platforms": ["linux/amd64", "linux/arm64"], "tags": {"include": ["1.0"]}}))
-        assert (again.copied, again.skipped) == (0, 1) and proxy.writes() == []
+        assert (again.copied, again.skipped) == (0, 1)
+        assert proxy.writes() == []
     unfiltered = await replicate(policy(src.url, dst.url, filters={"tags": {"include": ["1.1"]}}))
-    assert unfiltered.copied == 1 and not unfiltered.notes
+    assert unfiltered.copied == 1
+    assert not unfiltered.notes
     status, body, _ = await fetch_manifest(dst.url, "multi", "1.1")
     assert digest_of(body) == index.digest
     assert len(json.loads(body)["manifests"]) == 3
@@ -109,10 +114,12 @@ async def test_signatures_and_sboms_follow_their_image(pair: Pair) -> None:
         sig = await p.referrer("signed", image, "application/vnd.dev.cosign.artifact.sig.v1+json", b"sig")
         sbom = await p.referrer("signed", image, "application/spdx+json", b'{"spdxVersion": "SPDX-2.3"}')
     result = await replicate(policy(src.url, dst.url))
-    assert result.result == "Succeeded" and result.copied == 3  # the image and its two referrers
+    assert result.result == "Succeeded"
+    assert result.copied == 3  # the image and its two referrers
     for ref in (sig, sbom):
         status, body, _ = await fetch_manifest(dst.url, "signed", ref.digest)
-        assert status == 200 and digest_of(body) == ref.digest
+        assert status == 200
+        assert digest_of(body) == ref.digest
     # Whatever the destination offers (referrers API or the tag schema), a client finds both.
     reader = RegistryClient(dst.url)
     try:

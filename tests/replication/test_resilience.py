@@ -33,7 +33,8 @@ async def assert_no_tag_points_at_incomplete_content(url: str, repo: str) -> lis
         doc = __import__("json").loads(body)
         for desc in [doc["config"], *doc["layers"]]:
             blob = await fetch_blob(url, repo, desc["digest"])
-            assert blob is not None and digest_of(blob) == desc["digest"], f"{tag} has a missing blob"
+            assert blob is not None, f"{tag} has a missing blob"
+            assert digest_of(blob) == desc["digest"], f"{tag} has a missing blob"
     return tags
 
 
@@ -53,7 +54,8 @@ async def test_source_killed_half_way_then_a_rerun_completes(registries: Registr
         await wait_for(lambda: proxy.count("PUT", "/manifests/") >= 3, within=30)
         await asyncio.to_thread(src.kill)
         first = await asyncio.wait_for(run, 60)
-    assert first.result in ("PartiallyFailed", "Failed") and first.failed > 0
+    assert first.result in ("PartiallyFailed", "Failed")
+    assert first.failed > 0
     assert 3 <= first.copied < len(tags)
     copied = await assert_no_tag_points_at_incomplete_content(dst.url, "app")
     assert len(copied) == first.copied
@@ -66,7 +68,8 @@ async def test_source_killed_half_way_then_a_rerun_completes(registries: Registr
     async with RecordingProxy(dst.url) as proxy:
         second = await replicate(policy(src.url, proxy.url, limits={"concurrency": 1}), state)
         assert second.result == "Succeeded", second.failed_items
-        assert second.copied == len(tags) - first.copied and second.skipped == first.copied
+        assert second.copied == len(tags) - first.copied
+        assert second.skipped == first.copied
         first_put = next(r.path for r in proxy.records if r.method == "PUT" and "/manifests/" in r.path)
         assert first_put.rsplit("/", 1)[1] in failed_tags  # last run's failures go first
     assert state.failed == []
@@ -98,10 +101,12 @@ async def test_429_with_retry_after_is_honoured_and_the_run_finishes(registries:
 
     async with RecordingProxy(src.url, too_many) as proxy:
         result = await replicate(policy(proxy.url, dst.url, limits={"retry": {"max": 3, "backoff": "10ms"}}))
-        assert result.result == "Succeeded" and result.copied == 4, result.failed_items
+        assert result.result == "Succeeded", result.failed_items
+        assert result.copied == 4, result.failed_items
         assert sum(1 for r in proxy.records if r.status == 429) >= 3
     # Every refused request came back, and only after the second the server asked for.
-    assert refused == {} and len(waited) >= 3
+    assert refused == {}
+    assert len(waited) >= 3
     assert min(waited) >= 0.95
 
 
@@ -278,6 +283,7 @@ async def test_a_token_expiring_during_a_chunked_upload_is_renewed_and_the_uploa
     async with RecordingProxy(dst.url, expiring_tokens) as proxy:
         result = await replicate(policy(src.url, proxy.url), chunk_size=1024 * 1024)
     assert result.result == "Succeeded", result.failed_items
-    assert generation == 2 and tokens_issued >= 2
+    assert generation == 2
+    assert tokens_issued >= 2
     assert await fetch_blob(dst.url, "big", digest_of(big)) == big
     assert digest_of((await fetch_manifest(dst.url, "big", "1.0"))[1]) == image.digest

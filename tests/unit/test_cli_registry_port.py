@@ -29,7 +29,8 @@ def test_a_taken_port_is_one_line_and_exit_2(tmp_path: Path, how: str) -> None:
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1, out.stderr
     assert f"cannot listen on {addr}: the port is taken" in out.stderr
-    assert "DOCKYARD_ADDR" in out.stderr and "Traceback" not in out.stderr
+    assert "DOCKYARD_ADDR" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_a_bad_dockyard_addr_is_named(tmp_path: Path) -> None:

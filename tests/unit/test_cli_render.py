@@ -47,7 +47,8 @@ def test_bad_names_and_versions_are_one_line_and_exit_2(tmp_path: Path, capsys: 
     code, out, err = render(tmp_path, with_(**changes), capsys)
     assert code == 2
     assert out == ""
-    assert err.count("\n") == 1 and err.startswith("dockyard render: ")
+    assert err.count("\n") == 1
+    assert err.startswith("dockyard render: ")
     assert expected in err
 
 

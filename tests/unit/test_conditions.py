@@ -74,7 +74,8 @@ def test_merge_keeps_transition_time_when_status_is_unchanged() -> None:
     assert by_type["Stalled"]["lastTransitionTime"] == "T1"
     assert {c["type"] for c in changed} == {"Ready", "Reconciling"}
     third, changed = merge(second, ready, "T3")
-    assert third == second and changed == []
+    assert third == second
+    assert changed == []
 
 
 def test_new_generation_marks_reconciling_first() -> None:

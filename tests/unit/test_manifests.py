@@ -162,13 +162,15 @@ def test_registries_reach_the_operators_push_event_receiver(built: list[dict[str
     container = operator_container(built)
     addr = env_value(container, "DOCKYARD_EVENTS_ADDR")
     url = env_value(container, "DOCKYARD_EVENTS_URL")
-    assert addr and url, "the operator runs without its push-event receiver"
+    assert addr, "the operator runs without its push-event receiver"
+    assert url, "the operator runs without its push-event receiver"
     host, _, listen_port = addr.rpartition(":")
     assert host == "0.0.0.0", "the receiver must listen beyond loopback for registry pods"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert int(listen_port) in ports.values()
     target = urlsplit(url)
-    assert target.scheme == "http" and target.path in ("", "/")
+    assert target.scheme == "http"
+    assert target.path in ("", "/")
     service_name, _, rest = (target.hostname or "").partition(".")
     assert rest in (NAMESPACE, f"{NAMESPACE}.svc", f"{NAMESPACE}.svc.cluster.local")
     service = find(built, "Service", service_name)
@@ -177,7 +179,8 @@ def test_registries_reach_the_operators_push_event_receiver(built: list[dict[str
     assert ports.get(port["targetPort"], port["targetPort"]) == int(listen_port)
     pod_labels = find(built, "Deployment", OPERATOR)["spec"]["template"]["metadata"]["labels"]
     selector = service["spec"]["selector"]
-    assert selector and all(pod_labels.get(k) == v for k, v in selector.items()), "the Service selects no operator pod"
+    assert selector, "the Service selects no operator pod"
+    assert all(pod_labels.get(k) == v for k, v in selector.items()), "the Service selects no operator pod"
 
 
 @pytest.mark.parametrize("ref", [
@@ -247,7 +250,8 @@ def test_cluster_role_grants_exactly_what_the_operator_needs(built: list[dict[st
         actual.setdefault((group, resource), set()).add(verb)
     assert actual == EXPECTED_RBAC
     for rule in rules:
-        assert not rule.get("nonResourceURLs") and not rule.get("resourceNames"), rule
+        assert not rule.get("nonResourceURLs"), rule
+        assert not rule.get("resourceNames"), rule
 
 
 def test_no_role_in_the_install_uses_wildcards(built: list[dict[str, Any]]) -> None:
@@ -256,7 +260,8 @@ def test_no_role_in_the_install_uses_wildcards(built: list[dict[str, Any]]) -> N
     for role in roles:
         assert "aggregationRule" not in role
         for group, resource, verb in granted(role["rules"]):
-            assert "*" not in (group, verb) and "*" not in resource, (role["metadata"]["name"], resource)
+            assert "*" not in (group, verb), (role["metadata"]["name"], resource)
+            assert "*" not in resource, (role["metadata"]["name"], resource)
 
 
 def test_namespace_viewers_and_editors_can_use_dockyard_and_nothing_more(built: list[dict[str, Any]]) -> None:
@@ -317,7 +322,8 @@ def test_image_installs_the_package_without_dev_extras() -> None:
     installs = re.findall(r"pip install ([^\n&\\]+)", text)
     assert installs, "the Dockerfile does not pip install the package"
     for args in installs:
-        assert "[" not in args and "-e" not in args.split(), f"pip install {args}: dev extras or editable"
+        assert "[" not in args, f"pip install {args}: dev extras or editable"
+        assert "-e" not in args.split(), f"pip install {args}: dev extras or editable"
     assert re.search(r"^FROM python:3\.11-slim|^ARG PYTHON_IMAGE=python:3\.11-slim", text, re.MULTILINE)
 
 

@@ -46,7 +46,9 @@ def test_tags(tag: str, ok: bool) -> None:
 
 def test_references() -> None:
     digest = "sha256:" + hashlib.sha256(b"").hexdigest()
-    assert is_digest_reference(digest) and valid_reference(digest)
-    assert not is_digest_reference("latest") and valid_reference("latest")
+    assert is_digest_reference(digest)
+    assert valid_reference(digest)
+    assert not is_digest_reference("latest")
+    assert valid_reference("latest")
     assert not valid_reference("sha256:short")
     assert not valid_reference("..")

@@ -64,7 +64,8 @@ def test_every_example_renders_through_the_cli() -> None:
         out = subprocess.run([sys.executable, "-m", "dockyard.cli", "render", "-f", str(path)],
                              capture_output=True, text=True, check=True).stdout
         kinds = [d["kind"] for d in yaml.safe_load_all(out)]
-        assert "Deployment" in kinds and "Service" in kinds, path
+        assert "Deployment" in kinds, path
+        assert "Service" in kinds, path
 
 
 def test_probes_and_restricted_security_context() -> None:
@@ -150,7 +151,8 @@ def test_auth_mounts_the_htpasswd_key_and_configures_the_server() -> None:
     objs = render({"storage": RWO, "auth": {"htpasswdSecretRef": {"name": "users", "key": "users.htpasswd"},
                                             "anonymousPull": True}})
     config = yaml.safe_load(objs["ConfigMap"]["data"]["config.yaml"])
-    assert config["htpasswd"] == "/etc/dockyard/auth/htpasswd" and config["anonymousPull"] is True
+    assert config["htpasswd"] == "/etc/dockyard/auth/htpasswd"
+    assert config["anonymousPull"] is True
     volumes = objs["Deployment"]["spec"]["template"]["spec"]["volumes"]
     assert {"name": "auth", "secret": {"secretName": "users",
                                        "items": [{"key": "users.htpasswd", "path": "htpasswd"}]}} in volumes
@@ -179,7 +181,8 @@ def test_rendering_is_pure() -> None:
     before = copy.deepcopy(body)
     first = render_registry(RenderInput.from_body(body, image="i"))
     second = render_registry(RenderInput.from_body(body, image="i"))
-    assert first == second and body == before
+    assert first == second
+    assert body == before
 
 
 def test_scheduling_fields_reach_the_pod() -> None:
@@ -202,7 +205,8 @@ def test_cli_render_rejects_bad_input_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "spec.storage.pvc.size" in lines[0]
+    assert len(lines) == 1
+    assert "spec.storage.pvc.size" in lines[0]
 
 
 def test_cli_render_uses_secrets_given_in_the_same_file(tmp_path: Path) -> None:
@@ -230,7 +234,8 @@ def test_garbage_collection_reaches_the_server_config_and_the_server_accepts_it(
     config = yaml.safe_load(objs["ConfigMap"]["data"]["config.yaml"])
     assert config["gc"] == {"schedule": "15 2 * * 0", "deleteUntagged": True, "gracePeriod": "1h"}
     gc = parse_config(config).gc
-    assert gc is not None and (gc.schedule, gc.delete_untagged, gc.grace_period) == ("15 2 * * 0", True, 3600)
+    assert gc is not None
+    assert (gc.schedule, gc.delete_untagged, gc.grace_period) == ("15 2 * * 0", True, 3600)
 
 
 def test_a_schedule_the_server_cannot_run_is_an_invalid_spec() -> None:

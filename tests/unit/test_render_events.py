@@ -104,14 +104,17 @@ def test_the_token_secret_is_owned_and_labelled_like_the_other_children() -> Non
     inp = RenderInput.from_body(body(), image="dockyard:test", events_url=URL)
     secret = events_secret(inp, "tok-en_1")
     deployment = render(URL)["Deployment"]
-    assert secret["kind"] == "Secret" and secret["type"] == "Opaque"
+    assert secret["kind"] == "Secret"
+    assert secret["type"] == "Opaque"
     assert secret["metadata"]["name"] == "main-events"
     assert secret["metadata"]["namespace"] == "registries"
     assert secret["metadata"]["labels"] == deployment["metadata"]["labels"] == {
         "app.kubernetes.io/name": "dockyard-registry", "app.kubernetes.io/instance": "main",
         "app.kubernetes.io/managed-by": "dockyard"}
     [owner] = secret["metadata"]["ownerReferences"]
-    assert owner["kind"] == "Registry" and owner["uid"] == "uid-1" and owner["controller"] is True
+    assert owner["kind"] == "Registry"
+    assert owner["uid"] == "uid-1"
+    assert owner["controller"] is True
     assert base64.b64decode(secret["data"]["token"]) == b"tok-en_1"
 
 

@@ -67,7 +67,8 @@ def test_a_scheduled_policy_gets_a_cronjob_that_never_overlaps_runs() -> None:
     assert spec["concurrencyPolicy"] == "Forbid"
     assert spec["suspend"] is False
     assert spec["startingDeadlineSeconds"] > 0
-    assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1
+    assert spec["successfulJobsHistoryLimit"] >= 1
+    assert spec["failedJobsHistoryLimit"] >= 1
     job = spec["jobTemplate"]["spec"]
     assert "activeDeadlineSeconds" not in job, "a multi-GB copy must not die at a fixed whole-run timeout"
     assert 0 < job["backoffLimit"] <= 3
@@ -87,7 +88,8 @@ def test_the_run_executes_dockyard_replicate_with_both_sides_resolved() -> None:
 def test_the_run_pod_is_restricted() -> None:
     pod = pod_spec(render(SCHEDULED)["CronJob"]["spec"]["jobTemplate"]["spec"])
     c = pod["containers"][0]
-    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
@@ -167,7 +169,8 @@ def test_a_manual_request_makes_one_job_named_by_the_request() -> None:
 def test_long_names_fit_kubernetes_limits_and_stay_distinct() -> None:
     long = "a" * 60
     other = "a" * 59 + "b"
-    assert len(cronjob_name(long)) <= 52 and cronjob_name(long) != cronjob_name(other)
+    assert len(cronjob_name(long)) <= 52
+    assert cronjob_name(long) != cronjob_name(other)
     assert len(manual_job_name(long, "x")) <= 63
     assert manual_job_name(long, "x") != manual_job_name(other, "x")
     assert cronjob_name("short") == "short"
@@ -202,7 +205,8 @@ def test_rendering_is_pure() -> None:
     before = copy.deepcopy(body)
     a = render_policy(PolicyInput.from_body(body, registries=REGISTRIES, image="x"))
     b = render_policy(PolicyInput.from_body(body, registries=REGISTRIES, image="x"))
-    assert a == b and body == before
+    assert a == b
+    assert body == before
 
 
 def test_referenced_secrets_and_their_problems() -> None:
@@ -250,7 +254,8 @@ def test_conditions(obs: Observed, expected: tuple[str, str]) -> None:
 
 def test_a_waiting_request_is_visible_in_the_message() -> None:
     v = verdict(Observed(1, active_run="mirror-28391", request_waiting=True))
-    assert "mirror-28391" in v.message and "waits" in v.message
+    assert "mirror-28391" in v.message
+    assert "waits" in v.message
 
 
 def job(name: str, started: str, state: str | None) -> dict[str, Any]:
@@ -311,7 +316,8 @@ def test_a_registry_with_authentication_needs_credentials_of_the_policy(
     found = credentials_problem(side, parse(Endpoint, endpoint), registry("main", spec=spec))
     assert (found is not None) == problem
     if found:
-        assert f"{side}.secretRef" in found and "'main'" in found
+        assert f"{side}.secretRef" in found
+        assert "'main'" in found
 
 
 def test_cli_renders_a_policy_with_the_registry_it_references(tmp_path: Path) -> None:
@@ -325,9 +331,12 @@ def test_cli_renders_a_policy_with_the_registry_it_references(tmp_path: Path) ->
     cron_job = objs[("CronJob", "mirror-hub")]
     args = cron_job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--dest-url") + 1] == "http://main.registries.svc:5000"
-    assert ("Deployment", "main") in objs and ("Role", "mirror-hub-replicator") in objs
+    assert ("Deployment", "main") in objs
+    assert ("Role", "mirror-hub-replicator") in objs
 
     alone = subprocess.run([sys.executable, "-m", "dockyard.cli", "render", "-f",
                             str(examples / "replication-dockerhub-mirror.yaml")], capture_output=True, text=True)
-    assert alone.returncode == 2 and alone.stdout == ""
-    assert "registries/main" in alone.stderr and len(alone.stderr.strip().splitlines()) == 1
+    assert alone.returncode == 2
+    assert alone.stdout == ""
+    assert "registries/main" in alone.stderr
+    assert len(alone.stderr.strip().splitlines()) == 1

@@ -29,10 +29,11 @@ from dockyard.api import SpecError
 from dockyard.api.crd import KINDS, REGISTRY, REPLICATION_POLICY, crd
 from dockyard.api.patterns import SEMVER_RANGE_PATTERN, SemverRange
 from dockyard.api.registry import RegistrySpec
-from dockyard.api.replication import ReplicationPolicySpec
-from dockyard.api.schema import CRON_PATTERN, DURATION_PATTERN, QUANTITY_PATTERN, parse
+from dockyard.api.replication import URL_PATTERN, ReplicationPolicySpec
+from dockyard.api.schema import CRON_PATTERN, DURATION_PATTERN, QUANTITY_PATTERN, parse, pattern_matches
+from dockyard.oci.client import registry_url
 from dockyard.replication.filters import RangeError, TagSelector, platform_match, repository_selected
-from dockyard.replication.limits import parse_bytes, parse_spec_duration
+from dockyard.replication.limits import parse_bandwidth, parse_spec_duration
 from tests.unit import cel
 
 SCHEMA = cel.version_schema(crd(REPLICATION_POLICY))
@@ -88,15 +89,104 @@ def assert_all_agree(path: str, value: Any, accepted: bool, read: Any, field: st
 BANDWIDTH = [
     # The Kubernetes quantity grammar, which the engine reads with the same function as the model.
     ("50Mi", True), ("1e8", True), ("1E8", True), ("+50Mi", True), (".5Gi", True), ("1Pi", True), ("1Ei", True),
-    ("10M", True), ("1.", True), ("1.5Ti", True), ("0", True), ("9e99", True),
+    ("10M", True), ("1.", True), ("1.5Ti", True), ("9e99", True),
     ("-1", False), ("-50Mi", False), ("fast", False), ("50MB", False), ("50 Mi", False), ("1e", False),
     ("e3", False), ("", False), ("50Mi\n", False), ("0x10", False), ("\u0661", False), ("1Ki1", False),
+    # At least one byte per second: 0 and fractions would silently mean no limit (the field is omitted for that).
+    ("1", True), ("1.5", True), ("1000m", True), ("0.001Ki", True), ("1e0", True),
+    ("0", False), ("0Mi", False), ("+0", False), ("1m", False), ("999m", False), ("0.5", False), ("1e-3", False),
+    ("0.0001Ki", False), ("1n", False),
 ]
 
 
 @pytest.mark.parametrize(("value", "accepted"), BANDWIDTH)
 def test_bandwidth(value: str, accepted: bool) -> None:
-    assert_all_agree("limits.bandwidth", value, accepted, parse_bytes)
+    assert_all_agree("limits.bandwidth", value, accepted, parse_bandwidth)
+
+
+@pytest.mark.parametrize("value", ["0", "1m"])
+def test_a_bandwidth_below_one_byte_per_second_is_refused_saying_to_omit_the_field(value: str) -> None:
+    obj = {"apiVersion": "dockyard.dev/v1alpha1", "kind": "ReplicationPolicy",
+           "metadata": {"name": "p", "namespace": "n"}, "spec": _spec("limits.bandwidth", value)}
+    violations = cel.admit(obj, SCHEMA)
+    assert [v.path for v in violations] == ["spec.limits.bandwidth"]
+    error = model_error("limits.bandwidth", value)
+    assert error is not None
+    assert error.path == "spec.limits.bandwidth"
+    for message in (violations[0].message, error.message):
+        assert "spec.limits.bandwidth" in message
+        assert "omit the field for no limit" in message
+    with pytest.raises(ValueError, match="omit the field for no limit"):
+        parse_bandwidth(value)
+
+
+# ----------------------------------------------------------------------------- source.url / destination.url
+
+REGISTRY_URLS = [
+    ("https://registry-1.docker.io", True), ("http://127.0.0.1:5000", True), ("http://main.registries.svc:5000", True),
+    ("https://r.example/", True), ("https://r.example/mirror/v1", True), ("https://r.example:443/a%20b", True),
+    ("https://R.Example.COM", True), ("http://registry_1:5000", True), ("http://[::1]:5000", True),
+    ("http://[fe80::1]", True), ("https://r.example:1", True), ("https://r.example:65535", True),
+    ("https://xn--bcher-kva.example", True), ("https://r.example/a:b@c;d=e,f+g$h&i'(j)*!~", True),
+    ("https://r.example//", True), ("http://10.0.0.5", True), ("https://a-b.c-d.example", True),
+    # not http(s), or a scheme that would not decide TLS
+    ("registry-1.docker.io", False), ("ftp://r.example", False), ("HTTPS://r.example", False),
+    ("Http://r.example", False), ("https:/r.example", False), ("oci://r.example", False), ("", False),
+    # no host, or not a host
+    ("https://", False), ("https:///v2", False), ("http://:5000", False), ("https://r..example", False),
+    ("https://.r.example", False), ("https://r.example.", False), ("https://-r.example", False),
+    ("https://r-.example", False), ("https://r\u00e9.example", False), ("https://r example", False),
+    ("https://r.example\n", False), ("https://r.example\t/x", False), ("https://\x00", False),
+    ("http://[::1", False), ("http://[1.2.3.4]", False), ("http://[zz::1]", False), ("http://[]", False),
+    ("http://[::1]5000", False),
+    # ports
+    ("https://r.example:0", False), ("https://r.example:65536", False), ("https://r.example:99999", False),
+    ("https://r.example:05000", False), ("https://r.example:", False), ("https://r.example:http", False),
+    ("https://r.example:50:00", False), ("https://r.example:\u0661", False),
+    # credentials, query, fragment: requests would carry or lose them
+    ("https://user:pw@r.example", False), ("https://@r.example", False), ("https://r.example?x=1", False),
+    ("https://r.example/?x=1", False), ("https://r.example/#top", False), ("https://r.example#top", False),
+    # the path
+    ("https://r.example/a b", False), ("https://r.example/a%2", False), ("https://r.example/a%zz", False),
+    ("https://r.example/\u00e9", False), ("https://r.example/a\"b", False), ("https://r.example/<x>", False),
+    ("https://r.example/a\\b", False), ("https://r.example/a\nb", False),
+]
+
+
+@pytest.mark.parametrize(("value", "accepted"), REGISTRY_URLS)
+@pytest.mark.parametrize("side", ["source", "destination"])
+def test_registry_url(side: str, value: str, accepted: bool) -> None:
+    """What the CRD's url pattern admits, the OCI client can talk to, and the other way round."""
+    other = {"source": {"registryRef": {"name": "main"}}, "destination": {"registryRef": {"name": "main"}}}
+    spec = {**other, side: {"url": value}}
+    obj = {"apiVersion": "dockyard.dev/v1alpha1", "kind": "ReplicationPolicy",
+           "metadata": {"name": "p", "namespace": "n"}, "spec": spec}
+    violations = cel.admit(obj, SCHEMA)
+    assert (violations == []) == accepted, f"the CRD {'refuses' if accepted else 'admits'} {value!r}: {violations}"
+    try:
+        parse(ReplicationPolicySpec, copy.deepcopy(spec))
+        error = None
+    except SpecError as e:
+        error = e
+    assert (error is None) == accepted, f"the model {'refuses' if accepted else 'admits'} {value!r}: {error}"
+    if error is not None:
+        assert error.path == f"spec.{side}.url"
+    assert engine_accepts(registry_url, value) == accepted, f"the client disagrees on {value!r}"
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.sampled_from(["http://", "https://", "HTTP://", "http:/", ""]),
+       st.text(alphabet="ab-_.:[]0159/%@?#fF \u00e9\n", max_size=24))
+def test_the_url_pattern_and_the_client_agree_on_any_text(scheme: str, rest: str) -> None:
+    value = scheme + rest
+    assert pattern_matches(URL_PATTERN, value) == engine_accepts(registry_url, value), value
+
+
+def test_the_client_keeps_the_url_without_a_trailing_slash() -> None:
+    assert registry_url("https://r.example/") == "https://r.example"
+    assert registry_url("https://r.example/mirror/") == "https://r.example/mirror"
+    with pytest.raises(ValueError, match="secretRef"):
+        registry_url("https://user:pw@r.example")
 
 
 # ----------------------------------------------------------------------------- semverRange
@@ -128,7 +218,8 @@ def test_a_bad_semver_range_is_refused_at_admission_naming_the_field() -> None:
            "metadata": {"name": "p", "namespace": "n"}, "spec": _spec("filters.tags.semverRange", ">=banana")}
     assert [v.path for v in cel.admit(obj, SCHEMA)] == ["spec.filters.tags.semverRange"]
     error = model_error("filters.tags.semverRange", ">=banana")
-    assert error is not None and error.path == "spec.filters.tags.semverRange"
+    assert error is not None
+    assert error.path == "spec.filters.tags.semverRange"
     with pytest.raises(RangeError):
         _selector_with_range(">=banana")
 

@@ -59,6 +59,7 @@ CASES = [
     ("bad deletion", with_(deletion="all"), "deletion"),
     ("bandwidth quantity", with_(limits={"bandwidth": "50Mi", "concurrency": 4}), None),
     ("bandwidth not a quantity", with_(limits={"bandwidth": "fast"}), "bandwidth"),
+    ("zero bandwidth", with_(limits={"bandwidth": "0"}), "omit the field for no limit"),
     ("zero concurrency", with_(limits={"concurrency": 0}), "concurrency"),
     ("retry backoff duration", with_(limits={"retry": {"max": 3, "backoff": "500ms"}}), None),
     ("retry backoff not a duration", with_(limits={"retry": {"backoff": "soon"}}), "backoff"),
@@ -137,7 +138,7 @@ def test_values_at_the_bounds_pass_both() -> None:
                  "platforms": ["linux/" + "a" * 58] * 64},
         destinationPath={"prefix": "p" * 256, "stripPrefix": "s" * 256},
         trigger={"schedule": "@hourly" + " " * 121},
-        limits={"bandwidth": "0" * 62 + "Mi", "retry": {"backoff": "1s" * 32}},
+        limits={"bandwidth": "0" * 61 + "1Mi", "retry": {"backoff": "1s" * 32}},
     )
     assert cel.admit(policy(copy.deepcopy(spec)), SCHEMA) == []
     parse(ReplicationPolicySpec, spec)
@@ -161,7 +162,8 @@ def test_design_example_parses_with_defaults() -> None:
     assert spec.destination_path.strip_prefix == "library/"
     defaults = parse(ReplicationPolicySpec, BASE)
     assert (defaults.conflict, defaults.deletion, defaults.referrers) == ("overwrite", "none", True)
-    assert defaults.limits.retry.max == 5 and defaults.limits.concurrency == 4
+    assert defaults.limits.retry.max == 5
+    assert defaults.limits.concurrency == 4
 
 
 def test_crd_shape() -> None:

@@ -48,7 +48,8 @@ def test_example_is_admitted_and_parsed(where: str, doc: dict[str, Any]) -> None
 def test_example_header_says_how_to_create_its_secrets(where: str, doc: dict[str, Any]) -> None:
     text = (EXAMPLES / where.split("#")[0]).read_text()
     header = text.split("\napiVersion:")[0]
-    assert text.startswith("# ") and "Secrets:" in header
+    assert text.startswith("# ")
+    assert "Secrets:" in header
     for side in ("source", "destination"):
         ref = doc["spec"][side].get("secretRef")
         if ref:

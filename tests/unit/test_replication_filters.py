@@ -46,7 +46,8 @@ def test_repository_include_exclude() -> None:
     assert not repository_selected("library/internal/db", include, exclude)
     assert not repository_selected("other/nginx", include, exclude)
     assert repository_selected("anything", (), ())
-    assert is_literal("library/nginx") and not is_literal("library/*")
+    assert is_literal("library/nginx")
+    assert not is_literal("library/*")
 
 
 SEMVER = [
@@ -104,13 +105,16 @@ def test_semver_ranges(rng: str, tag: str, expected: bool) -> None:
 
 def test_versions_read_leading_v_and_missing_parts() -> None:
     v = parse_version("v1.25")
-    assert v is not None and v.core == (1, 25, 0)
+    assert v is not None
+    assert v.core == (1, 25, 0)
     assert parse_version("1") is not None
     assert parse_version("latest") is None
     assert parse_version("1.2.3.4") is None
     assert parse_version("01.2") is None
     rc1, rc2, final = (parse_version(t) for t in ("1.0.0-rc.1", "1.0.0-rc.2", "1.0.0"))
-    assert rc1 and rc2 and final
+    assert rc1
+    assert rc2
+    assert final
     assert rc1.sort_key() < rc2.sort_key() < final.sort_key()
 
 

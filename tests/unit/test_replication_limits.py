@@ -8,14 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from dockyard.api.schema import QUANTITY_PATTERN
-from dockyard.replication.limits import (
-    MAX_DELAY,
-    RetryPolicy,
-    TokenBucket,
-    parse_bytes,
-    parse_retry_after,
-    parse_spec_duration,
-)
+from dockyard.oci.backoff import MAX_DELAY, RetryPolicy, TokenBucket, parse_retry_after
+from dockyard.replication.limits import parse_bytes, parse_spec_duration
 
 
 @pytest.mark.parametrize(("attempt", "status", "retry_after", "expected"), [

@@ -75,23 +75,27 @@ def test_deletion_mirror_keeps_tags_outside_latest_that_the_source_still_has() -
 
 def test_no_deletions_without_mirror() -> None:
     plan = plan_repository("src", "dst", {}, {"1.0": "sha256:1"}, TagSelector())
-    assert plan.deletes == [] and plan.copies == []
+    assert plan.deletes == []
+    assert plan.copies == []
 
 
 def test_last_runs_failures_go_first() -> None:
     plan = plan_repository("src", "dst", SOURCE, {}, TagSelector(), failed={("src", "latest")})
     ordered = plan.ordered()
-    assert ordered[0].tag == "latest" and ordered[0].retry
+    assert ordered[0].tag == "latest"
+    assert ordered[0].retry
     assert [c.tag for c in ordered[1:]] == ["1.0", "1.1", "2.0"]
 
 
 def test_platform_filter_defers_judgement_of_differing_digests() -> None:
     plan = plan_repository("src", "dst", {"1.0": "sha256:index"}, {"1.0": "sha256:filtered"}, TagSelector(),
                            rewrites_indexes=True)
-    assert len(plan.copies) == 1 and plan.copies[0].verify
+    assert len(plan.copies) == 1
+    assert plan.copies[0].verify
     same = plan_repository("src", "dst", {"1.0": "sha256:x"}, {"1.0": "sha256:x"}, TagSelector(),
                            rewrites_indexes=True)
-    assert same.copies == [] and same.skips[0].reason == "up-to-date"
+    assert same.copies == []
+    assert same.skips[0].reason == "up-to-date"
 
 
 def test_orphaned_destination_repositories() -> None:

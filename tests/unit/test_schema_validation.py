@@ -408,7 +408,8 @@ def test_crd_schema_is_one_a_real_api_server_accepts(kind: Kind) -> None:
         types = {"specReplicasPath": "integer", "statusReplicasPath": "integer", "labelSelectorPath": "string"}
         for key, expected in types.items():
             node = cel._schema_at(schema, scale[key])
-            assert node is not None and node["type"] == expected, (key, scale[key])
+            assert node is not None, (key, scale[key])
+            assert node["type"] == expected, (key, scale[key])
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=[k.kind for k in KINDS])
@@ -569,4 +570,5 @@ def test_harness_reports_rule_errors_and_messages() -> None:
     (small,) = cel.admit({"size": "1Gi"}, schema)
     assert (small.path, small.message) == ("size", "failed rule: quantity(self.size).isGreaterThan(quantity('1Gi'))")
     (broken,) = cel.admit({"size": "lots"}, schema)
-    assert broken.path == "size" and "evaluation error" in broken.message
+    assert broken.path == "size"
+    assert "evaluation error" in broken.message

@@ -19,7 +19,7 @@ from dockyard.api.patterns import (
     platform_error,
     semver_range_error,
 )
-from dockyard.api.registry import Condition
+from dockyard.api.registry import Condition, quantity_value
 from dockyard.api.schema import (
     CRON_BACKWARDS_PATTERN,
     CRON_MAX_LENGTH,
@@ -37,8 +37,15 @@ from dockyard.api.schema import (
     pattern_matches,
 )
 
-URL_PATTERN = r"^https?://[^\s/]+(/[^\s]*)?$"
+_HOST_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
+_PORT = r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+URL_PATTERN = (rf"^https?://({_HOST_LABEL}(\.{_HOST_LABEL})*|\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\])(:{_PORT})?"
+               r"(/([A-Za-z0-9._~!$&'()*+,;=:@/-]|%[0-9A-Fa-f]{2})*)?$")
+"""A registry base URL as the OCI client reads it (`dockyard.oci.client.registry_url`): http or https, a host
+name or IPv4 or [IPv6] address, a port 1-65535, a path; no credentials, query or fragment."""
 URL_MAX_LENGTH = 2048
+BANDWIDTH_MESSAGE = ("spec.limits.bandwidth must be at least 1 byte per second, e.g. 50Mi "
+                     "(0 or a fraction such as 1m does not mean no limit); omit the field for no limit")
 REPOSITORY_GLOB_MAX_LENGTH = 512
 """Repository names are at most 255 characters with the registry's host (distribution spec); a glob
 may spell them out longer."""
@@ -187,10 +194,21 @@ class Retry(Model):
 @dataclass(frozen=True)
 class Limits(Model):
     DOC = "Politeness and resource limits of one run."
+    RULES = (
+        Rule(
+            # isQuantity: a value the pattern refuses is reported once, by the pattern.
+            cel="!has(self.bandwidth) || !isQuantity(self.bandwidth) || "
+                "quantity(self.bandwidth).compareTo(quantity('1')) >= 0",
+            message=BANDWIDTH_MESSAGE,
+            check=lambda limits: limits.bandwidth is None or quantity_value(limits.bandwidth) >= 1,
+            field_path=".bandwidth",
+        ),
+    )
     concurrency: int = field(default=4, metadata=meta("Artifacts copied at once.", minimum=1, maximum=256))
     requests_per_second: int | None = field(
         default=None, metadata=meta("Requests per second to each registry.", minimum=1))
-    bandwidth: Quantity | None = field(default=None, metadata=meta("Bytes per second moved, e.g. 50Mi."))
+    bandwidth: Quantity | None = field(
+        default=None, metadata=meta("Bytes per second moved, e.g. 50Mi; at least 1. Omit it for no limit."))
     retry: Retry = field(default_factory=Retry, metadata=meta("Retries."))
 
 

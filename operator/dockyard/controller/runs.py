@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +32,8 @@ from dockyard.api import API_VERSION, SpecError
 from dockyard.api.replication import Endpoint, FailedItem, ReplicationPolicySpec
 from dockyard.api.schema import dump, parse
 from dockyard.controller.kube import ApiError, Kube
-from dockyard.oci.client import Credentials
+from dockyard.oci.backoff import Attempts, retry
+from dockyard.oci.client import Credentials, registry_url
 from dockyard.replication.copy import Access, EngineOptions, RunAccess, run_policy
 from dockyard.replication.result import MAX_FAILED_ITEMS, RunResult, last_run
 from dockyard.replication.state import MemoryState
@@ -119,7 +120,10 @@ async def _side(kube: Kube, namespace: str, endpoint: Endpoint, url: str) -> _Si
 
 async def _url(kube: Kube, namespace: str, endpoint: Endpoint, override: str | None) -> str:
     if override:
-        return override
+        try:
+            return registry_url(override)
+        except ValueError as e:
+            raise AccessError(str(e)) from e
     if endpoint.url is not None:
         return endpoint.url
     assert endpoint.registry_ref is not None
@@ -142,20 +146,24 @@ def status_of(result: RunResult) -> dict[str, Any]:
     return patch
 
 
-async def _report(kube: Kube, namespace: str, name: str, result: RunResult) -> None:
+def _report_delay(attempt: int, error: Exception) -> float | None:
+    """Seconds before reporting again after `attempt` failed, None when the error is final."""
+    if isinstance(error, ApiError):
+        transient = error.status >= 500 or error.status == 429
+    else:
+        transient = isinstance(error, aiohttp.ClientError | OSError | TimeoutError)
+    return min(30.0, 2.0 ** attempt) if transient and attempt < STATUS_ATTEMPTS else None
+
+
+async def _report(kube: Kube, namespace: str, name: str, result: RunResult,
+                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
     """Write the result; transient API trouble is retried (a lost report would hide the run)."""
     patch = status_of(result)
-    for attempt in range(1, STATUS_ATTEMPTS + 1):
-        try:
-            await kube.patch_status(API_VERSION, KIND, namespace, name, patch)
-            return
-        except ApiError as e:
-            if (e.status < 500 and e.status != 429) or attempt == STATUS_ATTEMPTS:
-                raise
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            if attempt == STATUS_ATTEMPTS:
-                raise
-        await asyncio.sleep(min(30.0, 2.0 ** attempt))
+
+    async def attempt(_attempts: Attempts) -> None:
+        await kube.patch_status(API_VERSION, KIND, namespace, name, patch)
+
+    await retry(attempt, _report_delay, sleep=sleep)
 
 
 async def run_in_cluster(namespace: str, name: str, *, source_url: str | None = None,

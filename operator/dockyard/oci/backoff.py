@@ -1,7 +1,8 @@
 """Backoff and rate-limit arithmetic for talking to registries: retry delays, Retry-After, token buckets.
 
 The arithmetic is pure and takes the clock as an argument, so it is tested exactly; the
-thin async `Limiter` only sleeps for what the arithmetic says.
+thin async `Limiter` only sleeps for what the arithmetic says, and `retry` is the one retry
+loop of the code base (the transport's requests and the copy engine's uploads both use it).
 """
 
 from __future__ import annotations
@@ -9,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
+
+T = TypeVar("T")
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_DELAY = 300.0
@@ -56,6 +60,48 @@ class RetryPolicy:
         if retry_after is not None and status in (429, 503):
             return min(retry_after, MAX_DELAY)
         return float(min(self.backoff * 2.0 ** (attempt - 1), self.cap))
+
+    def delay_for(self, attempt: int, error: BaseException) -> float | None:
+        """`delay` for a failure given as an exception with `status` (None: a connection error) and
+        `retry_after` attributes, as a `RegistryError` carries them; any other exception is a bug, not retried."""
+        if not hasattr(error, "status"):
+            return None
+        return self.delay(attempt, error.status, getattr(error, "retry_after", None))
+
+
+class Attempts:
+    """The failed attempts of one `retry` since the last progress."""
+
+    def __init__(self) -> None:
+        self.failed = 0
+
+    def progressed(self) -> None:
+        """The operation moved forward (a chunk went through): earlier failures no longer count."""
+        self.failed = 0
+
+
+async def retry(attempt: Callable[[Attempts], Awaitable[T]], delay: Callable[[int, Exception], float | None], *,
+                recover: Callable[[Exception], Awaitable[None]] | None = None,
+                sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> T:
+    """Await `attempt` until it returns; after it raises, wait `delay(n, error)` seconds and try again.
+
+    `n` counts the failures since the last `Attempts.progressed()` (1 for the first); a delay of None
+    gives up and re-raises the error. `recover(error)` runs after the wait and before the next attempt
+    (to learn how far an upload got, say); what it raises is not retried.
+    """
+    attempts = Attempts()
+    while True:
+        try:
+            return await attempt(attempts)
+        except Exception as error:
+            attempts.failed += 1
+            wait = delay(attempts.failed, error)
+            if wait is None:
+                raise
+            failure = error
+        await sleep(wait)
+        if recover is not None:
+            await recover(failure)
 
 
 @dataclass

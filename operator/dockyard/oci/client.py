@@ -30,6 +30,7 @@ from dockyard.oci.transport import (
     error_of,
     log,
     parse_challenge,
+    registry_url,
 )
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "log",
     "next_link",
     "parse_challenge",
+    "registry_url",
     "with_query",
 ]
 

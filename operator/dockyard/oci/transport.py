@@ -1,6 +1,6 @@
 """The transport under the OCI client: one registry endpoint's session, auth, retries and rate limit.
 
-Every request goes through `Transport.request`, the one retry loop: it applies the rate
+Every request goes through `Transport.request`, which retries with `backoff.retry`: it applies the rate
 limit, authenticates (Bearer tokens per scope, or basic), re-authenticates once on 401 and
 backs off on 429/5xx honouring Retry-After. Connection errors give up after a few short
 retries, saying at once what they wait for. The OCI API calls themselves live in the client.
@@ -24,7 +24,8 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from dockyard.oci.backoff import Limiter, RetryPolicy, parse_retry_after
+from dockyard.oci import backoff
+from dockyard.oci.backoff import Attempts, Limiter, RetryPolicy, parse_retry_after
 
 log = logging.getLogger("dockyard.replicate")
 
@@ -36,13 +37,77 @@ CONNECT_RETRY = RetryPolicy(max=3, backoff=0.5, cap=2.0)
 CONNECT_TIMEOUT = 10.0
 
 
+_HOST_LABEL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+_IPV6 = frozenset("0123456789abcdefABCDEF:.")
+# RFC 3986 path characters (unreserved, sub-delims, ':' and '@') and '/'; '%' only starts a %XX escape.
+_PATH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@/")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def registry_url(text: str) -> str:
+    """The base URL of a registry as the client uses it (no trailing slash), or ValueError saying why not.
+
+    `http://` or `https://` (lower case: the scheme decides TLS), a host name, IPv4 address or
+    [IPv6] address, an optional port 1-65535 and an optional path the API paths are appended to.
+    No credentials (they come from a Secret), query or fragment, which the request paths would
+    end up inside. The CRD's `url` pattern accepts exactly these (tests/unit/test_replication_admission_fields.py).
+    """
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{text!r} is not a registry URL: {why} (e.g. https://registry.example.com or "
+                          "http://10.0.0.5:5000)")
+
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        raise bad("it must start with http:// or https://")
+    if "?" in rest or "#" in rest:
+        raise bad("a registry URL has no query or fragment")
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        raise bad("credentials belong in the policy's secretRef, not in the URL")
+    port: str | None = None
+    if authority.startswith("["):
+        host, bracket, after = authority[1:].partition("]")
+        if not bracket or ":" not in host or not set(host) <= _IPV6:
+            raise bad(f"{authority!r} is not a bracketed IPv6 address")
+        if after and not after.startswith(":"):
+            raise bad(f"{authority!r} is not an address and port")
+        port = after[1:] if after else None
+    else:
+        host, colon, after = authority.partition(":")
+        port = after if colon else None
+        labels = host.split(".")
+        if not all(label and set(label) <= _HOST_LABEL and label[0] != "-" and label[-1] != "-"
+                   for label in labels):
+            raise bad(f"{host!r} is not a host name or IP address")
+    if port is not None and not (port.isascii() and port.isdigit() and port[0] != "0" and int(port) <= 65535):
+        raise bad(f"the port must be a number from 1 to 65535, not {port!r}")
+    if slash:
+        plain, *escaped = path.split("%")
+        for piece in escaped:
+            if len(piece) < 2 or not set(piece[:2]) <= _HEX:
+                raise bad("a % in the path must start a %XX escape")
+        if not set(plain).union(*(piece[2:] for piece in escaped)) <= _PATH:
+            raise bad("the path may only hold URL path characters (no blanks; %-escape the rest)")
+    return text.rstrip("/")
+
+
 class RegistryError(Exception):
     """A request that failed for good; `status` is None for connection-level failures."""
 
-    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, code: str | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.retry_after = retry_after  # seconds the server asked to wait (Retry-After), if it did
+
+
+class _Final(Exception):
+    """Carries an error out of `Transport.request`'s retry loop untouched (a failed token request)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -112,7 +177,7 @@ class Transport:
                  ca_file: str | None = None, retry: RetryPolicy | None = None,
                  requests_per_second: float | None = None, connections: int = 16,
                  stall_timeout: float = 60.0) -> None:
-        self.url = url.rstrip("/")
+        self.url = registry_url(url)
         self.credentials = credentials
         self.retry = retry or RetryPolicy()
         self.limiter = Limiter(requests_per_second)
@@ -217,45 +282,54 @@ class Transport:
     async def request(self, method: str, url: str, *, scope: str, headers: Mapping[str, str] | None = None,
                         data: bytes | None = None, ok: tuple[int, ...], retry: bool = True,
                         stream: bool = False) -> tuple[aiohttp.ClientResponse, bytes]:
-        """The one retry loop: rate limit, auth, one re-authentication on 401, backoff on 429/5xx and
-        connection errors. A status in `ok` is returned with its body read, or, with `stream`, unread
-        (the caller releases the response); anything else raises RegistryError once retries run out.
+        """Rate limit, auth, one re-authentication on 401, backoff on 429/5xx and connection errors
+        (through `backoff.retry`). A status in `ok` is returned with its body read, or, with `stream`,
+        unread (the caller releases the response); anything else raises RegistryError once retries run out.
         """
-        attempt = 0
         reauthed = False
-        while True:
-            await self.limiter.take()
-            hdrs = CIMultiDict(headers or {})
-            hdrs.update(await self._auth_header(scope))
-            self.stats.requests[method] += 1
-            status: int | None = None
-            retry_after: float | None = None
-            try:
-                resp = await self.session.request(method, url, headers=hdrs, data=data, allow_redirects=True)
-                status = resp.status
-                if stream and status in ok:
-                    return resp, b""
+
+        async def attempt(_: Attempts) -> tuple[aiohttp.ClientResponse, bytes]:
+            nonlocal reauthed
+            while True:
+                await self.limiter.take()
+                hdrs = CIMultiDict(headers or {})
                 try:
-                    body = await resp.read()
-                finally:
-                    resp.release()
+                    hdrs.update(await self._auth_header(scope))
+                except Exception as e:  # a failed token request is not retried here
+                    raise _Final(e) from e
+                self.stats.requests[method] += 1
+                try:
+                    resp = await self.session.request(method, url, headers=hdrs, data=data, allow_redirects=True)
+                    status = resp.status
+                    if stream and status in ok:
+                        return resp, b""
+                    try:
+                        body = await resp.read()
+                    finally:
+                        resp.release()
+                except _CONNECT_ERRORS as e:
+                    raise self._cannot_connect(e) from None
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    raise RegistryError(f"{method} {url}: {type(e).__name__}: {e}") from None
                 if status == 401 and not reauthed and self.challenged(resp.headers.get("WWW-Authenticate"), scope):
                     reauthed = True
                     continue
                 if status in ok:
                     return resp, body
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 error = error_of(method, url, status, body)
-            except _CONNECT_ERRORS as e:
-                error = self._cannot_connect(e)
-            except (aiohttp.ClientError, TimeoutError) as e:
-                error = RegistryError(f"{method} {url}: {type(e).__name__}: {e}")
-            attempt += 1
-            delay = self._delay(attempt, status, retry_after, error) if retry else None
-            if delay is None:
+                error.retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 raise error
+
+        def delay(n: int, error: Exception) -> float | None:
+            return self._delay(n, error) if retry and isinstance(error, RegistryError) else None
+
+        async def count(_: Exception) -> None:
             self.stats.retries += 1
-            await asyncio.sleep(delay)
+
+        try:
+            return await backoff.retry(attempt, delay, recover=count)
+        except _Final as final:
+            raise final.error from None
 
     async def send(self, method: str, location: str, *, scope: str, data: Any, headers: Mapping[str, str],
                    ok: tuple[int, ...]) -> Response:
@@ -280,11 +354,10 @@ class Transport:
     def _cannot_connect(self, e: Exception) -> ConnectError:
         return ConnectError(self.url, connect_reason(e), retryable=not isinstance(e, aiohttp.ClientSSLError))
 
-    def _delay(self, attempt: int, status: int | None, retry_after: float | None,
-               error: RegistryError) -> float | None:
+    def _delay(self, attempt: int, error: RegistryError) -> float | None:
         """Seconds before the next attempt, or None to give up; connection errors say so at once."""
         if not isinstance(error, ConnectError):
-            return self.retry.delay(attempt, status, retry_after)
+            return self.retry.delay_for(attempt, error)
         if not error.retryable or attempt > self.retry.max:
             return None
         delay = CONNECT_RETRY.delay(attempt)

@@ -25,9 +25,12 @@ REGISTRY_PORT = 5000
 
 
 def resolve_url(side: Any, policy_namespace: str, override: str | None) -> str:
-    """The URL of one side: the override, the side's url, or its Registry's Service."""
+    """The URL of one side: the override (ValueError when the client could not use it), the side's url,
+    or its Registry's Service."""
     if override:
-        return str(override)
+        from dockyard.oci.client import registry_url
+
+        return registry_url(override)
     if side.url is not None:
         return str(side.url)
     ref = side.registry_ref

@@ -25,6 +25,7 @@ import aiohttp
 
 from dockyard.api.replication import FailedItem, ReplicationPolicySpec
 from dockyard.oci import Digest, mediatypes
+from dockyard.oci.backoff import Limiter, RetryPolicy
 from dockyard.oci.client import Credentials, RegistryClient, RegistryError, WireManifest, log
 from dockyard.replication.filters import (
     TagSelector,
@@ -35,7 +36,7 @@ from dockyard.replication.filters import (
     referrers_tag,
     repository_selected,
 )
-from dockyard.replication.limits import Limiter, RetryPolicy, parse_bytes, parse_spec_duration
+from dockyard.replication.limits import parse_bandwidth, parse_spec_duration
 from dockyard.replication.plan import CopyItem, DeleteItem, PathRewrite, Plan, decide, orphaned_destinations
 from dockyard.replication.plan import plan_repository as _plan_repository
 from dockyard.replication.result import RunResult
@@ -111,7 +112,7 @@ class Engine:
         self.item_slots = asyncio.Semaphore(concurrency)
         self.repo_slots = asyncio.Semaphore(concurrency)
         self.blob_slots = asyncio.Semaphore(concurrency)
-        bandwidth = parse_bytes(spec.limits.bandwidth) if spec.limits.bandwidth else None
+        bandwidth = parse_bandwidth(spec.limits.bandwidth) if spec.limits.bandwidth is not None else None
         self.bandwidth = Limiter(bandwidth, burst=max(bandwidth or 0, PIECE) if bandwidth else None)
         self._once: dict[tuple[str, ...], asyncio.Future[Any]] = {}
         self._holders: dict[str, asyncio.Future[str | None]] = {}

@@ -1,8 +1,6 @@
-"""Politeness and resilience rules of the copy engine: rate limits, backoff, stall detection.
+"""The copy engine's limits as the policy writes them (durations, byte quantities) and stall detection.
 
-The arithmetic (token buckets, retry delays, Retry-After parsing) is pure and takes the
-clock as an argument, so it is tested exactly; the thin async wrappers only sleep for
-what the arithmetic says.
+Rate limits, retry delays and Retry-After parsing are `dockyard.oci.backoff`'s.
 """
 
 from __future__ import annotations
@@ -12,10 +10,7 @@ import re
 from fractions import Fraction
 
 from dockyard.api.registry import quantity_value
-from dockyard.oci.backoff import MAX_DELAY, RETRYABLE_STATUSES, Limiter, RetryPolicy, TokenBucket, parse_retry_after
-
-__all__ = ["MAX_DELAY", "RETRYABLE_STATUSES", "Limiter", "ProgressGuard", "RetryPolicy", "Stalled", "TokenBucket",
-           "parse_bytes", "parse_retry_after", "parse_spec_duration"]
+from dockyard.api.replication import BANDWIDTH_MESSAGE
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 
@@ -39,6 +34,14 @@ def parse_bytes(text: str) -> int:
     if value is None or value < 0:
         raise ValueError(f"not a byte quantity: {text!r} (use e.g. 50Mi)")
     return int(value)
+
+
+def parse_bandwidth(text: str) -> int:
+    """`spec.limits.bandwidth` -> bytes per second, at least 1 (the field is omitted for no limit)."""
+    value = parse_bytes(text)
+    if value < 1:
+        raise ValueError(BANDWIDTH_MESSAGE)
+    return value
 
 
 class Stalled(Exception):

@@ -11,15 +11,15 @@ only when no byte moves for the stall timeout, never because it takes long.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
 
 from dockyard.oci import Digest, Hasher
+from dockyard.oci.backoff import RETRYABLE_STATUSES, Attempts, Limiter, RetryPolicy, retry
 from dockyard.oci.client import RegistryClient, RegistryError, with_query
-from dockyard.replication.limits import Limiter, ProgressGuard, RetryPolicy, Stalled
+from dockyard.replication.limits import ProgressGuard, Stalled
 
 PIECE = 256 * 1024
 
@@ -29,8 +29,9 @@ class DigestMismatch(Exception):
 
 
 def retryable(error: BaseException) -> bool:
+    """Worth another attempt: a retryable HTTP status, a connection error, a stall or corrupt bytes."""
     if isinstance(error, RegistryError):
-        return error.status is None or error.status in (408, 429, 500, 502, 503, 504)
+        return error.status is None or error.status in RETRYABLE_STATUSES
     return isinstance(error, Stalled | aiohttp.ClientError | TimeoutError | ConnectionError | DigestMismatch)
 
 
@@ -99,35 +100,37 @@ class BlobMover:
             self.on_bytes(len(pending))
             yield pending
 
+    def _delay(self, attempt: int, error: Exception) -> float | None:
+        return self.retry.delay(attempt, getattr(error, "status", None)) if retryable(error) else None
+
     async def _monolithic(self, src_repo: str, dst_repo: str, desc: Mapping[str, Any],
                           location: str | None) -> None:
         digest = str(desc["digest"])
         size = int(desc["size"])
         expected = Digest.parse(digest)
-        attempt = 0
-        while True:
-            try:
-                if location is None:
-                    _, location = await self.dest.start_upload(dst_repo)
-                async with ProgressGuard(self.stall_timeout) as guard:
-                    reader = _Reader(await self.source.open_blob(src_repo, digest), 0)
-                    try:
-                        body = self._pieces(reader, size, Hasher(expected.algorithm), guard, expected)
-                        await self.dest.send(dst_repo, "PUT", with_query(location, digest=digest), data=body,
-                                             headers={"Content-Type": "application/octet-stream",
-                                                      "Content-Length": str(size)}, ok=(201, 204))
-                    finally:
-                        reader.close()
-                return
-            except Exception as e:
-                attempt += 1
-                delay = self.retry.delay(attempt, getattr(e, "status", None)) if retryable(e) else None
-                if delay is None:
-                    raise
-                if location is not None:
-                    await self.dest.cancel_upload(dst_repo, location)
-                location = None
-                await asyncio.sleep(delay)
+
+        async def attempt(_attempts: Attempts) -> None:
+            nonlocal location
+            if location is None:
+                _, location = await self.dest.start_upload(dst_repo)
+            async with ProgressGuard(self.stall_timeout) as guard:
+                reader = _Reader(await self.source.open_blob(src_repo, digest), 0)
+                try:
+                    body = self._pieces(reader, size, Hasher(expected.algorithm), guard, expected)
+                    await self.dest.send(dst_repo, "PUT", with_query(location, digest=digest), data=body,
+                                         headers={"Content-Type": "application/octet-stream",
+                                                  "Content-Length": str(size)}, ok=(201, 204))
+                finally:
+                    reader.close()
+
+        async def abandon(_error: Exception) -> None:
+            """Start the next attempt in a fresh session."""
+            nonlocal location
+            if location is not None:
+                await self.dest.cancel_upload(dst_repo, location)
+            location = None
+
+        await retry(attempt, self._delay, recover=abandon)
 
     async def _open_at(self, src_repo: str, digest: str, offset: int, snapshots: dict[int, Hasher],
                        guard: ProgressGuard) -> tuple[_Reader, Hasher]:
@@ -158,49 +161,46 @@ class BlobMover:
         chunk = self.chunk_size
         if location is None:
             _, location = await self.dest.start_upload(dst_repo)
+        session: str = location
         offset = 0
         snapshots: dict[int, Hasher] = {0: Hasher(expected.algorithm)}
-        attempt = 0
-        reader: _Reader | None = None
-        try:
-            while True:
-                try:
-                    async with ProgressGuard(self.stall_timeout) as guard:
-                        while offset < size:
-                            if reader is None or reader.offset != offset:
-                                if reader is not None:
-                                    reader.close()
-                                reader, hasher = await self._open_at(src_repo, digest, offset, snapshots, guard)
-                            n = min(chunk, size - offset)
-                            last = offset + n == size
-                            body = self._pieces(reader, n, hasher, guard, expected if last else None)
-                            resp = await self.dest.send(
-                                dst_repo, "PATCH", location, data=body, ok=(202, 204),
-                                headers={"Content-Type": "application/octet-stream", "Content-Length": str(n),
-                                         "Content-Range": f"{offset}-{offset + n - 1}"})
-                            location = self.dest.absolute(resp.headers.get("Location") or location)
-                            offset += n
-                            snapshots = {k: v for k, v in snapshots.items() if k == 0 or k >= offset - 4 * chunk}
-                            snapshots[offset] = hasher.copy()
-                            attempt = 0
-                        await self.dest.send(dst_repo, "PUT", with_query(location, digest=digest), data=b"",
-                                             headers={"Content-Length": "0"}, ok=(201, 204))
-                    return
-                except Exception as e:
-                    attempt += 1
-                    delay = self.retry.delay(attempt, getattr(e, "status", None)) if retryable(e) else None
-                    if delay is None:
-                        raise
-                    if reader is not None:
-                        reader.close()
-                        reader = None
-                    await asyncio.sleep(delay)
-                    held = await self.dest.upload_status(dst_repo, location)
-                    if held is None or held > size:  # the session is gone: start over
-                        _, location = await self.dest.start_upload(dst_repo)
-                        offset, snapshots = 0, {0: Hasher(expected.algorithm)}
-                    else:
-                        offset = held
-        finally:
-            if reader is not None:
-                reader.close()
+
+        async def attempt(attempts: Attempts) -> None:
+            nonlocal session, offset, snapshots
+            reader: _Reader | None = None
+            try:
+                async with ProgressGuard(self.stall_timeout) as guard:
+                    while offset < size:
+                        if reader is None or reader.offset != offset:
+                            if reader is not None:
+                                reader.close()
+                            reader, hasher = await self._open_at(src_repo, digest, offset, snapshots, guard)
+                        n = min(chunk, size - offset)
+                        last = offset + n == size
+                        body = self._pieces(reader, n, hasher, guard, expected if last else None)
+                        resp = await self.dest.send(
+                            dst_repo, "PATCH", session, data=body, ok=(202, 204),
+                            headers={"Content-Type": "application/octet-stream", "Content-Length": str(n),
+                                     "Content-Range": f"{offset}-{offset + n - 1}"})
+                        session = self.dest.absolute(resp.headers.get("Location") or session)
+                        offset += n
+                        snapshots = {k: v for k, v in snapshots.items() if k == 0 or k >= offset - 4 * chunk}
+                        snapshots[offset] = hasher.copy()
+                        attempts.progressed()
+                    await self.dest.send(dst_repo, "PUT", with_query(session, digest=digest), data=b"",
+                                         headers={"Content-Length": "0"}, ok=(201, 204))
+            finally:
+                if reader is not None:
+                    reader.close()
+
+        async def resume(_error: Exception) -> None:
+            """Continue where the destination says the upload got to, from zero when it lost the session."""
+            nonlocal session, offset, snapshots
+            held = await self.dest.upload_status(dst_repo, session)
+            if held is None or held > size:
+                _, session = await self.dest.start_upload(dst_repo)
+                offset, snapshots = 0, {0: Hasher(expected.algorithm)}
+            else:
+                offset = held
+
+        await retry(attempt, self._delay, recover=resume)
