@@ -26,7 +26,7 @@ from dockyard.registry import gc
 from dockyard.registry.gc import collect
 from dockyard.registry.storage import FilesystemStorage
 from tests.registry.conftest import OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, Client, digest_of
-from tests.registry.processes import DOCKYARD, RegistryProcess, free_port, start_dockyard
+from tests.registry.processes import DOCKYARD, start_dockyard
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 HOURS_AGO = time.time() - 3 * 3600
@@ -276,14 +276,9 @@ def _pusher(c: Client, worker: int, stop: threading.Event, ledger: Ledger, share
 
 
 def test_every_acknowledged_push_survives_a_gc_loop_at_grace_zero(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    root.mkdir()
     config = tmp_path / "config.yaml"
     config.write_text("gc: {interval: 200ms, gracePeriod: 0s, deleteUntagged: true}\n")
-    port = free_port()
-    proc = RegistryProcess([DOCKYARD, "registry", "serve", "--config", str(config), "--root", str(root),
-                            "--addr", f"127.0.0.1:{port}"], port, root, tmp_path / "serve.log")
-    with proc.start():
+    with start_dockyard(tmp_path / "root", "--config", str(config)) as proc:
         c = Client(proc.url)
         shared = [f"shared base layer {i}".encode() * 100 for i in range(4)]
         ledger = Ledger()
