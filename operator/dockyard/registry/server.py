@@ -19,11 +19,11 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.http_exceptions import HttpProcessingError
 
 from dockyard.registry.app import RegistryService
 from dockyard.registry.auth import Htpasswd
 from dockyard.registry.config import ServeConfig
+from dockyard.registry.connections import ConnectionFactory
 from dockyard.registry.gc import collect
 from dockyard.registry.metrics import Metrics
 from dockyard.registry.notify import Notifier
@@ -73,18 +73,6 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
-class MalformedRequestFilter(logging.Filter):
-    """aiohttp logs requests it cannot parse with a traceback; they are the client's fault."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            record.msg, record.args, record.exc_info = "rejected a malformed request: %s", (
-                " ".join(str(exc.message).split())[:300],), None
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
-
-
 def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -94,7 +82,6 @@ def _setup_logging() -> None:
     root = logging.StreamHandler(sys.stderr)
     root.setFormatter(JsonFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[root])
-    logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
 
 
 def _event(message: str, **fields: Any) -> None:
@@ -140,11 +127,13 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
         registry.notifier = Notifier(cfg.notify, registry.metrics)
         await registry.notifier.start()
     app = registry.application()
-    runner = web.AppRunner(app, access_log_class=access_logger_for(registry.metrics), access_log=access,
-                           handle_signals=False)
+    handler_args: dict[str, Any] = {"access_log_class": access_logger_for(registry.metrics), "access_log": access}
+    runner = web.AppRunner(app, handle_signals=False, **handler_args)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.host, cfg.port, ssl_context=ssl_context, backlog=1024)
-    await site.start()
+    assert runner.server is not None
+    loop = asyncio.get_running_loop()
+    listener = await loop.create_server(ConnectionFactory(runner.server, handler_args), cfg.host, cfg.port,
+                                        ssl=ssl_context, backlog=1024)
     tasks = []
     if htpasswd is not None:
         tasks.append(asyncio.create_task(_poll_htpasswd(registry, htpasswd)))
@@ -154,7 +143,6 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
            auth=htpasswd is not None, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only,
            gc=cfg.gc is not None, notify=cfg.notify.url if cfg.notify else None)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
@@ -162,6 +150,7 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
     finally:
         for t in tasks:
             t.cancel()
+        listener.close()
         await runner.cleanup()
         if registry.notifier is not None:
             await registry.notifier.close()

@@ -1,0 +1,78 @@
+"""The registry under hostile or unusual input: malformed headers, Unicode digits, long passwords.
+
+Every test talks to a real `dockyard registry serve` process over a socket, so what is
+checked is exactly what a client would receive and what the server would log.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tests.registry.conftest import Client, write_htpasswd
+from tests.registry.processes import RegistryProcess, start_dockyard
+
+CREDENTIALS = base64.b64encode(b"user:pass").decode()  # dXNlcjpwYXNz
+
+
+def raw_request(server: RegistryProcess, payload: bytes, timeout: float = 10.0) -> bytes:
+    """Send bytes as they are (no client library fixing them up) and read until the server closes."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as s:
+        s.sendall(payload)
+        received = b""
+        while chunk := s.recv(65536):
+            received += chunk
+    return received
+
+
+def split_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.fixture(scope="module")
+def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+    workdir = tmp_path_factory.mktemp("hostile")
+    htpasswd = write_htpasswd(workdir / "htpasswd", {"user": "pass"})
+    with start_dockyard(workdir / "root", "--htpasswd", str(htpasswd)) as proc:
+        yield proc
+
+
+@pytest.mark.parametrize("header", [
+    f"Authorization : Basic {CREDENTIALS}",
+    f"Authorization: Basic {CREDENTIALS}\x01",
+], ids=["space-before-colon", "control-character"])
+def test_malformed_authorization_is_neither_logged_nor_echoed(private: RegistryProcess, header: str) -> None:
+    raw = raw_request(private, f"GET /v2/ HTTP/1.1\r\nHost: x\r\n{header}\r\n\r\n".encode("latin-1"))
+    status, headers, body = split_response(raw)
+    assert status == 400
+    assert headers["content-type"].startswith("application/json")
+    errors = json.loads(body)["errors"]
+    assert errors and {"code", "message"} <= errors[0].keys()
+    for secret in (CREDENTIALS.encode(), b"user:pass"):
+        assert secret not in raw
+    # the server has logged the rejection by now: it wrote the response after logging
+    log = private.output()
+    assert "malformed" in log
+    assert CREDENTIALS not in log and "user:pass" not in log
+
+
+@pytest.fixture(scope="module")
+def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+    with start_dockyard(tmp_path_factory.mktemp("open") / "root") as proc:
+        yield proc
+
+
+def test_unicode_digits_in_content_length_are_a_client_error(open_server: RegistryProcess) -> None:
+    location = Client(open_server.url).start_upload("digits")
+    raw = raw_request(open_server, (f"PATCH {location} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                    "Content-Length: \u00b2\r\n\r\nxx").encode())
+    status, _, body = split_response(raw)
+    assert status == 400
+    assert json.loads(body)["errors"][0]["code"]
