@@ -69,6 +69,16 @@ def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryPr
         yield proc
 
 
+@pytest.mark.parametrize("path", ["/v2/_catalog?n=%C2%B2", "/v2/digits/tags/list?n=%C2%B9",
+                                  "/v2/_catalog?n=%EF%BC%91"])
+def test_unicode_digits_in_n_are_a_client_error(open_server: RegistryProcess, path: str) -> None:
+    c = Client(open_server.url)
+    c.push_image("digits", "v1")
+    r = c.request("GET", path)
+    assert r.status == 400, r.body
+    assert r.error_codes() == ["UNSUPPORTED"]
+
+
 def test_unicode_digits_in_content_length_are_a_client_error(open_server: RegistryProcess) -> None:
     location = Client(open_server.url).start_upload("digits")
     raw = raw_request(open_server, (f"PATCH {location} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"

@@ -47,7 +47,7 @@ _ROUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?P<name>.+)/referrers/(?P<digest>[^/]+)"), "referrers"),
 ]
 REGISTRY: web.AppKey[RegistryService] = web.AppKey("registry")
-_CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
+_CONTENT_RANGE = re.compile(r"(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?")
 
 
 class HTTPError(OCIError):
@@ -89,10 +89,15 @@ def _range_header(size: int) -> str:
     return f"0-{max(size - 1, 0)}"
 
 
+def _ascii_digits(value: str) -> bool:
+    """True for a plain decimal number: `str.isdigit` also accepts superscripts and fullwidth digits."""
+    return value.isascii() and value.isdigit()
+
+
 def _non_negative_int(value: str | None, key: str) -> int | None:
     if value is None:
         return None
-    if not value.isdigit() or len(value) > 9:
+    if not _ascii_digits(value) or len(value) > 9:
         raise HTTPError(ErrorCode.UNSUPPORTED, f"query parameter {key} must be a non-negative integer",
                         status=400)
     return int(value)
@@ -260,7 +265,7 @@ class RegistryService:
         value = request.headers.get("Content-Length")
         if value is None:
             return None
-        if not value.isdigit():
+        if not _ascii_digits(value):
             raise OCIError(ErrorCode.SIZE_INVALID, f"invalid Content-Length {value[:50]!r}")
         return int(value)
 
