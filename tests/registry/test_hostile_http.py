@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import socket
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
+import bcrypt
 import pytest
 
 from tests.registry.conftest import Client, write_htpasswd
@@ -86,3 +90,24 @@ def test_unicode_digits_in_content_length_are_a_client_error(open_server: Regist
     status, _, body = split_response(raw)
     assert status == 400
     assert json.loads(body)["errors"][0]["code"]
+
+
+def _htpasswd_72(path: Path, user: str, password: bytes) -> Path:
+    """What `htpasswd -B` writes for a long password: bcrypt reads only its first 72 bytes."""
+    htpasswd = shutil.which("htpasswd")
+    if htpasswd is not None:
+        subprocess.run([htpasswd, "-B", "-b", "-c", "-C", "5", str(path), user, password.decode()], check=True,
+                       capture_output=True)
+    else:
+        path.write_text(f"{user}:{bcrypt.hashpw(password[:72], bcrypt.gensalt(rounds=5)).decode()}\n")
+    return path
+
+
+def test_passwords_longer_than_72_bytes_compare_their_first_72(tmp_path: Path) -> None:
+    password = b"p" * 40 + b"q" * 40
+    htpasswd = _htpasswd_72(tmp_path / "htpasswd", "long", password)
+    with start_dockyard(tmp_path / "root", "--htpasswd", str(htpasswd)) as server:
+        assert Client(server.url, ("long", password.decode())).request("GET", "/v2/").status == 200
+        # as in distribution (Go's bcrypt): bytes past the 72nd are not part of the password
+        assert Client(server.url, ("long", password[:72].decode() + "zzzz")).request("GET", "/v2/").status == 200
+        assert Client(server.url, ("long", password[:71].decode())).request("GET", "/v2/").status == 401

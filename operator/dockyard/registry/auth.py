@@ -1,8 +1,10 @@
 """htpasswd basic authentication with bcrypt, cached so a pull does not cost 100 ms per request.
 
 Verification results are cached by (user, sha256(password)) and the whole cache is dropped
-when the file changes. Kubernetes updates a mounted Secret by swapping a symlink, so the
-file is polled (stat on the resolved path: inode, size, mtime) instead of watched.
+when the file changes. As in distribution, only a password's first 72 bytes count: that is
+all bcrypt ever hashed, so an entry made from a longer password accepts it. Kubernetes
+updates a mounted Secret by swapping a symlink, so the file is polled (stat on the resolved
+path: inode, size, mtime) instead of watched.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 import bcrypt
 
 CACHE_LIMIT = 4096
+BCRYPT_MAX_PASSWORD = 72
+"""bcrypt reads at most 72 bytes of a password; Go's bcrypt (distribution) ignores the rest, Python's raises."""
 
 
 class Htpasswd:
@@ -73,7 +77,7 @@ class Htpasswd:
         ok = False
         if hashed is not None:
             try:
-                ok = bcrypt.checkpw(password.encode(), hashed)
+                ok = bcrypt.checkpw(password.encode()[:BCRYPT_MAX_PASSWORD], hashed)
             except ValueError:
                 ok = False
         if len(self._cache) >= CACHE_LIMIT:
