@@ -4,6 +4,16 @@ One catch-all route under /v2/ dispatches on the path suffix, because repository
 contain slashes. Endpoint ids (end-N) in the handler docstrings follow the spec's table.
 A single middleware does authentication, read-only mode, error bodies and metrics; storage
 work runs in a thread pool so the event loop never blocks on the filesystem.
+
+Access with an htpasswd file, decided deliberately:
+
+- `/metrics`, `/healthz` and `/readyz` need no credentials: Prometheus and the kubelet
+  scrape them without any, and /metrics names no repository, tag or user (request counts
+  by method and status, byte counters, durations, GC and notification counters).
+- With `--anonymous-pull`, anonymous clients may pull blobs, manifests, tags and referrers
+  of any repository they can name, but may not list `_catalog` (that would reveal every
+  repository name) or look at upload sessions (those belong to whoever pushes): both need
+  credentials, as does the base endpoint `/v2/`, so clients learn to send them for a push.
 """
 
 from __future__ import annotations
@@ -48,6 +58,27 @@ _ROUTES: list[tuple[re.Pattern[str], str]] = [
 ]
 REGISTRY: web.AppKey[RegistryService] = web.AppKey("registry")
 _CONTENT_RANGE = re.compile(r"(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?")
+
+
+def _route(tail: str) -> tuple[str, dict[str, str]] | None:
+    """The endpoint kind of a path below /v2/ and its decoded parameters; None when none matches."""
+    if unquote(tail) == "_catalog":
+        return "catalog", {}
+    for pattern, kind in _ROUTES:
+        m = pattern.fullmatch(tail)
+        if m is not None:
+            return kind, {k: unquote(v) for k, v in m.groupdict().items()}
+    return None
+
+
+def _v2_tail(request: web.Request) -> str:
+    """The raw path after /v2/: an encoded '/' stays inside the segment it was sent in."""
+    raw = request.rel_url.raw_path
+    return raw[4:] if raw.startswith("/v2/") else request.match_info.get("tail", "")
+
+
+ANONYMOUS_KINDS = frozenset({"blob", "manifest", "tags", "referrers"})
+"""What `--anonymous-pull` opens to anonymous reads: pulling, not the catalog or upload sessions."""
 
 
 class HTTPError(OCIError):
@@ -130,9 +161,7 @@ class RegistryService:
         if creds == ("", ""):  # some clients answer a challenge with empty credentials
             creds = None
         if creds is None:
-            # With anonymous pull, the base endpoint still challenges: clients decide from
-            # that ping whether to send credentials, and a push needs them.
-            if self.anonymous_pull and request.method in READ_METHODS and request.path not in ("/v2", "/v2/"):
+            if self.anonymous_pull and request.method in READ_METHODS and self._pull_endpoint(request):
                 return
             raise self._unauthorized("authentication required")
         ok = self.htpasswd.cached(*creds)
@@ -140,6 +169,14 @@ class RegistryService:
             ok = await self.run(self.htpasswd.verify, *creds)
         if not ok:
             raise self._unauthorized("invalid username or password")
+
+    @staticmethod
+    def _pull_endpoint(request: web.Request) -> bool:
+        """An endpoint anonymous pull opens; the base endpoint is not one, so clients learn to log in."""
+        if request.path in ("/v2", "/v2/"):
+            return False
+        route = _route(_v2_tail(request))
+        return route is not None and route[0] in ANONYMOUS_KINDS
 
     @staticmethod
     def _unauthorized(message: str) -> HTTPError:
@@ -194,30 +231,23 @@ class RegistryService:
         return web.json_response({}, headers=API_HEADERS)
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
-        # Match on the raw path so an encoded '/' stays inside the segment it was sent in;
-        # each part is decoded afterwards and validated before it is used.
-        raw = request.rel_url.raw_path
-        tail = raw[4:] if raw.startswith("/v2/") else request.match_info["tail"]
-        if unquote(tail) == "_catalog":
-            tail = "_catalog"
-        if tail == "_catalog":
+        # Match on the raw path; each part is decoded afterwards and validated before it is used.
+        route = _route(_v2_tail(request))
+        if route is None:
+            raise OCIError(ErrorCode.NAME_UNKNOWN, f"no such endpoint: {request.path[:300]}", status=404)
+        kind, params = route
+        if kind == "catalog":
             if request.method not in READ_METHODS:
                 raise OCIError(ErrorCode.UNSUPPORTED, f"{request.method} is not allowed on /v2/_catalog",
                                status=405)
             return await self.catalog(request)
-        for pattern, kind in _ROUTES:
-            m = pattern.fullmatch(tail)
-            if m is None:
-                continue
-            params = {k: unquote(v) for k, v in m.groupdict().items()}
-            _check_name(params["name"])
-            handler = (getattr(self, f"{kind}_{request.method.lower()}", None)
-                       if request.method in READ_METHODS | WRITE_METHODS else None)
-            if handler is None:
-                raise OCIError(ErrorCode.UNSUPPORTED, f"{request.method} is not allowed here", status=405)
-            result: web.StreamResponse = await handler(request, **params)
-            return result
-        raise OCIError(ErrorCode.NAME_UNKNOWN, f"no such endpoint: {request.path[:300]}", status=404)
+        _check_name(params["name"])
+        handler = (getattr(self, f"{kind}_{request.method.lower()}", None)
+                   if request.method in READ_METHODS | WRITE_METHODS else None)
+        if handler is None:
+            raise OCIError(ErrorCode.UNSUPPORTED, f"{request.method} is not allowed here", status=405)
+        result: web.StreamResponse = await handler(request, **params)
+        return result
 
     # ---- blobs -----------------------------------------------------------------------------
 

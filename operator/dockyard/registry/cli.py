@@ -93,7 +93,8 @@ def register(sub: Any) -> None:
     serve.add_argument("--root", help="storage directory (default /var/lib/registry)")
     serve.add_argument("--htpasswd", help="bcrypt htpasswd file; re-read when it changes")
     serve.add_argument("--anonymous-pull", action="store_true", help="allow pulls without credentials")
-    serve.add_argument("--read-only", action="store_true", help="maintenance mode: refuse pushes and deletes")
+    serve.add_argument("--read-only", action="store_true",
+                       help="maintenance mode: refuse pushes and deletes, skip scheduled GC")
     serve.add_argument("--tls-cert", help="TLS certificate (PEM)")
     serve.add_argument("--tls-key", help="TLS private key (PEM)")
     serve.set_defaults(func=_cmd_serve)

@@ -98,14 +98,26 @@ async def _poll_htpasswd(registry: RegistryService, htpasswd: Htpasswd) -> None:
 
 
 async def _gc_loop(registry: RegistryService, cfg: ServeConfig) -> None:
+    """Collect on the configured schedule; in read-only mode skip every run (logged once).
+
+    GC deletes files, and read-only mode promises that nothing changes on disk: it is for
+    maintenance such as backups and migrations, which must see a storage root that stands still.
+    """
     assert cfg.gc is not None
     loop = asyncio.get_running_loop()
+    said_skipped = False
     while True:
         delay = cfg.gc.next_delay(datetime.datetime.now(datetime.UTC))
         if delay is None:
             _event("gc never runs: the schedule matches no time", schedule=cfg.gc.schedule)
             return
         await asyncio.sleep(delay)
+        if registry.read_only:
+            registry.metrics.gc_skipped += 1
+            if not said_skipped:
+                _event("gc skipped: the registry is read-only; scheduled runs are skipped until it is not")
+                said_skipped = True
+            continue
         try:
             report = await loop.run_in_executor(
                 registry.executor,
