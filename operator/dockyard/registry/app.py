@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from dockyard.oci import Digest, DigestError, ErrorCode, OCIError, valid_name, valid_tag
 from dockyard.oci import mediatypes as mt
@@ -536,8 +537,9 @@ class RegistryService:
         return web.Response(text=self.metrics.render(), content_type="text/plain",
                             headers={"X-Content-Type-Options": "nosniff"})
 
-    def application(self) -> web.Application:
-        app = web.Application(middlewares=[self.middleware], client_max_size=mt.MAX_MANIFEST_SIZE)
+    def application(self, *outer: Middleware) -> web.Application:
+        """The aiohttp application; OUTER middlewares (connection bookkeeping) run before the registry's."""
+        app = web.Application(middlewares=[*outer, self.middleware], client_max_size=mt.MAX_MANIFEST_SIZE)
         app[REGISTRY] = self
         app.router.add_route("*", "/v2", self.base)
         app.router.add_route("*", "/v2/", self.base)

@@ -23,7 +23,7 @@ from aiohttp.abc import AbstractAccessLogger
 from dockyard.registry.app import RegistryService
 from dockyard.registry.auth import Htpasswd
 from dockyard.registry.config import ServeConfig
-from dockyard.registry.connections import ConnectionFactory
+from dockyard.registry.connections import ConnectionFactory, DescriptorExhaustionLog, track_requests
 from dockyard.registry.gc import collect
 from dockyard.registry.metrics import Metrics
 from dockyard.registry.notify import Notifier
@@ -138,14 +138,15 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
     if cfg.notify is not None:
         registry.notifier = Notifier(cfg.notify, registry.metrics)
         await registry.notifier.start()
-    app = registry.application()
+    app = registry.application(track_requests)
     handler_args: dict[str, Any] = {"access_log_class": access_logger_for(registry.metrics), "access_log": access}
     runner = web.AppRunner(app, handle_signals=False, **handler_args)
     await runner.setup()
     assert runner.server is not None
     loop = asyncio.get_running_loop()
-    listener = await loop.create_server(ConnectionFactory(runner.server, handler_args), cfg.host, cfg.port,
-                                        ssl=ssl_context, backlog=1024)
+    loop.set_exception_handler(DescriptorExhaustionLog())
+    listener = await loop.create_server(ConnectionFactory(runner.server, cfg.http, handler_args), cfg.host,
+                                        cfg.port, ssl=ssl_context, backlog=1024)
     tasks = []
     if htpasswd is not None:
         tasks.append(asyncio.create_task(_poll_htpasswd(registry, htpasswd)))
