@@ -5,6 +5,11 @@ contain slashes. Endpoint ids (end-N) in the handler docstrings follow the spec'
 A single middleware does authentication, read-only mode, error bodies and metrics; storage
 work runs in a thread pool so the event loop never blocks on the filesystem.
 
+A full disk (or quota) refuses writes with 507 Insufficient Storage and an OCI error, and
+sets `dockyard_registry_storage_full` until a write succeeds again; /readyz stays 200 as
+long as the storage can be read, because the pod can still serve pulls, and taking it out
+of its Service would stop those too.
+
 Access with an htpasswd file, decided deliberately:
 
 - `/metrics`, `/healthz` and `/readyz` need no credentials: Prometheus and the kubelet
@@ -19,12 +24,15 @@ Access with an htpasswd file, decided deliberately:
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
@@ -48,6 +56,8 @@ READ_ONLY_MESSAGE = "the registry is in read-only maintenance mode: pushes and d
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 READ_METHODS = frozenset({"GET", "HEAD"})
 API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
+STORAGE_FULL_MESSAGE = "the registry's storage is full"
+STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 _ROUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?P<name>.+)/blobs/uploads/?"), "uploads"),
@@ -135,6 +145,15 @@ def _non_negative_int(value: str | None, key: str) -> int | None:
     return int(value)
 
 
+def _readable(root: Path) -> bool:
+    """Whether the storage root can be listed: the least a pull needs."""
+    try:
+        with os.scandir(root):
+            return True
+    except OSError:
+        return False
+
+
 class RegistryService:
     """The application state: storage, upload sessions, auth, metrics and the worker pool."""
 
@@ -193,6 +212,8 @@ class RegistryService:
                 if self.read_only and request.method in WRITE_METHODS:
                     raise HTTPError(ErrorCode.UNSUPPORTED, READ_ONLY_MESSAGE, status=405)
             response = await handler(request)
+            if request.method in WRITE_METHODS and response.status < 300:
+                self.metrics.storage_full = False
         except OCIError as e:
             response = self._error_response(e)
         except web.HTTPException as e:
@@ -206,13 +227,27 @@ class RegistryService:
             # the client went away mid-body; whatever it sent of this chunk was rolled back
             response = self._error_response(OCIError(ErrorCode.BLOB_UPLOAD_INVALID,
                                                      "the connection closed before the request body ended"))
+        except OSError as e:
+            response = self._storage_full(e) if e.errno in STORAGE_FULL_ERRNOS else self._internal_error(request)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("internal error handling %s %s", request.method, request.path)
-            response = web.json_response({"errors": [{"code": "UNKNOWN", "message": "internal server error"}]},
-                                         status=500)
+            response = self._internal_error(request)
         return response
+
+    @staticmethod
+    def _internal_error(request: web.Request) -> web.Response:
+        """500 for a bug or an unexpected storage failure; called from an except clause, which it logs."""
+        log.exception("internal error handling %s %s", request.method, request.path)
+        return web.json_response({"errors": [{"code": "UNKNOWN", "message": "internal server error"}]},
+                                 status=500)
+
+    def _storage_full(self, e: OSError) -> web.Response:
+        """507: the client may retry later, and nothing about the request itself was wrong."""
+        if not self.metrics.storage_full:
+            log.error("storage is full (%s): refusing writes until one succeeds again", os.strerror(e.errno or 0))
+        self.metrics.storage_full = True
+        return self._error_response(OCIError(ErrorCode.DENIED, STORAGE_FULL_MESSAGE, status=507))
 
     @staticmethod
     def _error_response(e: OCIError) -> web.Response:
@@ -529,9 +564,12 @@ class RegistryService:
         return web.Response(text="ok\n")
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
+        """Ready while pulls can be served: a full or read-only disk still serves every pull."""
+        if not await self.run(_readable, self.storage.root):
+            return web.Response(status=503, text="storage is not readable\n")
         if await self.run(self.storage.writable):
             return web.Response(text="ok\n")
-        return web.Response(status=503, text="storage is not writable\n")
+        return web.Response(text="ok: serving pulls; storage is not writable, so pushes fail\n")
 
     async def metrics_get(self, request: web.Request) -> web.StreamResponse:
         return web.Response(text=self.metrics.render(), content_type="text/plain",

@@ -26,6 +26,8 @@ class Metrics:
         self.gc_runs = 0
         self.gc_bytes_freed = 0
         self.gc_skipped = 0
+        self.storage_full = False
+        """Set when a write ran out of space (ENOSPC, EDQUOT); cleared by the next successful write."""
         self.notifications = dict.fromkeys(NOTIFICATION_RESULTS, 0)
 
     def request(self, method: str, status: int, bytes_out: int) -> None:
@@ -78,6 +80,9 @@ class Metrics:
             "# HELP dockyard_registry_gc_skipped_total Scheduled collections skipped in read-only mode.",
             "# TYPE dockyard_registry_gc_skipped_total counter",
             f"dockyard_registry_gc_skipped_total {self.gc_skipped}",
+            "# HELP dockyard_registry_storage_full 1 when the last write hit a full disk or quota, else 0.",
+            "# TYPE dockyard_registry_storage_full gauge",
+            f"dockyard_registry_storage_full {int(self.storage_full)}",
             "# HELP dockyard_registry_notifications_total Push events for the operator, by result.",
             "# TYPE dockyard_registry_notifications_total counter",
         ]

@@ -209,13 +209,18 @@ class FilesystemStorage:
         return self.uploads / upload_id
 
     def create_upload(self, name: str) -> UploadInfo:
+        """A new upload session; on failure (a full disk) nothing of it is left behind."""
         self._repo(name)
         upload_id = uuid.uuid4().hex
         d = self.uploads / upload_id
         d.mkdir(parents=True)
         started = time.time()
-        (d / "data").touch()
-        self._write_atomic(d / "info", json.dumps({"name": name, "started": started}).encode())
+        try:
+            (d / "data").touch()
+            self._write_atomic(d / "info", json.dumps({"name": name, "started": started}).encode())
+        except BaseException:
+            self.delete_upload(upload_id)
+            raise
         return UploadInfo(upload_id, name, 0, started)
 
     def upload_info(self, name: str, upload_id: str) -> UploadInfo:
@@ -433,15 +438,17 @@ class FilesystemStorage:
                     continue
 
     def writable(self) -> bool:
-        """Readiness: a temp file can be created, written and removed under the root."""
+        """Whether a temp file can be created, written and removed under the root; never leaves it behind."""
         probe = self.tmp / f"ready-{uuid.uuid4().hex}"
         try:
             with open(probe, "wb") as f:
                 f.write(b"ok")
-            probe.unlink()
             return True
         except OSError:
             return False
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
 
 
 def subject_of(body: bytes) -> Digest | None:
