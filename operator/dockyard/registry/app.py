@@ -3,7 +3,8 @@
 One catch-all route under /v2/ dispatches on the path suffix, because repository names
 contain slashes. Endpoint ids (end-N) in the handler docstrings follow the spec's table.
 A single middleware does authentication, read-only mode, error bodies and metrics; storage
-work runs in a thread pool so the event loop never blocks on the filesystem.
+work runs in thread pools so the event loop never blocks on the filesystem, one pool per kind
+of work (`pools`), so catalog walks and bcrypt never hold up blob and manifest requests.
 
 A full disk (or quota) refuses writes with 507 Insufficient Storage and an OCI error, and
 sets `dockyard_registry_storage_full` until a write succeeds again; /readyz stays 200 as
@@ -15,6 +16,8 @@ Access with an htpasswd file, decided deliberately:
 - `/metrics`, `/healthz` and `/readyz` need no credentials: Prometheus and the kubelet
   scrape them without any, and /metrics names no repository, tag or user (request counts
   by method and status, byte counters, durations, GC and notification counters).
+- A blob mount without `from` answers 202 with an upload session instead of searching every
+  repository for one that holds the blob (the spec allows either); the client then uploads.
 - With `--anonymous-pull`, anonymous clients may pull blobs, manifests, tags and referrers
   of any repository they can name, but may not list `_catalog` (that would reveal every
   repository name) or look at upload sessions (those belong to whoever pushes): both need
@@ -31,7 +34,6 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -46,6 +48,7 @@ from dockyard.registry.auth import Htpasswd
 from dockyard.registry.manifests import parse_manifest
 from dockyard.registry.metrics import Metrics
 from dockyard.registry.notify import Notifier
+from dockyard.registry.pools import CatalogCache, PerKeyLimit, Pools
 from dockyard.registry.storage import FilesystemStorage, StoredManifest, UploadInfo
 from dockyard.registry.uploads import RangeMismatch, Uploads
 
@@ -154,14 +157,21 @@ def _readable(root: Path) -> bool:
         return False
 
 
+AUTH_CHECKS_PER_CLIENT = 1
+"""bcrypt checks one client address may have running or queued in the pool at once."""
+
+
 class RegistryService:
-    """The application state: storage, upload sessions, auth, metrics and the worker pool."""
+    """The application state: storage, upload sessions, auth, metrics and the worker pools."""
 
     def __init__(self, storage: FilesystemStorage, *, htpasswd: Htpasswd | None = None,
                  anonymous_pull: bool = False, read_only: bool = False, workers: int = 32) -> None:
         self.storage = storage
-        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="dockyard-io")
+        self.pools = Pools(io_workers=workers)
+        self.executor = self.pools.io
         self.metrics = Metrics()
+        self.catalog_cache = CatalogCache(storage.repositories, self.pools.walks, self.metrics.catalog_walked)
+        self.auth_limit = PerKeyLimit(AUTH_CHECKS_PER_CLIENT)
         self.uploads = Uploads(storage, self.executor, self.metrics.received)
         self.htpasswd = htpasswd
         self.anonymous_pull = anonymous_pull
@@ -186,9 +196,21 @@ class RegistryService:
             raise self._unauthorized("authentication required")
         ok = self.htpasswd.cached(*creds)
         if ok is None:
-            ok = await self.run(self.htpasswd.verify, *creds)
+            ok = await self._verify(request, self.htpasswd, *creds)
         if not ok:
             raise self._unauthorized("invalid username or password")
+
+    async def _verify(self, request: web.Request, htpasswd: Htpasswd, user: str, password: str) -> bool:
+        """bcrypt in its own pool, one check at a time per client address, so a client guessing
+        passwords waits behind its own guesses and not in front of everyone else's requests."""
+        async with self.auth_limit.hold(request.remote or ""):
+            ok = htpasswd.cached(user, password)  # a request queued ahead may have checked the same
+            if ok is not None:
+                return ok
+            if request.transport is None or request.transport.is_closing():
+                return False  # the client left while it waited: nobody reads the answer, spend no bcrypt
+            return await asyncio.get_running_loop().run_in_executor(self.pools.auth, htpasswd.verify,
+                                                                    user, password)
 
     @staticmethod
     def _pull_endpoint(request: web.Request) -> bool:
@@ -213,7 +235,7 @@ class RegistryService:
                     raise HTTPError(ErrorCode.UNSUPPORTED, READ_ONLY_MESSAGE, status=405)
             response = await handler(request)
             if request.method in WRITE_METHODS and response.status < 300:
-                self.metrics.storage_full = False
+                self._written(request)
         except OCIError as e:
             response = self._error_response(e)
         except web.HTTPException as e:
@@ -241,6 +263,13 @@ class RegistryService:
         log.exception("internal error handling %s %s", request.method, request.path)
         return web.json_response({"errors": [{"code": "UNKNOWN", "message": "internal server error"}]},
                                  status=500)
+
+    def _written(self, request: web.Request) -> None:
+        """A write succeeded: the disk has room again, and a manifest write may add a repository."""
+        self.metrics.storage_full = False
+        route = _route(_v2_tail(request)) if request.path.startswith("/v2/") else None
+        if route is not None and route[0] == "manifest":
+            self.catalog_cache.invalidate()
 
     def _storage_full(self, e: OSError) -> web.Response:
         """507: the client may retry later, and nothing about the request itself was wrong."""
@@ -359,7 +388,8 @@ class RegistryService:
             except DigestError:
                 digest = None
             source = q.get("from")
-            if digest is not None and (source is None or valid_name(source)) and \
+            # Without `from`, finding a holder would walk every repository: answer with a session.
+            if digest is not None and source is not None and valid_name(source) and \
                     await self.run(self.storage.mount_blob, name, digest, source):
                 return self._created(name, digest)
         if "digest" in q:
@@ -542,7 +572,7 @@ class RegistryService:
 
     async def catalog(self, request: web.Request) -> web.StreamResponse:
         """GET /v2/_catalog[?n=<int>&last=<name>]: repositories, lexically sorted."""
-        repos = await self.run(self.storage.repositories)
+        repos = await self.catalog_cache.get()
         page, headers = self._page(repos, request, "/v2/_catalog")
         return web.json_response({"repositories": page}, headers=headers)
 
@@ -589,7 +619,7 @@ class RegistryService:
         return app
 
     async def _shutdown(self, app: web.Application) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.pools.shutdown()
 
 
 class _MultiError(OCIError):

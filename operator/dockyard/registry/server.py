@@ -120,7 +120,7 @@ async def _gc_loop(registry: RegistryService, cfg: ServeConfig) -> None:
             continue
         try:
             report = await loop.run_in_executor(
-                registry.executor,
+                registry.pools.walks,
                 lambda: collect(cfg.root, grace=cfg.gc.grace_period if cfg.gc else 3600.0,
                                 delete_untagged=cfg.gc.delete_untagged if cfg.gc else False))
         except Exception as e:  # keep serving; the next run may succeed

@@ -160,25 +160,13 @@ class FilesystemStorage:
         link.parent.mkdir(parents=True, exist_ok=True)
         link.touch()
 
-    def _holder(self, digest: Digest) -> str | None:
-        """Some repository that holds the blob (as a layer or a manifest), if any."""
-        layer = os.path.join("_layers", digest.algorithm, digest.hex)
-        revision = os.path.join("_manifests", "revisions", digest.algorithm, digest.hex)
-        for dirpath, dirnames, _ in os.walk(self.repos):
-            if os.path.exists(os.path.join(dirpath, layer)) or os.path.exists(os.path.join(dirpath, revision)):
-                return os.path.relpath(dirpath, self.repos).replace(os.sep, "/")
-            dirnames[:] = [d for d in dirnames if not d.startswith("_")]
-        return None
-
     def mount_blob(self, name: str, digest: Digest, source: str | None) -> bool:
-        """Link a blob that another repository holds; with no source, any repository will do."""
-        if source is None:
-            if not self.blob_path(digest).exists():
-                return False
-            source = self._holder(digest)
-            if source is None:
-                return False
-        if not valid_name(source) or self.blob_size(source, digest) is None:
+        """Link a blob that the source repository holds.
+
+        Without a source nothing is mounted: finding a holder means walking every repository,
+        so the HTTP layer answers with an upload session instead (the spec allows it).
+        """
+        if source is None or not valid_name(source) or self.blob_size(source, digest) is None:
             return False
         path = self.blob_path(digest)
         if not path.exists():
