@@ -35,13 +35,18 @@ def test_healthz_and_readyz(client: Client) -> None:
     assert client.request("GET", "/readyz").status == 200
 
 
-def test_readyz_fails_when_storage_is_not_writable(tmp_path: Path) -> None:
+def test_readyz_follows_whether_pulls_can_be_served(tmp_path: Path) -> None:
+    """Unwritable storage still serves pulls, so the pod stays ready; unreadable storage does not."""
     root = tmp_path / "root"
     with start_dockyard(root) as server:
         c = Client(server.url)
         assert c.request("GET", "/readyz").status == 200
         shutil.rmtree(root / "tmp")
         (root / "tmp").write_text("not a directory any more")
+        r = c.request("GET", "/readyz")
+        assert r.status == 200
+        assert b"not writable" in r.body
+        root.rename(tmp_path / "moved")
         assert c.request("GET", "/readyz").status == 503
         assert c.request("GET", "/healthz").status == 200
 

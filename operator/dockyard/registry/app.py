@@ -3,23 +3,44 @@
 One catch-all route under /v2/ dispatches on the path suffix, because repository names
 contain slashes. Endpoint ids (end-N) in the handler docstrings follow the spec's table.
 A single middleware does authentication, read-only mode, error bodies and metrics; storage
-work runs in a thread pool so the event loop never blocks on the filesystem.
+work runs in thread pools so the event loop never blocks on the filesystem, one pool per kind
+of work (`pools`), so catalog walks and bcrypt never hold up blob and manifest requests.
+
+A full disk (or quota) refuses writes with 507 Insufficient Storage and an OCI error, and
+sets `dockyard_registry_storage_full` until a write succeeds again; /readyz stays 200 as
+long as the storage can be read, because the pod can still serve pulls, and taking it out
+of its Service would stop those too.
+
+Access with an htpasswd file, decided deliberately:
+
+- `/metrics`, `/healthz` and `/readyz` need no credentials: Prometheus and the kubelet
+  scrape them without any, and /metrics names no repository, tag or user (request counts
+  by method and status, byte counters, durations, GC and notification counters).
+- A blob mount without `from` answers 202 with an upload session instead of searching every
+  repository for one that holds the blob (the spec allows either); the client then uploads.
+- With `--anonymous-pull`, anonymous clients may pull blobs, manifests, tags and referrers
+  of any repository they can name, but may not list `_catalog` (that would reveal every
+  repository name) or look at upload sessions (those belong to whoever pushes): both need
+  credentials, as does the base endpoint `/v2/`, so clients learn to send them for a push.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from dockyard.oci import Digest, DigestError, ErrorCode, OCIError, valid_name, valid_tag
 from dockyard.oci import mediatypes as mt
@@ -28,6 +49,7 @@ from dockyard.registry.auth import Htpasswd
 from dockyard.registry.manifests import ParsedManifest, parse_manifest
 from dockyard.registry.metrics import Metrics
 from dockyard.registry.notify import Notifier
+from dockyard.registry.pools import CatalogCache, PerKeyLimit, Pools
 from dockyard.registry.storage import FilesystemStorage, StoredManifest, UploadInfo
 from dockyard.registry.uploads import RangeMismatch, Uploads
 
@@ -39,6 +61,8 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 READ_METHODS = frozenset({"GET", "HEAD"})
 LARGE_MANIFEST = 256 * 1024  # bytes; parsed off the event loop, one at a time
 API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
+STORAGE_FULL_MESSAGE = "the registry's storage is full"
+STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 _ROUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?P<name>.+)/blobs/uploads/?"), "uploads"),
@@ -49,7 +73,28 @@ _ROUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?P<name>.+)/referrers/(?P<digest>[^/]+)"), "referrers"),
 ]
 REGISTRY: web.AppKey[RegistryService] = web.AppKey("registry")
-_CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
+_CONTENT_RANGE = re.compile(r"(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?")
+
+
+def _route(tail: str) -> tuple[str, dict[str, str]] | None:
+    """The endpoint kind of a path below /v2/ and its decoded parameters; None when none matches."""
+    if unquote(tail) == "_catalog":
+        return "catalog", {}
+    for pattern, kind in _ROUTES:
+        m = pattern.fullmatch(tail)
+        if m is not None:
+            return kind, {k: unquote(v) for k, v in m.groupdict().items()}
+    return None
+
+
+def _v2_tail(request: web.Request) -> str:
+    """The raw path after /v2/: an encoded '/' stays inside the segment it was sent in."""
+    raw = request.rel_url.raw_path
+    return raw[4:] if raw.startswith("/v2/") else request.match_info.get("tail", "")
+
+
+ANONYMOUS_KINDS = frozenset({"blob", "manifest", "tags", "referrers"})
+"""What `--anonymous-pull` opens to anonymous reads: pulling, not the catalog or upload sessions."""
 
 
 class HTTPError(OCIError):
@@ -91,23 +136,44 @@ def _range_header(size: int) -> str:
     return f"0-{max(size - 1, 0)}"
 
 
+def _ascii_digits(value: str) -> bool:
+    """True for a plain decimal number: `str.isdigit` also accepts superscripts and fullwidth digits."""
+    return value.isascii() and value.isdigit()
+
+
 def _non_negative_int(value: str | None, key: str) -> int | None:
     if value is None:
         return None
-    if not value.isdigit() or len(value) > 9:
+    if not _ascii_digits(value) or len(value) > 9:
         raise HTTPError(ErrorCode.UNSUPPORTED, f"query parameter {key} must be a non-negative integer",
                         status=400)
     return int(value)
 
 
+def _readable(root: Path) -> bool:
+    """Whether the storage root can be listed: the least a pull needs."""
+    try:
+        with os.scandir(root):
+            return True
+    except OSError:
+        return False
+
+
+AUTH_CHECKS_PER_CLIENT = 1
+"""bcrypt checks one client address may have running or queued in the pool at once."""
+
+
 class RegistryService:
-    """The application state: storage, upload sessions, auth, metrics and the worker pool."""
+    """The application state: storage, upload sessions, auth, metrics and the worker pools."""
 
     def __init__(self, storage: FilesystemStorage, *, htpasswd: Htpasswd | None = None,
                  anonymous_pull: bool = False, read_only: bool = False, workers: int = 32) -> None:
         self.storage = storage
-        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="dockyard-io")
+        self.pools = Pools(io_workers=workers)
+        self.executor = self.pools.io
         self.metrics = Metrics()
+        self.catalog_cache = CatalogCache(storage.repositories, self.pools.walks, self.metrics.catalog_walked)
+        self.auth_limit = PerKeyLimit(AUTH_CHECKS_PER_CLIENT)
         self.uploads = Uploads(storage, self.executor, self.metrics.received)
         self.htpasswd = htpasswd
         self.anonymous_pull = anonymous_pull
@@ -128,16 +194,34 @@ class RegistryService:
         if creds == ("", ""):  # some clients answer a challenge with empty credentials
             creds = None
         if creds is None:
-            # With anonymous pull, the base endpoint still challenges: clients decide from
-            # that ping whether to send credentials, and a push needs them.
-            if self.anonymous_pull and request.method in READ_METHODS and request.path not in ("/v2", "/v2/"):
+            if self.anonymous_pull and request.method in READ_METHODS and self._pull_endpoint(request):
                 return
             raise self._unauthorized("authentication required")
         ok = self.htpasswd.cached(*creds)
         if ok is None:
-            ok = await self.run(self.htpasswd.verify, *creds)
+            ok = await self._verify(request, self.htpasswd, *creds)
         if not ok:
             raise self._unauthorized("invalid username or password")
+
+    async def _verify(self, request: web.Request, htpasswd: Htpasswd, user: str, password: str) -> bool:
+        """bcrypt in its own pool, one check at a time per client address, so a client guessing
+        passwords waits behind its own guesses and not in front of everyone else's requests."""
+        async with self.auth_limit.hold(request.remote or ""):
+            ok = htpasswd.cached(user, password)  # a request queued ahead may have checked the same
+            if ok is not None:
+                return ok
+            if request.transport is None or request.transport.is_closing():
+                return False  # the client left while it waited: nobody reads the answer, spend no bcrypt
+            return await asyncio.get_running_loop().run_in_executor(self.pools.auth, htpasswd.verify,
+                                                                    user, password)
+
+    @staticmethod
+    def _pull_endpoint(request: web.Request) -> bool:
+        """An endpoint anonymous pull opens; the base endpoint is not one, so clients learn to log in."""
+        if request.path in ("/v2", "/v2/"):
+            return False
+        route = _route(_v2_tail(request))
+        return route is not None and route[0] in ANONYMOUS_KINDS
 
     @staticmethod
     def _unauthorized(message: str) -> HTTPError:
@@ -153,6 +237,8 @@ class RegistryService:
                 if self.read_only and request.method in WRITE_METHODS:
                     raise HTTPError(ErrorCode.UNSUPPORTED, READ_ONLY_MESSAGE, status=405)
             response = await handler(request)
+            if request.method in WRITE_METHODS and response.status < 300:
+                self._written(request)
         except OCIError as e:
             response = self._error_response(e)
         except web.HTTPException as e:
@@ -166,13 +252,34 @@ class RegistryService:
             # the client went away mid-body; whatever it sent of this chunk was rolled back
             response = self._error_response(OCIError(ErrorCode.BLOB_UPLOAD_INVALID,
                                                      "the connection closed before the request body ended"))
+        except OSError as e:
+            response = self._storage_full(e) if e.errno in STORAGE_FULL_ERRNOS else self._internal_error(request)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("internal error handling %s %s", request.method, request.path)
-            response = web.json_response({"errors": [{"code": "UNKNOWN", "message": "internal server error"}]},
-                                         status=500)
+            response = self._internal_error(request)
         return response
+
+    @staticmethod
+    def _internal_error(request: web.Request) -> web.Response:
+        """500 for a bug or an unexpected storage failure; called from an except clause, which it logs."""
+        log.exception("internal error handling %s %s", request.method, request.path)
+        return web.json_response({"errors": [{"code": "UNKNOWN", "message": "internal server error"}]},
+                                 status=500)
+
+    def _written(self, request: web.Request) -> None:
+        """A write succeeded: the disk has room again, and a manifest write may add a repository."""
+        self.metrics.storage_full = False
+        route = _route(_v2_tail(request)) if request.path.startswith("/v2/") else None
+        if route is not None and route[0] == "manifest":
+            self.catalog_cache.invalidate()
+
+    def _storage_full(self, e: OSError) -> web.Response:
+        """507: the client may retry later, and nothing about the request itself was wrong."""
+        if not self.metrics.storage_full:
+            log.error("storage is full (%s): refusing writes until one succeeds again", os.strerror(e.errno or 0))
+        self.metrics.storage_full = True
+        return self._error_response(OCIError(ErrorCode.DENIED, STORAGE_FULL_MESSAGE, status=507))
 
     @staticmethod
     def _error_response(e: OCIError) -> web.Response:
@@ -192,30 +299,23 @@ class RegistryService:
         return web.json_response({}, headers=API_HEADERS)
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
-        # Match on the raw path so an encoded '/' stays inside the segment it was sent in;
-        # each part is decoded afterwards and validated before it is used.
-        raw = request.rel_url.raw_path
-        tail = raw[4:] if raw.startswith("/v2/") else request.match_info["tail"]
-        if unquote(tail) == "_catalog":
-            tail = "_catalog"
-        if tail == "_catalog":
+        # Match on the raw path; each part is decoded afterwards and validated before it is used.
+        route = _route(_v2_tail(request))
+        if route is None:
+            raise OCIError(ErrorCode.NAME_UNKNOWN, f"no such endpoint: {request.path[:300]}", status=404)
+        kind, params = route
+        if kind == "catalog":
             if request.method not in READ_METHODS:
                 raise OCIError(ErrorCode.UNSUPPORTED, f"{request.method} is not allowed on /v2/_catalog",
                                status=405)
             return await self.catalog(request)
-        for pattern, kind in _ROUTES:
-            m = pattern.fullmatch(tail)
-            if m is None:
-                continue
-            params = {k: unquote(v) for k, v in m.groupdict().items()}
-            _check_name(params["name"])
-            handler = (getattr(self, f"{kind}_{request.method.lower()}", None)
-                       if request.method in READ_METHODS | WRITE_METHODS else None)
-            if handler is None:
-                raise OCIError(ErrorCode.UNSUPPORTED, f"{request.method} is not allowed here", status=405)
-            result: web.StreamResponse = await handler(request, **params)
-            return result
-        raise OCIError(ErrorCode.NAME_UNKNOWN, f"no such endpoint: {request.path[:300]}", status=404)
+        _check_name(params["name"])
+        handler = (getattr(self, f"{kind}_{request.method.lower()}", None)
+                   if request.method in READ_METHODS | WRITE_METHODS else None)
+        if handler is None:
+            raise OCIError(ErrorCode.UNSUPPORTED, f"{request.method} is not allowed here", status=405)
+        result: web.StreamResponse = await handler(request, **params)
+        return result
 
     # ---- blobs -----------------------------------------------------------------------------
 
@@ -263,7 +363,7 @@ class RegistryService:
         value = request.headers.get("Content-Length")
         if value is None:
             return None
-        if not value.isdigit():
+        if not _ascii_digits(value):
             raise OCIError(ErrorCode.SIZE_INVALID, f"invalid Content-Length {value[:50]!r}")
         return int(value)
 
@@ -291,7 +391,8 @@ class RegistryService:
             except DigestError:
                 digest = None
             source = q.get("from")
-            if digest is not None and (source is None or valid_name(source)) and \
+            # Without `from`, finding a holder would walk every repository: answer with a session.
+            if digest is not None and source is not None and valid_name(source) and \
                     await self.run(self.storage.mount_blob, name, digest, source):
                 return self._created(name, digest)
         if "digest" in q:
@@ -477,7 +578,7 @@ class RegistryService:
 
     async def catalog(self, request: web.Request) -> web.StreamResponse:
         """GET /v2/_catalog[?n=<int>&last=<name>]: repositories, lexically sorted."""
-        repos = await self.run(self.storage.repositories)
+        repos = await self.catalog_cache.get()
         page, headers = self._page(repos, request, "/v2/_catalog")
         return web.json_response({"repositories": page}, headers=headers)
 
@@ -499,16 +600,20 @@ class RegistryService:
         return web.Response(text="ok\n")
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
+        """Ready while pulls can be served: a full or read-only disk still serves every pull."""
+        if not await self.run(_readable, self.storage.root):
+            return web.Response(status=503, text="storage is not readable\n")
         if await self.run(self.storage.writable):
             return web.Response(text="ok\n")
-        return web.Response(status=503, text="storage is not writable\n")
+        return web.Response(text="ok: serving pulls; storage is not writable, so pushes fail\n")
 
     async def metrics_get(self, request: web.Request) -> web.StreamResponse:
         return web.Response(text=self.metrics.render(), content_type="text/plain",
                             headers={"X-Content-Type-Options": "nosniff"})
 
-    def application(self) -> web.Application:
-        app = web.Application(middlewares=[self.middleware], client_max_size=mt.MAX_MANIFEST_SIZE)
+    def application(self, *outer: Middleware) -> web.Application:
+        """The aiohttp application; OUTER middlewares (connection bookkeeping) run before the registry's."""
+        app = web.Application(middlewares=[*outer, self.middleware], client_max_size=mt.MAX_MANIFEST_SIZE)
         app[REGISTRY] = self
         app.router.add_route("*", "/v2", self.base)
         app.router.add_route("*", "/v2/", self.base)
@@ -520,7 +625,7 @@ class RegistryService:
         return app
 
     async def _shutdown(self, app: web.Application) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.pools.shutdown()
 
 
 class _MultiError(OCIError):

@@ -12,12 +12,30 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dockyard.registry.config import HTTPLimits
 
 
 def _fail(message: str) -> int:
     print(f"dockyard registry: error: {message}", file=sys.stderr)
     return 2
+
+
+def _http_flags(args: argparse.Namespace, http: HTTPLimits) -> HTTPLimits:
+    """The connection limits with the flags that were given applied over the config's."""
+    from dockyard.registry.config import positive_duration, positive_int
+
+    given: dict[str, Any] = {}
+    for flag, field, parse in (("--header-timeout", "header_timeout", positive_duration),
+                               ("--idle-timeout", "idle_timeout", positive_duration),
+                               ("--body-timeout", "body_timeout", positive_duration),
+                               ("--max-connections", "max_connections", positive_int)):
+        value = getattr(args, field)
+        if value is not None:
+            given[field] = parse(value, flag)
+    return replace(http, **given)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -37,6 +55,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             cfg = replace(cfg, anonymous_pull=True)
         if args.read_only:
             cfg = replace(cfg, read_only=True)
+        cfg = replace(cfg, http=_http_flags(args, cfg.http))
         if (args.tls_cert is None) != (args.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key must be given together")
         if args.tls_cert is not None:
@@ -97,7 +116,14 @@ def register(sub: Any) -> None:
     serve.add_argument("--root", help="storage directory (default /var/lib/registry)")
     serve.add_argument("--htpasswd", help="bcrypt htpasswd file; re-read when it changes")
     serve.add_argument("--anonymous-pull", action="store_true", help="allow pulls without credentials")
-    serve.add_argument("--read-only", action="store_true", help="maintenance mode: refuse pushes and deletes")
+    serve.add_argument("--read-only", action="store_true",
+                       help="maintenance mode: refuse pushes and deletes, skip scheduled GC")
+    serve.add_argument("--header-timeout", help="close a connection whose request headers take longer "
+                                                "(default 30s)")
+    serve.add_argument("--idle-timeout", help="close a connection with no request for this long (default 120s)")
+    serve.add_argument("--body-timeout", help="close a request whose body sends nothing for this long "
+                                              "(default 60s)")
+    serve.add_argument("--max-connections", help="close new connections beyond this many (default 1024)")
     serve.add_argument("--tls-cert", help="TLS certificate (PEM)")
     serve.add_argument("--tls-key", help="TLS private key (PEM)")
     serve.set_defaults(func=_cmd_serve)

@@ -50,6 +50,24 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class HTTPLimits:
+    """How long and how many connections a client may hold (`http` in the config file).
+
+    Without them a client that opens connections and never finishes a request holds each one
+    forever; enough of them exhaust the process's file descriptors.
+    """
+
+    header_timeout: float = 30.0
+    """From a request's first byte to the end of its headers."""
+    idle_timeout: float = 120.0
+    """A keep-alive connection with no request in progress (also: a new connection that sends nothing)."""
+    body_timeout: float = 60.0
+    """A request body that sends nothing for this long (a stalled upload) is closed."""
+    max_connections: int = 1024
+    """Beyond this, new connections are closed as soon as they are accepted."""
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     host: str = "0.0.0.0"  # noqa: S104  in a pod: reachable through its Service; `--addr` narrows it
     port: int = 5000
@@ -61,6 +79,7 @@ class ServeConfig:
     tls_key: Path | None = None
     gc: GCConfig | None = None
     notify: NotifyConfig | None = None
+    http: HTTPLimits = HTTPLimits()
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -154,7 +173,36 @@ def parse_notify(doc: Any) -> NotifyConfig:
     return cfg
 
 
-TOP_KEYS = {"addr", "root", "htpasswd", "anonymousPull", "readOnly", "tls", "gc", "notify"}
+def positive_duration(value: Any, key: str) -> float:
+    seconds = parse_config_duration(value, key)
+    if seconds <= 0:
+        raise ConfigError(f"{key}: must be greater than zero")
+    return seconds
+
+
+def positive_int(value: Any, key: str) -> int:
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
+    return value
+
+
+def parse_http(doc: Any) -> HTTPLimits:
+    http = _mapping(doc, "http", {"headerTimeout", "idleTimeout", "bodyTimeout", "maxConnections"})
+    limits = HTTPLimits()
+    if "headerTimeout" in http:
+        limits = replace(limits, header_timeout=positive_duration(http["headerTimeout"], "http.headerTimeout"))
+    if "idleTimeout" in http:
+        limits = replace(limits, idle_timeout=positive_duration(http["idleTimeout"], "http.idleTimeout"))
+    if "bodyTimeout" in http:
+        limits = replace(limits, body_timeout=positive_duration(http["bodyTimeout"], "http.bodyTimeout"))
+    if "maxConnections" in http:
+        limits = replace(limits, max_connections=positive_int(http["maxConnections"], "http.maxConnections"))
+    return limits
+
+
+TOP_KEYS = {"addr", "root", "htpasswd", "anonymousPull", "readOnly", "tls", "gc", "notify", "http"}
 
 
 def parse_config(doc: Any) -> ServeConfig:
@@ -203,6 +251,8 @@ def parse_config(doc: Any) -> ServeConfig:
         cfg = replace(cfg, gc=g)
     if doc.get("notify") is not None:
         cfg = replace(cfg, notify=parse_notify(doc["notify"]))
+    if doc.get("http") is not None:
+        cfg = replace(cfg, http=parse_http(doc["http"]))
     return cfg
 
 

@@ -2,6 +2,9 @@
 
 Counters of requests by method and status, bytes received and sent, a histogram of
 blob upload durations (session start to verified commit), and push notifications by result.
+
+Nothing here names a repository, tag or user, which is why /metrics needs no credentials even
+when the registry has an htpasswd file (see `dockyard.registry.app`); keep it that way.
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ class Metrics:
         self.upload_total = 0
         self.gc_runs = 0
         self.gc_bytes_freed = 0
+        self.gc_skipped = 0
+        self.storage_full = False
+        self.catalog_walks = 0
+        """Set when a write ran out of space (ENOSPC, EDQUOT); cleared by the next successful write."""
         self.notifications = dict.fromkeys(NOTIFICATION_RESULTS, 0)
+
+    def catalog_walked(self) -> None:
+        self.catalog_walks += 1
 
     def request(self, method: str, status: int, bytes_out: int) -> None:
         self.requests[(method, status)] += 1
@@ -71,6 +81,15 @@ class Metrics:
             "# HELP dockyard_registry_gc_freed_bytes_total Bytes freed by garbage collection.",
             "# TYPE dockyard_registry_gc_freed_bytes_total counter",
             f"dockyard_registry_gc_freed_bytes_total {self.gc_bytes_freed}",
+            "# HELP dockyard_registry_gc_skipped_total Scheduled collections skipped in read-only mode.",
+            "# TYPE dockyard_registry_gc_skipped_total counter",
+            f"dockyard_registry_gc_skipped_total {self.gc_skipped}",
+            "# HELP dockyard_registry_catalog_walks_total Walks over every repository to list the catalog.",
+            "# TYPE dockyard_registry_catalog_walks_total counter",
+            f"dockyard_registry_catalog_walks_total {self.catalog_walks}",
+            "# HELP dockyard_registry_storage_full 1 when the last write hit a full disk or quota, else 0.",
+            "# TYPE dockyard_registry_storage_full gauge",
+            f"dockyard_registry_storage_full {int(self.storage_full)}",
             "# HELP dockyard_registry_notifications_total Push events for the operator, by result.",
             "# TYPE dockyard_registry_notifications_total counter",
         ]

@@ -19,11 +19,11 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.http_exceptions import HttpProcessingError
 
 from dockyard.registry.app import RegistryService
 from dockyard.registry.auth import Htpasswd
 from dockyard.registry.config import ServeConfig
+from dockyard.registry.connections import ConnectionFactory, DescriptorExhaustionLog, track_requests
 from dockyard.registry.gc import collect, recover
 from dockyard.registry.metrics import Metrics
 from dockyard.registry.notify import Notifier
@@ -73,18 +73,6 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
-class MalformedRequestFilter(logging.Filter):
-    """aiohttp logs requests it cannot parse with a traceback; they are the client's fault."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            record.msg, record.args, record.exc_info = "rejected a malformed request: %s", (
-                " ".join(str(exc.message).split())[:300],), None
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
-
-
 def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -94,7 +82,6 @@ def _setup_logging() -> None:
     root = logging.StreamHandler(sys.stderr)
     root.setFormatter(JsonFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[root])
-    logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
 
 
 def _event(message: str, **fields: Any) -> None:
@@ -111,17 +98,29 @@ async def _poll_htpasswd(registry: RegistryService, htpasswd: Htpasswd) -> None:
 
 
 async def _gc_loop(registry: RegistryService, cfg: ServeConfig) -> None:
+    """Collect on the configured schedule; in read-only mode skip every run (logged once).
+
+    GC deletes files, and read-only mode promises that nothing changes on disk: it is for
+    maintenance such as backups and migrations, which must see a storage root that stands still.
+    """
     assert cfg.gc is not None
     loop = asyncio.get_running_loop()
+    said_skipped = False
     while True:
         delay = cfg.gc.next_delay(datetime.datetime.now(datetime.UTC))
         if delay is None:
             _event("gc never runs: the schedule matches no time", schedule=cfg.gc.schedule)
             return
         await asyncio.sleep(delay)
+        if registry.read_only:
+            registry.metrics.gc_skipped += 1
+            if not said_skipped:
+                _event("gc skipped: the registry is read-only; scheduled runs are skipped until it is not")
+                said_skipped = True
+            continue
         try:
             report = await loop.run_in_executor(
-                registry.executor,
+                registry.pools.walks,
                 lambda: collect(cfg.root, grace=cfg.gc.grace_period if cfg.gc else 3600.0,
                                 delete_untagged=cfg.gc.delete_untagged if cfg.gc else False))
         except Exception as e:  # keep serving; the next run may succeed
@@ -139,12 +138,15 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
     if cfg.notify is not None:
         registry.notifier = Notifier(cfg.notify, registry.metrics)
         await registry.notifier.start()
-    app = registry.application()
-    runner = web.AppRunner(app, access_log_class=access_logger_for(registry.metrics), access_log=access,
-                           handle_signals=False)
+    app = registry.application(track_requests)
+    handler_args: dict[str, Any] = {"access_log_class": access_logger_for(registry.metrics), "access_log": access}
+    runner = web.AppRunner(app, handle_signals=False, **handler_args)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.host, cfg.port, ssl_context=ssl_context, backlog=1024)
-    await site.start()
+    assert runner.server is not None
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(DescriptorExhaustionLog())
+    listener = await loop.create_server(ConnectionFactory(runner.server, cfg.http, handler_args), cfg.host,
+                                        cfg.port, ssl=ssl_context, backlog=1024)
     tasks = []
     if htpasswd is not None:
         tasks.append(asyncio.create_task(_poll_htpasswd(registry, htpasswd)))
@@ -154,7 +156,6 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
            auth=htpasswd is not None, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only,
            gc=cfg.gc is not None, notify=cfg.notify.url if cfg.notify else None)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
@@ -162,6 +163,7 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
     finally:
         for t in tasks:
             t.cancel()
+        listener.close()
         await runner.cleanup()
         if registry.notifier is not None:
             await registry.notifier.close()

@@ -192,25 +192,13 @@ class FilesystemStorage:
         link.parent.mkdir(parents=True, exist_ok=True)
         link.touch()
 
-    def _holder(self, digest: Digest) -> str | None:
-        """Some repository that holds the blob (as a layer or a manifest), if any."""
-        layer = os.path.join("_layers", digest.algorithm, digest.hex)
-        revision = os.path.join("_manifests", "revisions", digest.algorithm, digest.hex)
-        for dirpath, dirnames, _ in os.walk(self.repos):
-            if os.path.exists(os.path.join(dirpath, layer)) or os.path.exists(os.path.join(dirpath, revision)):
-                return os.path.relpath(dirpath, self.repos).replace(os.sep, "/")
-            dirnames[:] = [d for d in dirnames if not d.startswith("_")]
-        return None
-
     def mount_blob(self, name: str, digest: Digest, source: str | None) -> bool:
-        """Link a blob that another repository holds; with no source, any repository will do."""
-        if source is None:
-            if not self.blob_path(digest).exists():
-                return False
-            source = self._holder(digest)
-            if source is None:
-                return False
-        if not valid_name(source) or self.blob_size(source, digest) is None:
+        """Link a blob that the source repository holds.
+
+        Without a source nothing is mounted: finding a holder means walking every repository,
+        so the HTTP layer answers with an upload session instead (the spec allows it).
+        """
+        if source is None or not valid_name(source) or self.blob_size(source, digest) is None:
             return False
         path = self.blob_path(digest)
         if not path.exists():
@@ -246,13 +234,18 @@ class FilesystemStorage:
         return self.uploads / upload_id
 
     def create_upload(self, name: str) -> UploadInfo:
+        """A new upload session; on failure (a full disk) nothing of it is left behind."""
         self._repo(name)
         upload_id = uuid.uuid4().hex
         d = self.uploads / upload_id
         d.mkdir(parents=True)
         started = time.time()
-        (d / "data").touch()
-        self._write_atomic(d / "info", json.dumps({"name": name, "started": started}).encode())
+        try:
+            (d / "data").touch()
+            self._write_atomic(d / "info", json.dumps({"name": name, "started": started}).encode())
+        except BaseException:
+            self.delete_upload(upload_id)
+            raise
         return UploadInfo(upload_id, name, 0, started)
 
     def upload_info(self, name: str, upload_id: str) -> UploadInfo:
@@ -427,8 +420,11 @@ class FilesystemStorage:
         path = self.intents / f"{uuid.uuid4().hex}.json"
         doc = {"name": name, "digests": [str(d) for d in dict.fromkeys(digests)]}
         tmp = self.temp_path()
-        tmp.write_bytes(json.dumps(doc, separators=(",", ":")).encode())
-        os.replace(tmp, path)  # visible whole or not at all; power loss ends the push anyway
+        try:  # visible whole or not at all; not flushed: a power loss ends the push anyway
+            tmp.write_bytes(json.dumps(doc, separators=(",", ":")).encode())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     def _end_intent(self, path: Path, done: bool) -> None:
@@ -530,15 +526,17 @@ class FilesystemStorage:
                     continue
 
     def writable(self) -> bool:
-        """Readiness: a temp file can be created, written and removed under the root."""
+        """Whether a temp file can be created, written and removed under the root; never leaves it behind."""
         probe = self.tmp / f"ready-{uuid.uuid4().hex}"
         try:
             with open(probe, "wb") as f:
                 f.write(b"ok")
-            probe.unlink()
             return True
         except OSError:
             return False
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
 
 
 def _fsync_dir(path: Path) -> None:
