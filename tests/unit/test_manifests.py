@@ -229,10 +229,24 @@ EXPECTED_RBAC: dict[tuple[str, str], set[str]] = {
     ("", "secrets"): {"get", "list", "watch", "create"},
     ("rbac.authorization.k8s.io", "roles"): _CRUD,
     ("rbac.authorization.k8s.io", "rolebindings"): _CRUD,
+    ("rbac.authorization.k8s.io", "clusterrolebindings"): {"get", "update"},  # one, by name
+    ("rbac.authorization.k8s.io", "clusterroles"): {"bind"},  # one, by name
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("", "namespaces"): {"get", "list", "watch"},
 }
+
+
+def test_cluster_wide_rbac_rights_are_limited_to_the_token_review_binding(built: list[dict[str, Any]]) -> None:
+    rules = find(built, "ClusterRole", OPERATOR)["rules"]
+    cluster_rbac = [r for r in rules if set(r["resources"]) & {"clusterroles", "clusterrolebindings"}]
+    assert cluster_rbac
+    for rule in cluster_rbac:
+        assert rule["resourceNames"] == ["dockyard-registry-tokenreview"]
+    reviewer = find(built, "ClusterRole", "dockyard-registry-tokenreview")
+    assert reviewer["rules"] == [{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
+                                  "verbs": ["create"]}]
+    assert "subjects" not in find(built, "ClusterRoleBinding", "dockyard-registry-tokenreview")
 
 
 def granted(rules: list[dict[str, Any]]) -> Iterator[tuple[str, str, str]]:
@@ -251,7 +265,8 @@ def test_cluster_role_grants_exactly_what_the_operator_needs(built: list[dict[st
     assert actual == EXPECTED_RBAC
     for rule in rules:
         assert not rule.get("nonResourceURLs"), rule
-        assert not rule.get("resourceNames"), rule
+        if not set(rule["resources"]) & {"clusterroles", "clusterrolebindings"}:
+            assert not rule.get("resourceNames"), rule
 
 
 def test_no_role_in_the_install_uses_wildcards(built: list[dict[str, Any]]) -> None:

@@ -27,9 +27,9 @@ from hypothesis import strategies as st
 from dockyard import cron
 from dockyard.api import SpecError
 from dockyard.api.crd import KINDS, REGISTRY, REPLICATION_POLICY, crd
-from dockyard.api.patterns import SEMVER_RANGE_PATTERN, SemverRange
+from dockyard.api.patterns import SEMVER_RANGE_PATTERN, URL_PATTERN, SemverRange
 from dockyard.api.registry import RegistrySpec
-from dockyard.api.replication import URL_PATTERN, ReplicationPolicySpec
+from dockyard.api.replication import ReplicationPolicySpec
 from dockyard.api.schema import CRON_PATTERN, DURATION_PATTERN, QUANTITY_PATTERN, parse, pattern_matches
 from dockyard.oci.client import registry_url
 from dockyard.replication.filters import RangeError, TagSelector, platform_match, repository_selected

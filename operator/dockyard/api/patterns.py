@@ -83,6 +83,19 @@ def tag_regex(body: str) -> Any:
     return compile_regex(body)
 
 
+_HOST_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
+_PORT = r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+URL_PATTERN = (rf"^https?://({_HOST_LABEL}(\.{_HOST_LABEL})*|\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\])(:{_PORT})?"
+               r"(/([A-Za-z0-9._~!$&'()*+,;=:@/-]|%[0-9A-Fa-f]{2})*)?$")
+"""A registry base URL as the OCI client reads it (`dockyard.oci.client.registry_url`): http or https, a host
+name or IPv4 or [IPv6] address, a port 1-65535, a path; no credentials, query or fragment."""
+URL_MAX_LENGTH = 2048
+REPOSITORY_GLOB_MAX_LENGTH = 512
+"""Repository names are at most 255 characters with the registry's host (distribution spec); a glob
+may spell them out longer."""
+PATTERNS_MAX_ITEMS = 256
+
+
 def glob_error(pattern: str) -> str | None:
     """Why the engine cannot use a glob (a character class RE2 refuses, e.g. `[z-a]`), or None."""
     try:

@@ -13,11 +13,19 @@ from fractions import Fraction
 from typing import Literal
 
 from dockyard.api import cron_grammar
+from dockyard.api.patterns import (
+    PATTERNS_MAX_ITEMS,
+    REPOSITORY_GLOB_MAX_LENGTH,
+    URL_MAX_LENGTH,
+    URL_PATTERN,
+    glob_error,
+)
 from dockyard.api.schema import (
     ANNOTATIONS,
     CRON_BACKWARDS_PATTERN,
     CRON_MAX_LENGTH,
     CRON_PATTERN,
+    DNS_LABEL,
     DNS_LABEL_PATTERN,
     DNS_SUBDOMAIN,
     DURATION_MAX_LENGTH,
@@ -132,11 +140,75 @@ class SecretKeyRef(Model):
     key: str = field(default="htpasswd", metadata=meta("Key in the Secret.", max_length=NAME_MAX_LENGTH))
 
 
+Action = Literal["pull", "push", "delete"]
+SERVICE_ACCOUNT_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-.a-z0-9]*[a-z0-9])?$"
+RULES_MAX_ITEMS = 128
+SUBJECTS_MAX_ITEMS = 64
+
+
+@dataclass(frozen=True)
+class AccessRule(Model):
+    DOC = ("Who may do what on which repositories. Rules are read in order and the first whose "
+           "repositories and subjects both match decides; no matching rule denies.")
+    RULES = (
+        Rule(
+            cel="size(self.users) + size(self.groups) + size(self.serviceAccounts) > 0",
+            message="a rule needs at least one subject: users, groups or serviceAccounts",
+            check=lambda r: bool(r.users or r.groups or r.service_accounts),
+        ),
+    )
+    repositories: tuple[str, ...] = field(metadata=meta(
+        "Repository globs: `*` stays within one path segment, `**` crosses segments.", min_items=1,
+        max_items=PATTERNS_MAX_ITEMS, item_max_length=REPOSITORY_GLOB_MAX_LENGTH, item_check=glob_error))
+    actions: tuple[Action, ...] = field(metadata=meta("What the rule allows: pull, push, delete.", min_items=1,
+                                                      max_items=3))
+    users: tuple[str, ...] = field(default=(), metadata=meta(
+        "htpasswd users; `*` is every authenticated user (with anonymousPull, anonymous clients too).",
+        max_items=SUBJECTS_MAX_ITEMS, item_max_length=NAME_MAX_LENGTH))
+    groups: tuple[str, ...] = field(default=(), metadata=meta(
+        "Groups defined in auth.groups.", max_items=16, item_max_length=63))
+    service_accounts: tuple[str, ...] = field(default=(), metadata=meta(
+        "Kubernetes ServiceAccounts as NAMESPACE/NAME; a pod presents its projected token (audience "
+        "dockyard) as the password.", max_items=SUBJECTS_MAX_ITEMS, item_max_length=317,
+        item_pattern=SERVICE_ACCOUNT_PATTERN))
+
+
+@dataclass(frozen=True)
+class TokenAuth(Model):
+    DOC = ("Bearer token authentication (the distribution token flow): the registry challenges with "
+           "Bearer and issues short-lived signed tokens at /token; basic auth keeps working.")
+    lifetime: str = field(default="5m", metadata=meta("How long an issued token is valid.",
+                                                      pattern=DURATION_PATTERN, max_length=DURATION_MAX_LENGTH))
+
+
 @dataclass(frozen=True)
 class Auth(Model):
-    DOC = "HTTP basic authentication from an htpasswd file (bcrypt) kept in a Secret."
+    DOC = "HTTP basic authentication from an htpasswd file (bcrypt) kept in a Secret, and access rules."
+    RULES = (
+        Rule(
+            cel="!has(self.groups) || self.groups.all(g, g.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))",
+            message="group names are lowercase DNS labels",
+            check=lambda a: all(re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", g) for g in a.groups),
+            field_path=".groups",
+        ),
+        Rule(
+            cel="!has(self.access) || self.access.all(r, !has(r.groups) || "
+                "r.groups.all(g, has(self.groups) && g in self.groups))",
+            message="every group an access rule names must be defined in auth.groups",
+            check=lambda a: all(g in a.groups for r in a.access or () for g in r.groups),
+            field_path=".access",
+        ),
+    )
     htpasswd_secret_ref: SecretKeyRef = field(metadata=meta("Secret key holding the htpasswd file."))
-    anonymous_pull: bool = field(default=False, metadata=meta("Allow pulls without credentials."))
+    anonymous_pull: bool = field(default=False, metadata=meta(
+        "Allow pulls without credentials: of every repository without access rules, else of what rules "
+        "grant to users: ['*']."))
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict, metadata=meta(
+        "Named groups of htpasswd users, for access rules.", max_properties=64, item_max_length=NAME_MAX_LENGTH))
+    access: tuple[AccessRule, ...] | None = field(default=None, metadata=meta(
+        "Ordered access rules; without them every authenticated user may pull, push and delete everything.",
+        min_items=1, max_items=RULES_MAX_ITEMS))
+    token: TokenAuth | None = field(default=None, metadata=meta("Bearer token authentication; off when unset."))
 
 
 @dataclass(frozen=True)
@@ -205,9 +277,58 @@ class GarbageCollection(Model):
 
 
 @dataclass(frozen=True)
+class Quota(Model):
+    DOC = ("A storage limit on a set of repositories: a push that would exceed it is refused before its "
+           "bytes are committed. A blob shared by several repositories of the set counts once.")
+    RULES = (
+        Rule(
+            cel="quantity(self.limit).isGreaterThan(quantity('0'))",
+            message="a quota's limit must be greater than zero",
+            check=lambda q: quantity_value(q.limit) > 0,
+            field_path=".limit",
+        ),
+    )
+    repositories: tuple[str, ...] = field(metadata=meta(
+        "Repository globs: `*` stays within one path segment, `**` crosses segments.", min_items=1,
+        max_items=PATTERNS_MAX_ITEMS, item_max_length=REPOSITORY_GLOB_MAX_LENGTH, item_check=glob_error))
+    limit: Quantity = field(metadata=meta("Bytes the repositories may hold together, e.g. 50Gi."))
+
+
+WebhookEvent = Literal["push", "delete", "pull"]
+
+
+@dataclass(frozen=True)
+class WebhookSecretRef(Model):
+    name: str = field(metadata=meta("Secret name, in the Registry's namespace.", **DNS_SUBDOMAIN))
+    key: str = field(default="secret", metadata=meta("Key in the Secret.", max_length=NAME_MAX_LENGTH))
+
+
+@dataclass(frozen=True)
+class Webhook(Model):
+    DOC = ("Where to POST a CloudEvent after each matching event, signed with HMAC-SHA256 of the body "
+           "(X-Dockyard-Signature: sha256=HEX) and retried with backoff for at least 10 minutes.")
+    name: str = field(metadata=meta("Name, unique in the Registry (shown in metrics and Events).",
+                                    **DNS_LABEL))
+    url: str = field(metadata=meta("The receiver's http:// or https:// URL.", pattern=URL_PATTERN,
+                                   max_length=URL_MAX_LENGTH))
+    events: tuple[WebhookEvent, ...] = field(metadata=meta("Which events: push, delete, pull.", min_items=1,
+                                                            max_items=3))
+    secret_ref: WebhookSecretRef = field(metadata=meta("Secret key holding the HMAC signing key."))
+    repositories: tuple[str, ...] = field(default=("**",), metadata=meta(
+        "Repository globs the webhook hears about.", min_items=1, max_items=PATTERNS_MAX_ITEMS,
+        item_max_length=REPOSITORY_GLOB_MAX_LENGTH, item_check=glob_error))
+
+
+@dataclass(frozen=True)
 class RegistrySpec(Model):
     DOC = "The desired state of a registry."
     RULES = (
+        Rule(
+            cel="!has(self.webhooks) || self.webhooks.all(w, self.webhooks.exists_one(x, x.name == w.name))",
+            message="webhook names must be unique",
+            check=lambda s: len({w.name for w in s.webhooks or ()}) == len(s.webhooks or ()),
+            field_path=".webhooks",
+        ),
         Rule(
             cel="self.replicas <= 1 || (has(self.storage.pvc) && "
                 "self.storage.pvc.accessModes.exists(m, m == 'ReadWriteMany'))",
@@ -241,6 +362,10 @@ class RegistrySpec(Model):
         default_factory=dict, metadata=meta("Extra pod annotations.", **ANNOTATIONS))
     pod_disruption_budget: PodDisruptionBudget = field(
         default_factory=PodDisruptionBudget, metadata=meta("Disruption budget for replicas > 1."))
+    quotas: tuple[Quota, ...] | None = field(default=None, metadata=meta(
+        "Storage limits per set of repositories.", min_items=1, max_items=64))
+    webhooks: tuple[Webhook, ...] | None = field(default=None, metadata=meta(
+        "Receivers of push, delete and pull events.", min_items=1, max_items=16))
 
 
 @dataclass(frozen=True)
@@ -260,6 +385,13 @@ class StorageStatus(Model):
 
 
 @dataclass(frozen=True)
+class QuotaStatus(Model):
+    repositories: tuple[str, ...] = field(metadata=meta("The quota's repository globs."))
+    limit: str = field(metadata=meta("The quota's limit."))
+    used: str = field(metadata=meta("Bytes the repositories hold now, as a quantity."))
+
+
+@dataclass(frozen=True)
 class RegistryStatus(Model):
     observed_generation: int | None = field(default=None, metadata=meta("Last generation handled."))
     conditions: tuple[Condition, ...] = field(default=(), metadata=meta("kstatus conditions."))
@@ -269,6 +401,7 @@ class RegistryStatus(Model):
     endpoint: str | None = field(default=None, metadata=meta("In-cluster URL."))
     url: str | None = field(default=None, metadata=meta("External URL (ingress)."))
     storage: StorageStatus | None = field(default=None, metadata=meta("Storage details."))
+    quotas: tuple[QuotaStatus, ...] = field(default=(), metadata=meta("Usage of each quota, in spec order."))
 
 
 NAME_PATTERN = DNS_LABEL_PATTERN

@@ -12,8 +12,12 @@ from typing import Literal
 
 from dockyard.api import cron_grammar
 from dockyard.api.patterns import (
+    PATTERNS_MAX_ITEMS,
     PLATFORM_PATTERN,
+    REPOSITORY_GLOB_MAX_LENGTH,
     SEMVER_RANGE_PATTERN,
+    URL_MAX_LENGTH,
+    URL_PATTERN,
     glob_error,
     pattern_error,
     platform_error,
@@ -37,21 +41,10 @@ from dockyard.api.schema import (
     pattern_matches,
 )
 
-_HOST_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
-_PORT = r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
-URL_PATTERN = (rf"^https?://({_HOST_LABEL}(\.{_HOST_LABEL})*|\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\])(:{_PORT})?"
-               r"(/([A-Za-z0-9._~!$&'()*+,;=:@/-]|%[0-9A-Fa-f]{2})*)?$")
-"""A registry base URL as the OCI client reads it (`dockyard.oci.client.registry_url`): http or https, a host
-name or IPv4 or [IPv6] address, a port 1-65535, a path; no credentials, query or fragment."""
-URL_MAX_LENGTH = 2048
 BANDWIDTH_MESSAGE = ("spec.limits.bandwidth must be at least 1 byte per second, e.g. 50Mi "
                      "(0 or a fraction such as 1m does not mean no limit); omit the field for no limit")
-REPOSITORY_GLOB_MAX_LENGTH = 512
-"""Repository names are at most 255 characters with the registry's host (distribution spec); a glob
-may spell them out longer."""
 TAG_PATTERN_MAX_LENGTH = 256
 """Tags are at most 128 characters; a /regex/ may be longer."""
-PATTERNS_MAX_ITEMS = 256
 
 # Every string of `spec.filters` is read by the copy engine (dockyard.replication.filters), and
 # every one is checked here by that same code, so a policy the engine cannot run is refused when

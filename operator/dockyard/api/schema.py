@@ -231,8 +231,8 @@ def openapi(cls: type[Model]) -> dict[str, Any]:
             if md.get(key) is not None:
                 schema[key] = md[key]
         if md.get("itemMaxLength") is not None:
-            schema["items" if schema["type"] == "array" else "additionalProperties"]["maxLength"] = \
-                md["itemMaxLength"]
+            item = schema["items" if schema["type"] == "array" else "additionalProperties"]
+            (item["items"] if item["type"] == "array" else item)["maxLength"] = md["itemMaxLength"]
         if md.get("itemPattern") is not None:
             schema["items"]["pattern"] = md["itemPattern"]
         default = _default_of(field)
@@ -326,7 +326,8 @@ def _parse_value(tp: Any, value: Any, path: str, md: Mapping[str, Any]) -> Any: 
         if md.get("maxProperties") is not None and len(value) > md["maxProperties"]:
             raise SpecError(path, f"must have at most {md['maxProperties']} entries")
         _, vt = get_args(tp)
-        item_md = {"maxLength": md.get("itemMaxLength")}
+        item_md = ({"itemMaxLength": md.get("itemMaxLength")} if get_origin(vt) in (list, tuple)
+                   else {"maxLength": md.get("itemMaxLength")})
         return {str(k): _parse_value(vt, v, f"{path}.{k}", item_md) for k, v in value.items()}
     if isinstance(tp, type) and issubclass(tp, Model):
         return parse(tp, value, path)

@@ -21,8 +21,9 @@ from dockyard.api.registry import RegistrySpec
 from dockyard.api.schema import SpecError, parse
 from dockyard.controller.kube import Kube
 from dockyard.controller.reconcile import Reconciler, events_url_from_environment
+from dockyard.controller.reviewers import prune_reviewers
 from dockyard.render.labels import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, NAME_LABEL
-from dockyard.render.registry import APP, events_secret_name, referenced_secrets
+from dockyard.render.registry import APP, events_secret_name, referenced_secrets, signing_secret_name
 
 CHILDREN = (
     ("v1", "serviceaccounts"),
@@ -63,6 +64,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.execution.max_workers = 4
     memo.kube = await Kube.from_environment()
     memo.reconciler = Reconciler(memo.kube, post_event, events_url=events_url_from_environment())
+    await prune_reviewers(memo.kube)
 
 
 async def close(memo: kopf.Memo, **_: Any) -> None:
@@ -96,7 +98,7 @@ async def secret_changed(*, type: str | None, namespace: str | None, name: str, 
     if type is None:
         return
     instance = labels.get(INSTANCE_LABEL)
-    if (type == "DELETED" and instance and name == events_secret_name(instance)
+    if (type == "DELETED" and instance and name in (events_secret_name(instance), signing_secret_name(instance))
             and all(labels.get(k) == v for k, v in CHILD_LABELS.items())):
         await memo.reconciler.request(namespace, instance)
         return
@@ -113,6 +115,9 @@ def register(registry: kopf.OperatorRegistry) -> None:
     kopf.on.update(GROUP, VERSION, "registries", field="spec", registry=registry)(registry_changed)
     kopf.on.create(GROUP, VERSION, "registries", registry=registry)(registry_changed)
     kopf.on.resume(GROUP, VERSION, "registries", registry=registry)(registry_changed)
+    # No finalizer (optional): a deletion seen in time frees the registry's TokenReview subject,
+    # one missed while the operator was down is pruned at its next start.
+    kopf.on.delete(GROUP, VERSION, "registries", optional=True, registry=registry)(registry_changed)
     for api_version, plural in CHILDREN:
         group, _, version = api_version.rpartition("/")
         kopf.on.event(group, version, plural, labels=CHILD_LABELS, registry=registry)(child_changed)

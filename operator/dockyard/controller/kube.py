@@ -28,7 +28,7 @@ CORE_PLURALS = {
     "Deployment": "deployments", "PodDisruptionBudget": "poddisruptionbudgets", "Ingress": "ingresses",
     "Job": "jobs", "CronJob": "cronjobs", "Registry": "registries",
     "ReplicationPolicy": "replicationpolicies", "Role": "roles", "RoleBinding": "rolebindings",
-    "Namespace": "namespaces",
+    "Namespace": "namespaces", "ClusterRoleBinding": "clusterrolebindings",
 }
 NAMESPACE_TERMINATING = "NamespaceTerminating"
 """The cause of the API server's 403 to anything new in a namespace that is being deleted."""
@@ -165,6 +165,14 @@ class Kube:
                            status: Mapping[str, Any]) -> dict[str, Any]:
         path = path_of(api_version, kind, namespace, name, "status")
         result = await self._request("PATCH", path, body={"status": status}, content_type=MERGE)
+        assert result is not None
+        return result
+
+    async def replace(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT the whole object; its metadata.resourceVersion makes it fail (409) if it changed meanwhile."""
+        meta = obj["metadata"]
+        result = await self._request("PUT", path_of(obj["apiVersion"], obj["kind"], meta.get("namespace"),
+                                                    meta["name"]), body=obj)
         assert result is not None
         return result
 

@@ -36,6 +36,7 @@ from dockyard.api import API_VERSION, SpecError
 from dockyard.api.registry import quantity_value
 from dockyard.controller import conditions
 from dockyard.controller.kube import ApiError, Kube
+from dockyard.controller.reviewers import set_reviewer
 from dockyard.render.registry import (
     OPTIONAL_KINDS,
     RenderInput,
@@ -47,6 +48,9 @@ from dockyard.render.registry import (
     referenced_secrets,
     render_registry,
     selector_string,
+    signing_secret,
+    signing_secret_name,
+    uses_service_accounts,
 )
 
 APPLIED_ANNOTATION = "dockyard.dev/applied"
@@ -155,6 +159,8 @@ class Reconciler:
         body = await self.current("Registry", namespace, name)
         if body is not None:
             await Pass(self, body).run()
+        elif error := await set_reviewer(self.kube, namespace, name, False):
+            log.warning("%s", error)
 
     async def current(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object to reconcile; None when it, or its namespace, is being deleted (or is gone)."""
@@ -265,7 +271,8 @@ class Pass(ObjectPass):
                     ) -> tuple[dict[str, Any], str | None]:
         live: dict[str, Any] = {}
         desired = [stamp(obj) for obj in render_registry(inp)]
-        errors = [await self.ensure_events_secret(inp)] if inp.events_url else []
+        errors = await self.generated_secrets(inp)
+        errors.append(await set_reviewer(self.kube, self.namespace, self.name, uses_service_accounts(inp.spec)))
         for obj in desired:  # a refused child (say, a PVC expansion) never holds back the others
             kind, meta = obj["kind"], obj["metadata"]
             current = claim if kind == "PersistentVolumeClaim" else \
@@ -284,25 +291,37 @@ class Pass(ObjectPass):
                 await self.delete_if_owned(api_version, kind, self.name)
         return live, "; ".join(e for e in errors if e) or None
 
-    async def ensure_events_secret(self, inp: RenderInput) -> str | None:
-        """Create `<registry>-events` with a new random token unless it exists; an error to report, or None."""
-        name = events_secret_name(self.name)
+    async def ensure_secret_once(self, name: str, make: Callable[[], dict[str, Any]], what: str) -> str | None:
+        """Create a Secret of generated content unless it exists; an error to report, or None."""
         current = await self.kube.get("v1", "Secret", self.namespace, name)
         if current is None:
             try:
-                current = await self.kube.create(events_secret(inp, secrets.token_urlsafe(32)))
-                log.info("created Secret %s/%s with the registry's events token", self.namespace, name)
+                current = await self.kube.create(make())
+                log.info("created Secret %s/%s with the registry's %s", self.namespace, name, what)
             except ApiError as e:
                 if e.namespace_terminating:
                     raise
                 if e.status != 409:  # 409: created meanwhile, which is as good
-                    return f"Secret {name!r} (push events token) was refused: {e.message}"
+                    return f"Secret {name!r} ({what}) was refused: {e.message}"
                 return None
         owners = (current.get("metadata") or {}).get("ownerReferences") or []
         if not any(ref.get("uid") == self.uid and ref.get("controller") for ref in owners):
             return (f"Secret {name!r} exists but does not belong to this Registry; delete it and Dockyard "
-                    "creates the push events token anew")
+                    f"creates the {what} anew")
         return None
+
+    async def generated_secrets(self, inp: RenderInput) -> list[str | None]:
+        """The Secrets of random content the pods mount: the push events token, the token signing key."""
+        errors: list[str | None] = []
+        if inp.events_url:
+            errors.append(await self.ensure_secret_once(
+                events_secret_name(self.name), lambda: events_secret(inp, secrets.token_urlsafe(32)),
+                "push events token"))
+        if inp.spec.auth and inp.spec.auth.token:
+            errors.append(await self.ensure_secret_once(
+                signing_secret_name(self.name), lambda: signing_secret(inp, secrets.token_urlsafe(48)),
+                "token signing key"))
+        return errors
 
     async def report(self, obs: conditions.Observed, inp: RenderInput | None,
                      live: Mapping[str, Any] | None = None) -> None:

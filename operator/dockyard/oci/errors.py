@@ -28,6 +28,7 @@ class ErrorCode(enum.Enum):
     DENIED = (403, "requested access to the resource is denied")
     UNSUPPORTED = (405, "the operation is unsupported")
     TOOMANYREQUESTS = (429, "too many requests")
+    UNAVAILABLE = (503, "service unavailable")  # distribution's errcode; a dependency is down, retry
 
     @property
     def status(self) -> int:

@@ -45,12 +45,16 @@ from aiohttp.typedefs import Middleware
 from dockyard.oci import Digest, DigestError, ErrorCode, OCIError, valid_name, valid_tag
 from dockyard.oci import mediatypes as mt
 from dockyard.oci.errors import error_body
+from dockyard.registry.access import AccessPolicy
 from dockyard.registry.auth import Htpasswd
+from dockyard.registry.gate import TOKEN_PATH, Caller, Gate
 from dockyard.registry.manifests import ParsedManifest, parse_manifest
 from dockyard.registry.metrics import Metrics
 from dockyard.registry.notify import Notifier
 from dockyard.registry.pools import CatalogCache, PerKeyLimit, Pools
+from dockyard.registry.serviceaccounts import TokenReviewer
 from dockyard.registry.storage import FilesystemStorage, StoredManifest, UploadInfo
+from dockyard.registry.tokens import TokenIssuer
 from dockyard.registry.uploads import RangeMismatch, Uploads
 
 T = TypeVar("T")
@@ -93,8 +97,8 @@ def _v2_tail(request: web.Request) -> str:
     return raw[4:] if raw.startswith("/v2/") else request.match_info.get("tail", "")
 
 
-ANONYMOUS_KINDS = frozenset({"blob", "manifest", "tags", "referrers"})
-"""What `--anonymous-pull` opens to anonymous reads: pulling, not the catalog or upload sessions."""
+CALLER: web.RequestKey[Caller] = web.RequestKey("caller", Caller)
+NO_MOUNT: web.RequestKey[bool] = web.RequestKey("no-mount", bool)
 
 
 class HTTPError(OCIError):
@@ -167,7 +171,9 @@ class RegistryService:
     """The application state: storage, upload sessions, auth, metrics and the worker pools."""
 
     def __init__(self, storage: FilesystemStorage, *, htpasswd: Htpasswd | None = None,
-                 anonymous_pull: bool = False, read_only: bool = False, workers: int = 32) -> None:
+                 anonymous_pull: bool = False, read_only: bool = False, workers: int = 32,
+                 access: AccessPolicy | None = None, tokens: TokenIssuer | None = None,
+                 reviewer: TokenReviewer | None = None) -> None:
         self.storage = storage
         self.pools = Pools(io_workers=workers)
         self.executor = self.pools.io
@@ -176,7 +182,10 @@ class RegistryService:
         self.auth_limit = PerKeyLimit(AUTH_CHECKS_PER_CLIENT)
         self.uploads = Uploads(storage, self.executor, self.metrics.received)
         self.htpasswd = htpasswd
-        self.anonymous_pull = anonymous_pull
+        self.gate = None if htpasswd is None else Gate(
+            htpasswd, lambda request, user, password: self._verify(request, htpasswd, user, password),
+            access or AccessPolicy(anonymous_pull=anonymous_pull), tokens, reviewer)
+        """Authentication and access rules; None serves everyone everything (no htpasswd configured)."""
         self.read_only = read_only
         self._large_manifests = asyncio.Semaphore(1)
         self.notifier: Notifier | None = None
@@ -188,20 +197,30 @@ class RegistryService:
     # ---- middleware ------------------------------------------------------------------------
 
     async def _authorize(self, request: web.Request) -> None:
-        if self.htpasswd is None:
+        """Who is calling and whether they may use this endpoint; the catalog filters per caller."""
+        if self.gate is None:
             return
-        creds = Htpasswd.parse_header(request.headers.get("Authorization"))
-        if creds == ("", ""):  # some clients answer a challenge with empty credentials
-            creds = None
-        if creds is None:
-            if self.anonymous_pull and request.method in READ_METHODS and self._pull_endpoint(request):
-                return
-            raise self._unauthorized("authentication required")
-        ok = self.htpasswd.cached(*creds)
-        if ok is None:
-            ok = await self._verify(request, self.htpasswd, *creds)
-        if not ok:
-            raise self._unauthorized("invalid username or password")
+        caller = await self.gate.caller(request)
+        request[CALLER] = caller
+        if request.path in ("/v2", "/v2/"):  # anonymous clients learn here to log in
+            self.gate.require_login(request, caller)
+            return
+        route = _route(_v2_tail(request))
+        if route is None:
+            return
+        kind, params = route
+        if kind == "catalog":
+            self.gate.require_login(request, caller)
+            return
+        if not valid_name(params["name"]):
+            return  # NAME_INVALID from the handler
+        # Upload sessions, their status included, belong to pushing.
+        action = "push" if kind in ("uploads", "upload") else \
+            "delete" if request.method == "DELETE" else "pull" if request.method in READ_METHODS else "push"
+        self.gate.check(request, caller, params["name"], action)
+        source = request.query.get("from") if kind == "uploads" else None
+        if source and valid_name(source) and not self.gate.may(caller, source, "pull"):
+            request[NO_MOUNT] = True  # mounting would read a repository the caller may not pull
 
     async def _verify(self, request: web.Request, htpasswd: Htpasswd, user: str, password: str) -> bool:
         """bcrypt in its own pool, one check at a time per client address, so a client guessing
@@ -214,19 +233,6 @@ class RegistryService:
                 return False  # the client left while it waited: nobody reads the answer, spend no bcrypt
             return await asyncio.get_running_loop().run_in_executor(self.pools.auth, htpasswd.verify,
                                                                     user, password)
-
-    @staticmethod
-    def _pull_endpoint(request: web.Request) -> bool:
-        """An endpoint anonymous pull opens; the base endpoint is not one, so clients learn to log in."""
-        if request.path in ("/v2", "/v2/"):
-            return False
-        route = _route(_v2_tail(request))
-        return route is not None and route[0] in ANONYMOUS_KINDS
-
-    @staticmethod
-    def _unauthorized(message: str) -> HTTPError:
-        return HTTPError(ErrorCode.UNAUTHORIZED, message,
-                         headers={"WWW-Authenticate": 'Basic realm="dockyard"'})
 
     @web.middleware
     async def middleware(self, request: web.Request,
@@ -392,7 +398,7 @@ class RegistryService:
                 digest = None
             source = q.get("from")
             # Without `from`, finding a holder would walk every repository: answer with a session.
-            if digest is not None and source is not None and valid_name(source) and \
+            if digest is not None and source is not None and valid_name(source) and not request.get(NO_MOUNT) and \
                     await self.run(self.storage.mount_blob, name, digest, source):
                 return self._created(name, digest)
         if "digest" in q:
@@ -579,6 +585,10 @@ class RegistryService:
     async def catalog(self, request: web.Request) -> web.StreamResponse:
         """GET /v2/_catalog[?n=<int>&last=<name>]: repositories, lexically sorted."""
         repos = await self.catalog_cache.get()
+        caller = request.get(CALLER)
+        if self.gate is not None and caller is not None:
+            gate = self.gate
+            repos = [r for r in repos if gate.policy.may(caller.identity, r, "pull")]
         page, headers = self._page(repos, request, "/v2/_catalog")
         return web.json_response({"repositories": page}, headers=headers)
 
@@ -595,6 +605,14 @@ class RegistryService:
         return web.Response(body=json.dumps(body).encode(), content_type=mt.OCI_INDEX, headers=headers)
 
     # ---- operations ------------------------------------------------------------------------
+
+    async def token(self, request: web.Request) -> web.StreamResponse:
+        """The token endpoint (`token` configured): see registry.gate."""
+        if self.gate is None or self.gate.tokens is None:
+            raise OCIError(ErrorCode.NAME_UNKNOWN, "this registry issues no tokens", status=404)
+        if request.method not in ("GET", "POST"):
+            raise OCIError(ErrorCode.UNSUPPORTED, f"{request.method} is not allowed on {TOKEN_PATH}", status=405)
+        return await self.gate.token(request)
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         return web.Response(text="ok\n")
@@ -618,6 +636,7 @@ class RegistryService:
         app.router.add_route("*", "/v2", self.base)
         app.router.add_route("*", "/v2/", self.base)
         app.router.add_route("*", "/v2/{tail:.+}", self.dispatch)
+        app.router.add_route("*", TOKEN_PATH, self.token)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_get)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,33 @@ class HTTPLimits:
 
 
 @dataclass(frozen=True)
+class AccessConfig:
+    """`spec.auth.access` and `spec.auth.groups` as the operator renders them (see registry.access)."""
+
+    rules: tuple[dict[str, Any], ...] | None = None
+    groups: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    """Bearer token authentication (see registry.tokens)."""
+
+    key_file: Path
+    service: str
+    lifetime: float = 300.0
+
+
+@dataclass(frozen=True)
+class ServiceAccountConfig:
+    """Verify ServiceAccount tokens with a TokenReview; in a pod every field has its in-cluster default."""
+
+    audience: str = "dockyard"
+    server: str | None = None
+    token_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    ca_file: Path | None = Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     host: str = "0.0.0.0"  # noqa: S104  in a pod: reachable through its Service; `--addr` narrows it
     port: int = 5000
@@ -80,6 +107,9 @@ class ServeConfig:
     gc: GCConfig | None = None
     notify: NotifyConfig | None = None
     http: HTTPLimits = HTTPLimits()
+    access: AccessConfig = field(default_factory=AccessConfig)
+    token: TokenConfig | None = None
+    service_accounts: ServiceAccountConfig | None = None
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -202,7 +232,74 @@ def parse_http(doc: Any) -> HTTPLimits:
     return limits
 
 
-TOP_KEYS = {"addr", "root", "htpasswd", "anonymousPull", "readOnly", "tls", "gc", "notify", "http"}
+ACTIONS = ("pull", "push", "delete")
+
+
+def _strings(value: Any, key: str, *, empty: bool = True) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{key}: expected a list of non-empty strings, got {value!r}")
+    if not empty and not value:
+        raise ConfigError(f"{key}: must not be empty")
+    return value
+
+
+def parse_access(doc: Any) -> AccessConfig:
+    from dockyard.api.patterns import glob_error
+
+    access = _mapping(doc, "access", {"rules", "groups"})
+    groups = _mapping(access.get("groups") or {}, "access.groups", set(access.get("groups") or {}))
+    parsed_groups = {str(g): _strings(users, f"access.groups.{g}") for g, users in groups.items()}
+    rules: list[dict[str, Any]] | None = None
+    if access.get("rules") is not None:
+        if not isinstance(access["rules"], list) or not access["rules"]:
+            raise ConfigError("access.rules: expected a non-empty list of rules")
+        rules = []
+        for i, rule in enumerate(access["rules"]):
+            key = f"access.rules[{i}]"
+            rule = _mapping(rule, key, {"repositories", "actions", "users", "groups", "serviceAccounts"})
+            for glob in _strings(rule.get("repositories"), f"{key}.repositories", empty=False):
+                if (error := glob_error(glob)) is not None:
+                    raise ConfigError(f"{key}.repositories: {error}")
+            actions = _strings(rule.get("actions"), f"{key}.actions", empty=False)
+            if unknown := [a for a in actions if a not in ACTIONS]:
+                raise ConfigError(f"{key}.actions: unknown action {unknown[0]!r} (known: {', '.join(ACTIONS)})")
+            for subject in ("users", "groups", "serviceAccounts"):
+                _strings(rule.get(subject, []), f"{key}.{subject}")
+            if missing := [g for g in rule.get("groups", []) if g not in parsed_groups]:
+                raise ConfigError(f"{key}.groups: group {missing[0]!r} is not defined in access.groups")
+            rules.append(rule)
+    return AccessConfig(tuple(rules) if rules is not None else None, parsed_groups)
+
+
+def parse_token(doc: Any) -> TokenConfig:
+    token = _mapping(doc, "token", {"keyFile", "service", "lifetime"})
+    for key in ("keyFile", "service"):
+        if key not in token:
+            raise ConfigError(f"token.{key}: is required")
+    cfg = TokenConfig(_path(token["keyFile"], "token.keyFile"), _string(token["service"], "token.service"))
+    if "lifetime" in token:
+        cfg = replace(cfg, lifetime=parse_config_duration(token["lifetime"], "token.lifetime"))
+        if not 10 <= cfg.lifetime <= 24 * 3600:
+            raise ConfigError("token.lifetime: must be between 10s and 24h")
+    return cfg
+
+
+def parse_service_accounts(doc: Any) -> ServiceAccountConfig:
+    sa = _mapping(doc or {}, "serviceAccounts", {"audience", "server", "tokenFile", "caFile"})
+    cfg = ServiceAccountConfig()
+    if "audience" in sa:
+        cfg = replace(cfg, audience=_string(sa["audience"], "serviceAccounts.audience"))
+    if "server" in sa:
+        cfg = replace(cfg, server=_string(sa["server"], "serviceAccounts.server"))
+    if "tokenFile" in sa:
+        cfg = replace(cfg, token_file=_path(sa["tokenFile"], "serviceAccounts.tokenFile"))
+    if "caFile" in sa:
+        cfg = replace(cfg, ca_file=_path(sa["caFile"], "serviceAccounts.caFile") if sa["caFile"] else None)
+    return cfg
+
+
+TOP_KEYS = {"addr", "root", "htpasswd", "anonymousPull", "readOnly", "tls", "gc", "notify", "http", "access",
+            "token", "serviceAccounts"}
 
 
 def parse_config(doc: Any) -> ServeConfig:
@@ -253,6 +350,12 @@ def parse_config(doc: Any) -> ServeConfig:
         cfg = replace(cfg, notify=parse_notify(doc["notify"]))
     if doc.get("http") is not None:
         cfg = replace(cfg, http=parse_http(doc["http"]))
+    if doc.get("access") is not None:
+        cfg = replace(cfg, access=parse_access(doc["access"]))
+    if doc.get("token") is not None:
+        cfg = replace(cfg, token=parse_token(doc["token"]))
+    if "serviceAccounts" in doc:
+        cfg = replace(cfg, service_accounts=parse_service_accounts(doc["serviceAccounts"]))
     return cfg
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from dockyard.registry.access import AccessPolicy, Rule
 from dockyard.registry.app import RegistryService
 from dockyard.registry.auth import Htpasswd
 from dockyard.registry.config import ServeConfig
@@ -27,7 +28,9 @@ from dockyard.registry.connections import ConnectionFactory, DescriptorExhaustio
 from dockyard.registry.gc import collect, recover
 from dockyard.registry.metrics import Metrics
 from dockyard.registry.notify import Notifier
+from dockyard.registry.serviceaccounts import TokenReviewer
 from dockyard.registry.storage import FilesystemStorage
+from dockyard.registry.tokens import TokenIssuer
 
 log = logging.getLogger("dockyard.registry")
 access = logging.getLogger("dockyard.registry.access")
@@ -132,9 +135,16 @@ async def _gc_loop(registry: RegistryService, cfg: ServeConfig) -> None:
                bytes_freed=report.bytes_freed, manifests_deleted=report.manifests_deleted)
 
 
+def access_policy(cfg: ServeConfig) -> AccessPolicy:
+    rules = None if cfg.access.rules is None else [Rule.of(r) for r in cfg.access.rules]
+    return AccessPolicy(rules, cfg.access.groups, cfg.anonymous_pull)
+
+
 async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpasswd | None,
-                 ssl_context: ssl.SSLContext | None) -> None:
-    registry = RegistryService(storage, htpasswd=htpasswd, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only)
+                 ssl_context: ssl.SSLContext | None, tokens: TokenIssuer | None,
+                 reviewer: TokenReviewer | None) -> None:
+    registry = RegistryService(storage, htpasswd=htpasswd, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only,
+                               access=access_policy(cfg), tokens=tokens, reviewer=reviewer)
     if cfg.notify is not None:
         registry.notifier = Notifier(cfg.notify, registry.metrics)
         await registry.notifier.start()
@@ -167,6 +177,8 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
         await runner.cleanup()
         if registry.notifier is not None:
             await registry.notifier.close()
+        if reviewer is not None:
+            await reviewer.close()
         _event("stopped")
 
 
@@ -182,5 +194,13 @@ def serve(cfg: ServeConfig) -> int:
     if cfg.tls_cert and cfg.tls_key:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key))
-    asyncio.run(_serve(cfg, storage, htpasswd, ssl_context))
+    tokens = None
+    if cfg.token is not None:
+        tokens = TokenIssuer(cfg.token.key_file.read_bytes().strip(), cfg.token.service, cfg.token.lifetime)
+    try:
+        reviewer = TokenReviewer(cfg.service_accounts) if cfg.service_accounts else None
+    except ValueError as e:
+        print(f"dockyard registry: error: {e}", file=sys.stderr)
+        return 2
+    asyncio.run(_serve(cfg, storage, htpasswd, ssl_context, tokens, reviewer))
     return 0

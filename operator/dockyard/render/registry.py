@@ -25,7 +25,7 @@ import yaml
 from dockyard import __version__, cron
 from dockyard.api import API_VERSION, SpecError
 from dockyard.api.registry import RegistrySpec
-from dockyard.api.schema import parse
+from dockyard.api.schema import dump, parse
 from dockyard.render import labels as child_labels
 
 PORT = 5000
@@ -34,12 +34,18 @@ CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"
 AUTH_DIR = "/etc/dockyard/auth"
 TLS_DIR = "/etc/dockyard/tls"
 EVENTS_DIR = "/etc/dockyard/events"
+SIGNING_DIR = "/etc/dockyard/signing"
+SIGNING_KEY = "key"
 EVENTS_TOKEN_KEY = "token"  # noqa: S105  the key's name in the Secret, not a secret
 EVENTS_PATH = "/v1/push"
 DATA_DIR = "/var/lib/registry"
 RUN_AS = 65532
 CHECKSUM_ANNOTATION = "dockyard.dev/checksum"
 APP = "dockyard-registry"
+SERVICE_ACCOUNT_AUDIENCE = "dockyard"
+REVIEWER_BINDING = "dockyard-registry-tokenreview"
+"""The ClusterRole (tokenreviews create) and ClusterRoleBinding the install ships; the operator keeps
+the binding's subjects to the ServiceAccounts of Registries whose access rules name ServiceAccounts."""
 
 
 def default_image() -> str:
@@ -62,6 +68,15 @@ def config_name(name: str) -> str:
 
 def events_secret_name(name: str) -> str:
     return f"{name}-events"
+
+
+def signing_secret_name(name: str) -> str:
+    return f"{name}-signing-key"
+
+
+def uses_service_accounts(spec: RegistrySpec) -> bool:
+    """Whether some access rule names a ServiceAccount: then the pods verify tokens (TokenReview)."""
+    return bool(spec.auth and any(rule.service_accounts for rule in spec.auth.access or ()))
 
 
 @dataclass(frozen=True)
@@ -141,6 +156,15 @@ def registry_config(inp: RenderInput) -> dict[str, Any]:
     if spec.auth:
         config["htpasswd"] = f"{AUTH_DIR}/htpasswd"
         config["anonymousPull"] = spec.auth.anonymous_pull
+        if spec.auth.access is not None or spec.auth.groups:
+            config["access"] = {"groups": {g: list(users) for g, users in spec.auth.groups.items()}}
+            if spec.auth.access is not None:
+                config["access"]["rules"] = [dump(rule) for rule in spec.auth.access]
+        if spec.auth.token:
+            config["token"] = {"keyFile": f"{SIGNING_DIR}/{SIGNING_KEY}", "service": f"{inp.name}.{inp.namespace}",
+                               "lifetime": spec.auth.token.lifetime}
+        if uses_service_accounts(spec):
+            config["serviceAccounts"] = {"audience": SERVICE_ACCOUNT_AUDIENCE}
     if spec.read_only:
         config["readOnly"] = True
     if spec.tls:
@@ -242,6 +266,10 @@ def _volumes(inp: RenderInput) -> tuple[list[dict[str, Any]], list[dict[str, Any
     if spec.tls:
         volumes.append({"name": "tls", "secret": {"secretName": spec.tls.secret_name}})
         mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+    if spec.auth and spec.auth.token:
+        volumes.append({"name": "signing-key", "secret": {
+            "secretName": signing_secret_name(inp.name), "items": [{"key": SIGNING_KEY, "path": SIGNING_KEY}]}})
+        mounts.append({"name": "signing-key", "mountPath": SIGNING_DIR, "readOnly": True})
     if inp.events_url:
         # Optional: serving images never waits for the notification token; while the Secret
         # is missing the server drops its events with a log line.
@@ -270,7 +298,8 @@ def deployment(inp: RenderInput) -> dict[str, Any]:
         container["resources"] = spec.resources
     pod: dict[str, Any] = {
         "serviceAccountName": inp.name,
-        "automountServiceAccountToken": False,
+        # Its own token only when it must ask the API server to review ServiceAccount tokens.
+        "automountServiceAccountToken": uses_service_accounts(spec),
         "securityContext": restricted_pod(),
         "containers": [container],
         "volumes": volumes,
@@ -350,6 +379,12 @@ def events_secret(inp: RenderInput, token: str) -> dict[str, Any]:
     """The Secret holding the Registry's events token; created once by the reconcile, never re-applied."""
     return {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(inp, events_secret_name(inp.name)),
             "type": "Opaque", "data": {EVENTS_TOKEN_KEY: base64.b64encode(token.encode()).decode()}}
+
+
+def signing_secret(inp: RenderInput, key: str) -> dict[str, Any]:
+    """The Secret holding the key that signs bearer tokens; created once by the reconcile, never re-applied."""
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(inp, signing_secret_name(inp.name)),
+            "type": "Opaque", "data": {SIGNING_KEY: base64.b64encode(key.encode()).decode()}}
 
 
 OPTIONAL_KINDS = (("policy/v1", "PodDisruptionBudget"), ("networking.k8s.io/v1", "Ingress"))
