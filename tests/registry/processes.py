@@ -1,8 +1,9 @@
 """Real registry processes on 127.0.0.1 for tests and benchmarks.
 
 `start_dockyard` runs `dockyard registry serve` from the venv; `start_distribution` runs
-Debian's `docker-registry` (CNCF distribution) as the peer. Both pick a free port, wait
-until `/v2/` answers (with a deadline) and are stopped by the context manager.
+Debian's `docker-registry` (CNCF distribution) as the peer, and `start_distribution_s3` runs
+it on an S3 server (tests/s3's SeaweedFS). All pick a free port, wait until `/v2/` answers
+(with a deadline) and are stopped by the context manager.
 
 `Registries` starts any number of them for one test and stops them all at the end, so a
 test names the servers it needs inside its body: a missing `dockyard registry serve` or a
@@ -223,6 +224,36 @@ def start_distribution(root: Path, *, port: int | None = None, htpasswd: Path | 
     )
     return RegistryProcess([DISTRIBUTION, "serve", str(config)], port, root,
                            root.parent / f"distribution-{port}.log").start(timeout)
+
+
+def start_distribution_s3(root: Path, *, endpoint: str, bucket: str, access_key: str, secret_key: str,
+                          port: int | None = None, rootdirectory: str = "/distribution",
+                          redirect: bool = False, timeout: float = 20.0) -> RegistryProcess:
+    """Debian's `docker-registry` (distribution 2.8) with its `s3` storage driver.
+
+    The objects go to BUCKET under ROOTDIRECTORY on the S3 server at ENDPOINT (plain HTTP,
+    SigV4, region us-east-1); ROOT holds only the configuration and the log. With a
+    `regionendpoint`, distribution 2.8 addresses buckets by path (it has no `forcepathstyle`
+    setting). By default blob GETs are served by distribution itself; with REDIRECT it answers
+    them with a redirect to a presigned S3 URL, as it ships.
+    """
+    port = port or free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    config = root.parent / f"distribution-s3-{port}.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: error\n  accesslog:\n    disabled: true\n"
+        "storage:\n"
+        f"  s3:\n    regionendpoint: {json.dumps(endpoint)}\n    region: us-east-1\n"
+        f"    bucket: {json.dumps(bucket)}\n    accesskey: {json.dumps(access_key)}\n"
+        f"    secretkey: {json.dumps(secret_key)}\n    secure: false\n    v4auth: true\n"
+        f"    rootdirectory: {json.dumps(rootdirectory)}\n"
+        "  delete:\n    enabled: true\n"
+        f"  redirect:\n    disable: {json.dumps(not redirect)}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n  secret: {secrets.token_hex(16)}\n"
+    )
+    return RegistryProcess([DISTRIBUTION, "serve", str(config)], port, root,
+                           root.parent / f"distribution-s3-{port}.log").start(timeout)
 
 
 class Registries:
