@@ -14,12 +14,12 @@
 # cached in $DOCKYARD_CACHE (default ~/.cache/dockyard).
 #
 # The tests (tests/s3) start `weed` themselves, on free ports; `up` is for working by hand.
-# Everything listens on 127.0.0.1; the WebDAV gateway, the admin UI, the Iceberg and Lance
-# catalogs and the telemetry report are off. This is a disposable test server: its
+# Everything listens on 127.0.0.1; the WebDAV gateway, the admin UI (its server still runs),
+# the Iceberg and Lance catalogs and the telemetry report are off. This is a disposable test server: its
 # credentials are fixed and printed by `env`.
 #
 # Settings (environment): DOCKYARD_S3_DIR (state and data; default /tmp/dockyard-s3),
-# DOCKYARD_S3_PORT (the S3 port, 18333; the next seven ports serve SeaweedFS's other listeners).
+# DOCKYARD_S3_PORT (the S3 port, 18333; the next nine ports serve SeaweedFS's other listeners).
 set -euo pipefail
 
 CACHE=${DOCKYARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dockyard}
@@ -72,7 +72,8 @@ up() {
     -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.config="$DIR/s3.json" \
     -s3.port="$PORT" -master.port=$((PORT + 1)) -volume.port=$((PORT + 2)) -filer.port=$((PORT + 3)) \
     -s3.port.grpc=$((PORT + 4)) -master.port.grpc=$((PORT + 5)) -volume.port.grpc=$((PORT + 6)) \
-    -filer.port.grpc=$((PORT + 7)) -s3.port.iceberg=0 -s3.port.lance=0 -webdav=false -admin.ui=false \
+    -filer.port.grpc=$((PORT + 7)) -admin.port=$((PORT + 8)) -admin.port.grpc=$((PORT + 9)) \
+    -admin.port.legacy=0 -s3.port.iceberg=0 -s3.port.lance=0 -webdav=false -admin.ui=false \
     -master.telemetry=false >"$DIR/weed.log" 2>&1 </dev/null &
   echo $! >"$DIR/pid"
   local deadline=$((SECONDS + 120))

@@ -27,7 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from email.message import Message
 from pathlib import Path
 from types import TracebackType
@@ -122,7 +122,7 @@ class RegistryProcess:
     """A registry server process; `url` is `http://127.0.0.1:PORT`, `host` is `127.0.0.1:PORT`."""
 
     def __init__(self, argv: Sequence[str], port: int, root: Path, log: Path,
-                 env: dict[str, str] | None = None, scheme: str = "http") -> None:
+                 env: Mapping[str, str | None] | None = None, scheme: str = "http") -> None:
         self.argv = list(argv)
         self.port = port
         self.root = root
@@ -134,8 +134,8 @@ class RegistryProcess:
 
     def start(self, timeout: float = 20.0) -> RegistryProcess:
         logf = open(self.log, "ab")  # the child keeps its own descriptor
-        self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(self.env or {})})
+        env = {k: v for k, v in {**os.environ, **(self.env or {})}.items() if v is not None}  # None: unset
+        self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT, env=env)
         logf.close()
         self.wait_ready(timeout)
         return self
@@ -235,7 +235,9 @@ def start_distribution_s3(root: Path, *, endpoint: str, bucket: str, access_key:
     SigV4, region us-east-1); ROOT holds only the configuration and the log. With a
     `regionendpoint`, distribution 2.8 addresses buckets by path (it has no `forcepathstyle`
     setting). By default blob GETs are served by distribution itself; with REDIRECT it answers
-    them with a redirect to a presigned S3 URL, as it ships.
+    them with a redirect to a presigned S3 URL, as it ships. The AWS_* variables of this process
+    stay out of its environment: with AWS_CA_BUNDLE set, distribution 2.8 panics at start
+    ("LoadCustomCABundleError: ... HTTPClient's transport unsupported type").
     """
     port = port or free_port()
     root.mkdir(parents=True, exist_ok=True)
@@ -252,8 +254,9 @@ def start_distribution_s3(root: Path, *, endpoint: str, bucket: str, access_key:
         f"  redirect:\n    disable: {json.dumps(not redirect)}\n"
         f"http:\n  addr: 127.0.0.1:{port}\n  secret: {secrets.token_hex(16)}\n"
     )
+    aws_env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("AWS_")}
     return RegistryProcess([DISTRIBUTION, "serve", str(config)], port, root,
-                           root.parent / f"distribution-s3-{port}.log").start(timeout)
+                           root.parent / f"distribution-s3-{port}.log", aws_env).start(timeout)
 
 
 class Registries:

@@ -106,15 +106,16 @@ class S3Server:
         return self.admin.secret_key
 
     def argv(self, config: Path) -> list[str]:
-        # Every listener on an explicit free port: `weed mini` moves a busy default port
-        # elsewhere, and its default gRPC ports (HTTP port + 10000) may not exist.
+        # Every listener on an explicit free port: `weed mini` moves a busy default port elsewhere
+        # (racing a concurrent test session), and its default gRPC ports (HTTP port + 10000) may
+        # not exist. The admin server runs even without its UI.
         ports = {name: free_port() for name in (
-            "master.port", "volume.port", "filer.port",
-            "master.port.grpc", "volume.port.grpc", "filer.port.grpc", "s3.port.grpc")}
+            "master.port", "volume.port", "filer.port", "admin.port",
+            "master.port.grpc", "volume.port.grpc", "filer.port.grpc", "s3.port.grpc", "admin.port.grpc")}
         return [
             str(self.weed), "mini", f"-dir={self.workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-s3.port={self.port}", *(f"-{name}={port}" for name, port in ports.items()),
-            f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            f"-s3.config={config}", "-admin.port.legacy=0", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
         ]
 
