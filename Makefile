@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## Create the virtualenv and install Dockyard with test and lint tools
 
 test: $(STAMP) ## Run every test tier (integration and e2e on a local one-node cluster: needs Go and root)
-	@if command -v go >/dev/null || [ "$$CI" = true ]; then hack/cluster.sh build; \
-	  else echo "no Go here: the integration and e2e tiers will skip (hack/cluster.sh build needs it)"; fi
+	@if command -v go >/dev/null || [ "$$CI" = true ]; then hack/cluster.sh build && hack/s3.sh build; \
+	  else echo "no Go here: the integration, e2e and S3 tiers will skip (hack/cluster.sh build and hack/s3.sh build need it)"; fi
 	$(PY) -m pytest -q -rs tests
 
 lint: $(STAMP) ## ruff, mypy (strict; the package, tests and bench) and the layer contracts (lint-imports)

@@ -1,8 +1,9 @@
 """Real registry processes on 127.0.0.1 for tests and benchmarks.
 
 `start_dockyard` runs `dockyard registry serve` from the venv; `start_distribution` runs
-Debian's `docker-registry` (CNCF distribution) as the peer. Both pick a free port, wait
-until `/v2/` answers (with a deadline) and are stopped by the context manager.
+Debian's `docker-registry` (CNCF distribution) as the peer, and `start_distribution_s3` runs
+it on an S3 server (tests/s3's SeaweedFS). All pick a free port, wait until `/v2/` answers
+(with a deadline) and are stopped by the context manager.
 
 `Registries` starts any number of them for one test and stops them all at the end, so a
 test names the servers it needs inside its body: a missing `dockyard registry serve` or a
@@ -26,7 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from email.message import Message
 from pathlib import Path
 from types import TracebackType
@@ -121,7 +122,7 @@ class RegistryProcess:
     """A registry server process; `url` is `http://127.0.0.1:PORT`, `host` is `127.0.0.1:PORT`."""
 
     def __init__(self, argv: Sequence[str], port: int, root: Path, log: Path,
-                 env: dict[str, str] | None = None, scheme: str = "http") -> None:
+                 env: Mapping[str, str | None] | None = None, scheme: str = "http") -> None:
         self.argv = list(argv)
         self.port = port
         self.root = root
@@ -133,8 +134,8 @@ class RegistryProcess:
 
     def start(self, timeout: float = 20.0) -> RegistryProcess:
         logf = open(self.log, "ab")  # the child keeps its own descriptor
-        self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(self.env or {})})
+        env = {k: v for k, v in {**os.environ, **(self.env or {})}.items() if v is not None}  # None: unset
+        self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT, env=env)
         logf.close()
         self.wait_ready(timeout)
         return self
@@ -223,6 +224,39 @@ def start_distribution(root: Path, *, port: int | None = None, htpasswd: Path | 
     )
     return RegistryProcess([DISTRIBUTION, "serve", str(config)], port, root,
                            root.parent / f"distribution-{port}.log").start(timeout)
+
+
+def start_distribution_s3(root: Path, *, endpoint: str, bucket: str, access_key: str, secret_key: str,
+                          port: int | None = None, rootdirectory: str = "/distribution",
+                          redirect: bool = False, timeout: float = 20.0) -> RegistryProcess:
+    """Debian's `docker-registry` (distribution 2.8) with its `s3` storage driver.
+
+    The objects go to BUCKET under ROOTDIRECTORY on the S3 server at ENDPOINT (plain HTTP,
+    SigV4, region us-east-1); ROOT holds only the configuration and the log. With a
+    `regionendpoint`, distribution 2.8 addresses buckets by path (it has no `forcepathstyle`
+    setting). By default blob GETs are served by distribution itself; with REDIRECT it answers
+    them with a redirect to a presigned S3 URL, as it ships. The AWS_* variables of this process
+    stay out of its environment: with AWS_CA_BUNDLE set, distribution 2.8 panics at start
+    ("LoadCustomCABundleError: ... HTTPClient's transport unsupported type").
+    """
+    port = port or free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    config = root.parent / f"distribution-s3-{port}.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: error\n  accesslog:\n    disabled: true\n"
+        "storage:\n"
+        f"  s3:\n    regionendpoint: {json.dumps(endpoint)}\n    region: us-east-1\n"
+        f"    bucket: {json.dumps(bucket)}\n    accesskey: {json.dumps(access_key)}\n"
+        f"    secretkey: {json.dumps(secret_key)}\n    secure: false\n    v4auth: true\n"
+        f"    rootdirectory: {json.dumps(rootdirectory)}\n"
+        "  delete:\n    enabled: true\n"
+        f"  redirect:\n    disable: {json.dumps(not redirect)}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n  secret: {secrets.token_hex(16)}\n"
+    )
+    aws_env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("AWS_")}
+    return RegistryProcess([DISTRIBUTION, "serve", str(config)], port, root,
+                           root.parent / f"distribution-s3-{port}.log", aws_env).start(timeout)
 
 
 class Registries:
