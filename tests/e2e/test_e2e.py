@@ -165,9 +165,17 @@ def load_example(path: Path, installed: Install, namespace: str, workdir: Path) 
         example.access.user, example.access.password = "e2e", uuid.uuid4().hex
         example.access.anonymous_pull = bool(auth.get("anonymousPull", False))
         htpasswd = write_htpasswd(workdir / "htpasswd", example.access.user, example.access.password)
+        if auth.get("access") is not None:  # the test's user may do everything under e2e/, first rule
+            auth["access"] = [{"repositories": ["e2e/**"], "users": [example.access.user],
+                               "actions": ["pull", "push", "delete"]}, *auth["access"]]
         example.secrets.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                                 "metadata": {"name": ref["name"], "namespace": namespace},
                                 "stringData": {ref.get("key", "htpasswd"): htpasswd.read_text()}})
+    for hook in spec.get("webhooks") or []:
+        ref = hook["secretRef"]
+        example.secrets.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                                "metadata": {"name": ref["name"], "namespace": namespace},
+                                "stringData": {ref.get("key", "secret"): uuid.uuid4().hex}})
     tls = spec.get("tls")
     if tls:
         service = example.name

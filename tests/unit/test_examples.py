@@ -49,6 +49,7 @@ def _referenced_secrets(spec: dict[str, Any]) -> set[str]:
         names.add(spec["tls"]["secretName"])
     if spec.get("ingress", {}).get("tlsSecretName"):
         names.add(spec["ingress"]["tlsSecretName"])
+    names.update(hook["secretRef"]["name"] for hook in spec.get("webhooks", []))
     return names
 
 

@@ -158,6 +158,36 @@ def test_auth_mounts_the_htpasswd_key_and_configures_the_server() -> None:
                                        "items": [{"key": "users.htpasswd", "path": "htpasswd"}]}} in volumes
 
 
+TEAMS_AUTH = {"htpasswdSecretRef": {"name": "users"}, "groups": {"team-a": ["alice", "bob"]},
+              "access": [{"repositories": ["team-a/**"], "groups": ["team-a"], "actions": ["pull", "push"]},
+                         {"repositories": ["ci/**"], "serviceAccounts": ["ci/builder"], "actions": ["push"]}],
+              "token": {"lifetime": "10m"}}
+
+
+def test_access_rules_tokens_and_service_accounts_reach_the_server() -> None:
+    objs = render({"storage": EMPTY, "auth": TEAMS_AUTH})
+    config = yaml.safe_load(objs["ConfigMap"]["data"]["config.yaml"])
+    assert config["access"] == {"groups": {"team-a": ["alice", "bob"]}, "rules": [
+        {"repositories": ["team-a/**"], "groups": ["team-a"], "actions": ["pull", "push"]},
+        {"repositories": ["ci/**"], "serviceAccounts": ["ci/builder"], "actions": ["push"]}]}
+    assert config["token"] == {"keyFile": "/etc/dockyard/signing/key", "service": "main.registries",
+                               "lifetime": "10m"}
+    assert config["serviceAccounts"] == {"audience": "dockyard"}
+    pod = objs["Deployment"]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is True
+    signing = next(v for v in pod["volumes"] if v["name"] == "signing-key")
+    assert signing["secret"]["secretName"] == "main-signing-key"
+    assert {"name": "signing-key", "mountPath": "/etc/dockyard/signing", "readOnly": True} in container(objs)[
+        "volumeMounts"]
+
+
+def test_without_service_account_rules_the_pods_hold_no_api_token() -> None:
+    auth = {**TEAMS_AUTH, "access": [{"repositories": ["**"], "users": ["*"], "actions": ["pull"]}]}
+    objs = render({"storage": EMPTY, "auth": auth})
+    assert objs["Deployment"]["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert "serviceAccounts" not in yaml.safe_load(objs["ConfigMap"]["data"]["config.yaml"])
+
+
 def test_ingress_only_when_asked_with_body_size_unlimited_for_nginx() -> None:
     assert "Ingress" not in render({"storage": RWO})
     ing = render({"storage": RWO, "ingress": {"host": "r.example.com", "className": "nginx",

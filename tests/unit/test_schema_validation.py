@@ -61,6 +61,8 @@ def operator_error(spec: Any, old: Any = None) -> SpecError | None:
 
 # ----------------------------------------------------------------------------- the table
 
+AUTH: dict[str, Any] = {"htpasswdSecretRef": {"name": "u"}}
+
 INVALID: list[tuple[str, Any, Any, str]] = [
     # id, spec, old spec (an update) or None (a create), the field the error must name
     ("no storage", {}, None, "spec.storage"),
@@ -108,6 +110,31 @@ INVALID: list[tuple[str, Any, Any, str]] = [
     ("service type Ingress", with_(BASE, "service.type", "Ingress"), None, "spec.service.type"),
     ("replicas -1", with_(BASE, "replicas", -1), None, "spec.replicas"),
     ("replicas a string", with_(BASE, "replicas", "3"), None, "spec.replicas"),
+    ("access rule with an unknown action", with_(BASE, "auth", {**AUTH, "access": [
+        {"repositories": ["**"], "users": ["*"], "actions": ["write"]}]}), None, "spec.auth.access[0].actions[0]"),
+    ("empty access list", with_(BASE, "auth", {**AUTH, "access": []}), None, "spec.auth.access"),
+    ("access rule without subjects", with_(BASE, "auth", {**AUTH, "access": [
+        {"repositories": ["**"], "actions": ["pull"]}]}), None, "spec.auth.access[0]"),
+    ("access rule without repositories", with_(BASE, "auth", {**AUTH, "access": [
+        {"repositories": [], "users": ["*"], "actions": ["pull"]}]}), None, "spec.auth.access[0].repositories"),
+    ("access rule naming an undefined group", with_(BASE, "auth", {**AUTH, "access": [
+        {"repositories": ["**"], "groups": ["ops"], "actions": ["pull"]}]}), None, "spec.auth.access"),
+    ("serviceAccount without a namespace", with_(BASE, "auth", {**AUTH, "access": [
+        {"repositories": ["**"], "serviceAccounts": ["builder"], "actions": ["pull"]}]}), None,
+     "spec.auth.access[0].serviceAccounts[0]"),
+    ("token lifetime not a duration", with_(BASE, "auth", {**AUTH, "token": {"lifetime": "five minutes"}}), None,
+     "spec.auth.token.lifetime"),
+    ("quota of zero", with_(BASE, "quotas", [{"repositories": ["**"], "limit": "0"}]), None, "spec.quotas[0].limit"),
+    ("quota without repositories", with_(BASE, "quotas", [{"repositories": [], "limit": "1Gi"}]), None,
+     "spec.quotas[0].repositories"),
+    ("webhook with an ftp url", with_(BASE, "webhooks", [{"name": "w", "url": "ftp://x", "events": ["push"],
+                                                         "secretRef": {"name": "s"}}]), None, "spec.webhooks[0].url"),
+    ("webhook with an unknown event", with_(BASE, "webhooks", [{"name": "w", "url": "http://x", "events": ["tag"],
+                                                               "secretRef": {"name": "s"}}]), None,
+     "spec.webhooks[0].events[0]"),
+    ("two webhooks of one name", with_(BASE, "webhooks", [
+        {"name": "w", "url": "http://x", "events": ["push"], "secretRef": {"name": "s"}},
+        {"name": "w", "url": "http://y", "events": ["push"], "secretRef": {"name": "s"}}]), None, "spec.webhooks"),
     ("replicas a float", with_(BASE, "replicas", 1.5), None, "spec.replicas"),
     ("replicas a boolean", with_(BASE, "replicas", True), None, "spec.replicas"),
     ("retain a string", with_(BASE, "storage.pvc.retain", "yes"), None, "spec.storage.pvc.retain"),

@@ -159,7 +159,7 @@ def registry_config(inp: RenderInput) -> dict[str, Any]:
         if spec.auth.access is not None or spec.auth.groups:
             config["access"] = {"groups": {g: list(users) for g, users in spec.auth.groups.items()}}
             if spec.auth.access is not None:
-                config["access"]["rules"] = [dump(rule) for rule in spec.auth.access]
+                config["access"]["rules"] = [{k: v for k, v in dump(rule).items() if v} for rule in spec.auth.access]
         if spec.auth.token:
             config["token"] = {"keyFile": f"{SIGNING_DIR}/{SIGNING_KEY}", "service": f"{inp.name}.{inp.namespace}",
                                "lifetime": spec.auth.token.lifetime}
