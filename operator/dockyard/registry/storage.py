@@ -246,13 +246,17 @@ class FilesystemStorage:
         return self.uploads / upload_id
 
     def create_upload(self, name: str) -> UploadInfo:
+        """A new upload session. Not flushed to disk: a 202 acknowledges no content, and a session
+        that a power loss takes away (or leaves with an empty info file) is answered with
+        BLOB_UPLOAD_UNKNOWN, on which clients start the upload again. What a commit publishes
+        is flushed (`store_blob_file`). The info file is complete before anyone knows the id."""
         self._repo(name)
         upload_id = uuid.uuid4().hex
         d = self.uploads / upload_id
         d.mkdir(parents=True)
         started = time.time()
         (d / "data").touch()
-        self._write_atomic(d / "info", json.dumps({"name": name, "started": started}).encode())
+        (d / "info").write_bytes(json.dumps({"name": name, "started": started}).encode())
         return UploadInfo(upload_id, name, 0, started)
 
     def upload_info(self, name: str, upload_id: str) -> UploadInfo:
