@@ -109,7 +109,9 @@ class Uploads:
         self._hashers[upload_id] = hasher
 
     async def create(self, name: str) -> UploadInfo:
-        return await self._run(self.storage.create_upload, name)
+        info = await self._run(self.storage.create_upload, name)
+        self._remember(info.id, Hasher("sha256"))  # the first chunk needs no re-hash of the empty file
+        return info
 
     async def status(self, name: str, upload_id: str) -> UploadInfo:
         return await self._run(self.storage.upload_info, name, upload_id)
