@@ -54,6 +54,7 @@ PATCH_CHUNK = 16 * MiB
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MANIFEST_ROUNDS = 3  # median of this many runs per server, alternating servers
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+NOFSYNC = Path(__file__).resolve().parent / "nofsync"  # a sitecustomize that makes os.fsync do nothing
 
 Table = tuple[str, list[str], list[list[str]]]
 
@@ -420,6 +421,35 @@ async def measure(servers: list[Server], workdir: Path, quick: bool, duration: f
     return rows
 
 
+async def measure_fsync(servers: list[Server], workdir: Path, quick: bool) -> list[list[str]]:
+    """Monolithic pushes to dockyard as it runs and to a dockyard whose os.fsync does nothing.
+
+    The second server has `bench/nofsync` on its PYTHONPATH (a sitecustomize that replaces
+    os.fsync), so the difference is what flushing each blob before its 201 costs; it is
+    the same code otherwise. Servers alternate; `sync` before each push as everywhere.
+    """
+    sizes = [1 * MiB, 8 * MiB] if quick else [1 * MiB, 64 * MiB, 512 * MiB]
+    reps = {1 * MiB: 10 if quick else 30, 8 * MiB: 3, 64 * MiB: 5, 512 * MiB: 5}
+    rows: list[list[str]] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=120)) as session:
+        clients = {s.name: Client(session, s.url) for s in servers}
+        for size in sizes:
+            print(f"  fsync cost, blobs of {size // MiB} MiB ...", file=sys.stderr, flush=True)
+            source = await asyncio.to_thread(BlobSource, workdir / f"fsync-blob-{size}", size)
+            costs = {s.name: Cost() for s in servers}
+            for n in range(reps[size]):
+                for s in servers if n % 2 == 0 else servers[::-1]:
+                    await settle()
+                    await timed(s, costs[s.name], clients[s.name].push_monolithic(
+                        f"bench/fsync-{size}", source.blob(f"{s.name}-f{n}")), size)
+            rates = [costs[s.name].rate(size) / 1e6 for s in servers]
+            walls = [statistics.median(costs[s.name].walls) * 1000 for s in servers]
+            rows.append([f"push monolithic {size // MiB} MiB", fmt(rates[0]), fmt(rates[1]),
+                         f"{rates[0] / rates[1]:.2f}x", fmt(walls[0] - walls[1])])
+            await asyncio.to_thread(source.path.unlink)
+    return rows
+
+
 def post_mortem(servers: list[Server]) -> str:
     """Which server died (exit status) and the end of every server's log."""
     report = []
@@ -435,6 +465,7 @@ async def run_async(options: argparse.Namespace) -> list[Table]:
     quick: bool = options.quick
     duration: float = options.duration or (1.0 if quick else 3.0)
     notes: list[str] = []
+    fsync_rows: list[list[str]] = []
     with tempfile.TemporaryDirectory(prefix="dockyard-bench-") as tmp:
         workdir = Path(tmp)
         servers: list[Server] = []
@@ -460,6 +491,16 @@ async def run_async(options: argparse.Namespace) -> list[Table]:
             finally:
                 stop.set()
                 await sampler
+            if servers[0].name == "dockyard":
+                for server in servers[1:]:  # the fsync comparison runs on its own
+                    server.process.stop()
+                env = {"PYTHONPATH": os.pathsep.join([str(NOFSYNC), os.environ.get("PYTHONPATH", "")])}
+                servers = [servers[0], Server("dockyard without fsync", start_dockyard(
+                    workdir / "nofsync" / "root", env=env))]
+                try:
+                    fsync_rows = await measure_fsync(servers, workdir, quick)
+                except (aiohttp.ClientError, RuntimeError) as failed:
+                    raise SystemExit(f"registry fsync benchmark failed: {failed!r}\n{post_mortem(servers)}") from failed
         finally:
             for server in servers:
                 server.process.stop()
@@ -467,7 +508,13 @@ async def run_async(options: argparse.Namespace) -> list[Table]:
     title = f"registry: {TITLE} (127.0.0.1, {os.cpu_count()} CPUs, storage under {tempfile.gettempdir()})"
     for note in notes:
         title += f"\n  note: {note}"
-    return [(title, ["measurement", *names, "dockyard/distribution"], rows)]
+    tables: list[Table] = [(title, ["measurement", *names, "dockyard/distribution"], rows)]
+    if fsync_rows:
+        tables.append(("registry: what flushing each blob to disk before its 201 costs (dockyard, same run; "
+                       "the second server's os.fsync does nothing)",
+                       ["measurement (MB/s)", "dockyard", "without fsync", "ratio", "fsync ms per push"],
+                       fsync_rows))
+    return tables
 
 
 def run(options: argparse.Namespace) -> list[Table]:
