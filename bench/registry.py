@@ -484,6 +484,7 @@ async def run_async(options: argparse.Namespace) -> list[Table]:
                 raise SystemExit("no registry server to measure:\n" + "\n".join(notes))
             stop = asyncio.Event()
             sampler = asyncio.create_task(sample_rss(servers, stop))
+            names = [s.name for s in servers]
             try:
                 rows = await measure(servers, workdir, quick, duration)
             except (aiohttp.ClientError, RuntimeError) as failed:
@@ -504,7 +505,6 @@ async def run_async(options: argparse.Namespace) -> list[Table]:
         finally:
             for server in servers:
                 server.process.stop()
-    names = [s.name for s in servers]
     title = f"registry: {TITLE} (127.0.0.1, {os.cpu_count()} CPUs, storage under {tempfile.gettempdir()})"
     for note in notes:
         title += f"\n  note: {note}"
