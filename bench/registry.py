@@ -24,6 +24,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -53,6 +54,7 @@ PATCH_CHUNK = 16 * MiB
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MANIFEST_ROUNDS = 3  # median of this many runs per server, alternating servers
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+NOFSYNC = Path(__file__).resolve().parent / "nofsync"  # a sitecustomize that makes os.fsync do nothing
 
 Table = tuple[str, list[str], list[list[str]]]
 
@@ -103,6 +105,15 @@ class BlobSource:
         h = self._hash.copy()
         h.update(suffix)
         return Blob(self.path, self.body_size, suffix, "sha256:" + h.hexdigest())
+
+    def materialize(self, blob: Blob) -> Path:
+        """Make the file hold exactly BLOB (its suffix written after the shared bytes), for curl."""
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, blob.suffix, self.body_size)
+        finally:
+            os.close(fd)
+        return self.path
 
 
 @dataclass
@@ -231,6 +242,52 @@ class Client:
                 raise RuntimeError(f"{method} manifest: {resp.status}, {len(body)} bytes")
 
 
+async def curl(*args: str) -> dict[str, str]:
+    """Run curl quietly; returns its `-w` variables (http_code, time_total, size_*)."""
+    fmt_vars = "%{http_code} %{time_total} %{size_download} %{size_upload}"
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "-o", "/dev/null", "-H", "Expect:", "-w", fmt_vars, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"curl {' '.join(args)}: exit {proc.returncode}: {err.decode()[:300]}")
+    code, total, down, up = out.decode().split()
+    return {"http_code": code, "time_total": total, "size_download": down, "size_upload": up}
+
+
+async def curl_push(client: Client, source: BlobSource, repo: str, blob: Blob) -> float:
+    """Monolithic push with curl (POST by the benchmark's client, PUT by curl): seconds of the PUT."""
+    path = await asyncio.to_thread(source.materialize, blob)
+    location = await client.start_upload(repo)
+    await settle()
+    result = await curl("-T", str(path), "-H", "Content-Type: application/octet-stream",
+                        client._with_digest(location, blob.digest))
+    if result["http_code"] != "201" or int(float(result["size_upload"])) != blob.size:
+        raise RuntimeError(f"curl PUT blob: {result}")
+    return float(result["time_total"])
+
+
+async def curl_pull(client: Client, repo: str, blob: Blob) -> float:
+    """Blob pull with curl to /dev/null: seconds of the GET."""
+    result = await curl(f"{client.base}/v2/{repo}/blobs/{blob.digest}")
+    if result["http_code"] != "200" or int(float(result["size_download"])) != blob.size:
+        raise RuntimeError(f"curl GET blob: {result}")
+    return float(result["time_total"])
+
+
+async def curl_rounds(servers: list[Server], clients: dict[str, Client], source: BlobSource, reps: int,
+                      costs: dict[str, dict[str, Cost]]) -> None:
+    """Monolithic push and pull with curl, an independent client, alternating servers."""
+    repo = f"bench/curl-{source.body_size + source.SUFFIX}"
+    for n in range(reps):
+        for s in servers if n % 2 == 0 else servers[::-1]:
+            blob = source.blob(f"{s.name}-curl{n}")
+            costs[s.name]["curl push"].walls.append(await curl_push(clients[s.name], source, repo, blob))
+            await settle()
+            costs[s.name]["curl pull"].walls.append(await curl_pull(clients[s.name], repo, blob))
+            await settle()
+
+
 async def sample_rss(servers: list[Server], stop: asyncio.Event) -> None:
     while not stop.is_set():
         for server in servers:
@@ -299,6 +356,7 @@ async def measure(servers: list[Server], workdir: Path, quick: bool, duration: f
     sizes = [1 * MiB, 8 * MiB] if quick else [1 * MiB, 64 * MiB, 512 * MiB]
     reps = {1 * MiB: 20 if quick else 50, 8 * MiB: 3, 64 * MiB: 7, 512 * MiB: 5}
     rows: list[list[str]] = []
+    has_curl = shutil.which("curl") is not None
 
     def row(label: str, values: dict[str, float | None]) -> None:
         a, b = values.get("dockyard"), values.get("distribution")
@@ -315,7 +373,8 @@ async def measure(servers: list[Server], workdir: Path, quick: bool, duration: f
         for size in sizes:
             print(f"  blobs of {size // MiB} MiB ...", file=sys.stderr, flush=True)
             source = await asyncio.to_thread(BlobSource, workdir / f"blob-{size}", size)
-            costs = {s.name: {"mono": Cost(), "chunked": Cost(), "pull": Cost()} for s in servers}
+            costs = {s.name: {k: Cost() for k in ("mono", "chunked", "pull", "curl push", "curl pull")}
+                     for s in servers}
             for n in range(reps[size]):
                 for s in servers if n % 2 == 0 else servers[::-1]:
                     c, cost = clients[s.name], costs[s.name]
@@ -326,9 +385,13 @@ async def measure(servers: list[Server], workdir: Path, quick: bool, duration: f
                     await timed(s, cost["pull"], c.pull(f"bench/mono-{size}", mono), size)
                     await settle()
                     await timed(s, cost["chunked"], c.push_chunked(f"bench/chunked-{size}", chunked), size)
+            if has_curl:
+                await curl_rounds(servers, clients, source, reps[size], costs)
             label = f"{size // MiB} MiB"
-            for key, text in (("mono", "push monolithic"), ("chunked", "push chunked"), ("pull", "pull")):
-                row(f"{text} {label} (MB/s)", {s.name: costs[s.name][key].rate(size) / 1e6 for s in servers})
+            for key, text in (("mono", "push monolithic"), ("chunked", "push chunked"), ("pull", "pull"),
+                              ("curl push", "curl push monolithic"), ("curl pull", "curl pull")):
+                if costs[servers[0].name][key].walls:
+                    row(f"{text} {label} (MB/s)", {s.name: costs[s.name][key].rate(size) / 1e6 for s in servers})
             for key, text in (("mono", "push monolithic"), ("pull", "pull")):
                 row(f"  server CPU, {text} {label} (s/GB)",
                     {s.name: costs[s.name][key].cpu_per(1e9) for s in servers})
@@ -358,6 +421,35 @@ async def measure(servers: list[Server], workdir: Path, quick: bool, duration: f
     return rows
 
 
+async def measure_fsync(servers: list[Server], workdir: Path, quick: bool) -> list[list[str]]:
+    """Monolithic pushes to dockyard as it runs and to a dockyard whose os.fsync does nothing.
+
+    The second server has `bench/nofsync` on its PYTHONPATH (a sitecustomize that replaces
+    os.fsync), so the difference is what flushing each blob before its 201 costs; it is
+    the same code otherwise. Servers alternate; `sync` before each push as everywhere.
+    """
+    sizes = [1 * MiB, 8 * MiB] if quick else [1 * MiB, 64 * MiB, 512 * MiB]
+    reps = {1 * MiB: 10 if quick else 30, 8 * MiB: 3, 64 * MiB: 5, 512 * MiB: 5}
+    rows: list[list[str]] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=120)) as session:
+        clients = {s.name: Client(session, s.url) for s in servers}
+        for size in sizes:
+            print(f"  fsync cost, blobs of {size // MiB} MiB ...", file=sys.stderr, flush=True)
+            source = await asyncio.to_thread(BlobSource, workdir / f"fsync-blob-{size}", size)
+            costs = {s.name: Cost() for s in servers}
+            for n in range(reps[size]):
+                for s in servers if n % 2 == 0 else servers[::-1]:
+                    await settle()
+                    await timed(s, costs[s.name], clients[s.name].push_monolithic(
+                        f"bench/fsync-{size}", source.blob(f"{s.name}-f{n}")), size)
+            rates = [costs[s.name].rate(size) / 1e6 for s in servers]
+            walls = [statistics.median(costs[s.name].walls) * 1000 for s in servers]
+            rows.append([f"push monolithic {size // MiB} MiB", fmt(rates[0]), fmt(rates[1]),
+                         f"{rates[0] / rates[1]:.2f}x", fmt(walls[0] - walls[1])])
+            await asyncio.to_thread(source.path.unlink)
+    return rows
+
+
 def post_mortem(servers: list[Server]) -> str:
     """Which server died (exit status) and the end of every server's log."""
     report = []
@@ -373,6 +465,7 @@ async def run_async(options: argparse.Namespace) -> list[Table]:
     quick: bool = options.quick
     duration: float = options.duration or (1.0 if quick else 3.0)
     notes: list[str] = []
+    fsync_rows: list[list[str]] = []
     with tempfile.TemporaryDirectory(prefix="dockyard-bench-") as tmp:
         workdir = Path(tmp)
         servers: list[Server] = []
@@ -391,6 +484,7 @@ async def run_async(options: argparse.Namespace) -> list[Table]:
                 raise SystemExit("no registry server to measure:\n" + "\n".join(notes))
             stop = asyncio.Event()
             sampler = asyncio.create_task(sample_rss(servers, stop))
+            names = [s.name for s in servers]
             try:
                 rows = await measure(servers, workdir, quick, duration)
             except (aiohttp.ClientError, RuntimeError) as failed:
@@ -398,14 +492,29 @@ async def run_async(options: argparse.Namespace) -> list[Table]:
             finally:
                 stop.set()
                 await sampler
+            if servers[0].name == "dockyard":
+                for server in servers[1:]:  # the fsync comparison runs on its own
+                    server.process.stop()
+                env = {"PYTHONPATH": os.pathsep.join([str(NOFSYNC), os.environ.get("PYTHONPATH", "")])}
+                servers = [servers[0], Server("dockyard without fsync", start_dockyard(
+                    workdir / "nofsync" / "root", env=env))]
+                try:
+                    fsync_rows = await measure_fsync(servers, workdir, quick)
+                except (aiohttp.ClientError, RuntimeError) as failed:
+                    raise SystemExit(f"registry fsync benchmark failed: {failed!r}\n{post_mortem(servers)}") from failed
         finally:
             for server in servers:
                 server.process.stop()
-    names = [s.name for s in servers]
     title = f"registry: {TITLE} (127.0.0.1, {os.cpu_count()} CPUs, storage under {tempfile.gettempdir()})"
     for note in notes:
         title += f"\n  note: {note}"
-    return [(title, ["measurement", *names, "dockyard/distribution"], rows)]
+    tables: list[Table] = [(title, ["measurement", *names, "dockyard/distribution"], rows)]
+    if fsync_rows:
+        tables.append(("registry: what flushing each blob to disk before its 201 costs (dockyard, same run; "
+                       "the second server's os.fsync does nothing)",
+                       ["measurement (MB/s)", "dockyard", "without fsync", "ratio", "fsync ms per push"],
+                       fsync_rows))
+    return tables
 
 
 def run(options: argparse.Namespace) -> list[Table]:

@@ -343,6 +343,9 @@ def test_what_a_push_acknowledges_is_flushed_to_disk(tmp_path: Path, monkeypatch
     blob_path = storage.blob_path(blob)
     assert str(storage.upload_data(upload.id)) in synced, "the blob's bytes were not flushed"
     assert str(blob_path.parent) in synced, "the blob's directory entry was not flushed"
+    layers = storage.root / "repositories" / "app" / "_layers" / blob.algorithm
+    for directory in (layers, layers.parent, layers.parent.parent, storage.root / "repositories"):
+        assert str(directory) in synced, f"{directory}: the repository's link to the blob was not flushed"
 
     body = _manifest((str(blob), len(data)), [])
     synced.clear()

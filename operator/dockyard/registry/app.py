@@ -77,6 +77,10 @@ _ROUTES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?P<name>.+)/referrers/(?P<digest>[^/]+)"), "referrers"),
 ]
 REGISTRY: web.AppKey[RegistryService] = web.AppKey("registry")
+BLOB_CHUNK = 1024 * 1024
+# Requests FileResponse answers (206, 304, 412, If-Range): everything else takes _send_blob.
+_PARTIAL_OR_CONDITIONAL = frozenset({"Range", "If-Range", "If-Match", "If-None-Match", "If-Modified-Since",
+                                     "If-Unmodified-Since"})
 _CONTENT_RANGE = re.compile(r"(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?")
 
 
@@ -340,11 +344,52 @@ class RegistryService:
                                      "Content-Type": mt.OCTET_STREAM, "Accept-Ranges": "bytes"})
 
     async def blob_get(self, request: web.Request, name: str, digest: str) -> web.StreamResponse:
-        """end-2: GET /v2/<name>/blobs/<digest>, streamed from disk (sendfile), Range supported."""
+        """end-2: GET /v2/<name>/blobs/<digest>, streamed from disk, Range supported."""
         d, _ = await self._blob(name, digest)
-        return web.FileResponse(self.storage.blob_path(d), chunk_size=1024 * 1024,
-                                headers={"Docker-Content-Digest": str(d), "Content-Type": mt.OCTET_STREAM,
-                                         "Accept-Ranges": "bytes"})
+        headers = {"Docker-Content-Digest": str(d), "Content-Type": mt.OCTET_STREAM, "Accept-Ranges": "bytes"}
+        if any(h in request.headers for h in _PARTIAL_OR_CONDITIONAL):
+            return web.FileResponse(self.storage.blob_path(d), chunk_size=BLOB_CHUNK, headers=headers)
+        return await self._send_blob(request, d, headers)
+
+    async def _send_blob(self, request: web.Request, d: Digest, headers: dict[str, str]) -> web.StreamResponse:
+        """The whole blob, read in BLOB_CHUNK pieces by a worker (the next read overlaps the send).
+
+        Measured against sendfile: the receiving client copies bytes the server just read
+        (in CPU cache) instead of page-cache pages, and pulls ran faster for curl and aiohttp
+        clients alike, at about twice sendfile's (small) server CPU. Memory: two pieces.
+        """
+        try:
+            f = await self.run(open, self.storage.blob_path(d), "rb", 0)
+        except FileNotFoundError:  # deleted by GC or another replica since the check
+            raise OCIError(ErrorCode.BLOB_UNKNOWN, f"blob {d} is not stored", detail={"digest": str(d)}) from None
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Future[bytes] | None = None
+        try:
+            fd = f.fileno()
+            size = os.fstat(fd).st_size
+            response = web.StreamResponse(headers=headers)
+            response.content_length = size
+            await response.prepare(request)
+            offset = 0
+            if size:
+                pending = loop.run_in_executor(self.executor, os.pread, fd, min(BLOB_CHUNK, size), 0)
+            while pending is not None:
+                data = await pending
+                pending = None
+                if not data:
+                    raise ConnectionResetError(f"blob {d} ended at {offset} of {size} bytes")
+                offset += len(data)
+                if offset < size:
+                    pending = loop.run_in_executor(self.executor, os.pread, fd, min(BLOB_CHUNK, size - offset),
+                                                   offset)
+                await response.write(data)
+            await response.write_eof()
+            return response
+        finally:
+            if pending is not None and not pending.done():  # never close under a running read
+                pending.add_done_callback(lambda _: f.close())
+            else:
+                f.close()
 
     async def blob_delete(self, request: web.Request, name: str, digest: str) -> web.StreamResponse:
         """end-10: DELETE /v2/<name>/blobs/<digest>."""

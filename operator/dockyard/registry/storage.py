@@ -136,17 +136,30 @@ class FilesystemStorage:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 
-    @staticmethod
-    def _publish(src: Path, dest: Path) -> None:
-        """Move a flushed file into place and flush the directory entry (and a new directory's)."""
-        parent = dest.parent
-        created = not parent.is_dir()
-        if created:
-            parent.mkdir(parents=True, exist_ok=True)
+    def _publish(self, src: Path, dest: Path) -> None:
+        """Move a flushed file into place and flush its directory entry (and those of new directories)."""
+        created = self._make_parents(dest)
         os.replace(src, dest)
-        _fsync_dir(parent)
-        if created:
-            _fsync_dir(parent.parent)
+        self._flush_entries(dest, created)
+
+    def _make_parents(self, path: Path) -> Path | None:
+        """Create the missing directories above `path`; the highest one created, or None."""
+        top = None
+        for parent in reversed(path.parents):
+            if parent.is_relative_to(self.root) and not parent.is_dir():
+                top = top or parent
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return top
+
+    def _flush_entries(self, path: Path, created: Path | None) -> None:
+        """fsync the directory holding `path`, and every directory up to the one holding `created`."""
+        stop = created.parent if created is not None else path.parent
+        directory = path.parent
+        while True:
+            _fsync_dir(directory)
+            if directory == stop or directory == self.root:
+                return
+            directory = directory.parent
 
     @staticmethod
     def _read_text(path: Path) -> str | None:
@@ -188,9 +201,13 @@ class FilesystemStorage:
             return None
 
     def link_blob(self, name: str, digest: Digest) -> None:
+        """Let the repository serve the blob; flushed, since a manifest acknowledged later relies on it."""
         link = self._layer_link(name, digest)
-        link.parent.mkdir(parents=True, exist_ok=True)
+        created = self._make_parents(link)
+        if link.exists():
+            return
         link.touch()
+        self._flush_entries(link, created)
 
     def mount_blob(self, name: str, digest: Digest, source: str | None) -> bool:
         """Link a blob that the source repository holds.
@@ -234,7 +251,11 @@ class FilesystemStorage:
         return self.uploads / upload_id
 
     def create_upload(self, name: str) -> UploadInfo:
-        """A new upload session; on failure (a full disk) nothing of it is left behind."""
+        """A new upload session; on failure (a full disk) nothing of it is left behind. Not flushed
+        to disk: a 202 acknowledges no content, and a session that a power loss takes away (or
+        leaves with an empty info file) is answered with BLOB_UPLOAD_UNKNOWN, on which clients
+        start the upload again. What a commit publishes is flushed (`store_blob_file`). The info
+        file is complete before anyone knows the id."""
         self._repo(name)
         upload_id = uuid.uuid4().hex
         d = self.uploads / upload_id
@@ -242,7 +263,7 @@ class FilesystemStorage:
         started = time.time()
         try:
             (d / "data").touch()
-            self._write_atomic(d / "info", json.dumps({"name": name, "started": started}).encode())
+            (d / "info").write_bytes(json.dumps({"name": name, "started": started}).encode())
         except BaseException:
             self.delete_upload(upload_id)
             raise
