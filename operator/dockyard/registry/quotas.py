@@ -233,26 +233,24 @@ class QuotaBook:
             with self._lock:
                 self._journal = []
             try:
-                found = list(self._walk())
+                fresh = {q.number: Quota(q.number, q.repositories, q.limit, q.globs) for q in self.quotas}
+                for repository, digest, kind, size in self._walk():  # without the lock: pushes go on
+                    for q in self.covering(repository):
+                        fresh[q.number].add((repository, kind), digest, size)
             except BaseException:
                 with self._lock:
                     self._journal = None
                 raise
             with self._lock:  # one critical section: no change can fall between replay and swap
-                journal, self._journal = self._journal, None
-                fresh = [Quota(q.number, q.repositories, q.limit, q.globs) for q in self.quotas]
-                by_number = {q.number: q for q in fresh}
-                for repository, digest, kind, size in found:
-                    for q in self.covering(repository):
-                        by_number[q.number].add((repository, kind), digest, size)
-                for added, repository, digest, kind, size in journal or []:
+                for added, repository, digest, kind, size in self._journal or []:
                     for q in self.covering(repository):
                         if added:
-                            by_number[q.number].add((repository, kind), digest, size)
+                            fresh[q.number].add((repository, kind), digest, size)
                         else:
-                            by_number[q.number].remove((repository, kind), digest)
+                            fresh[q.number].remove((repository, kind), digest)
+                self._journal = None
                 for q in self.quotas:
-                    new = by_number[q.number]
+                    new = fresh[q.number]
                     q.holders, q.sizes, q.used = new.holders, new.sizes, new.used
                 self._check_nearly_full()
         self._ready.set()
