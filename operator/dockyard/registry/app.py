@@ -6,7 +6,10 @@ A single middleware does authentication, read-only mode, error bodies and metric
 work runs in thread pools so the event loop never blocks on the filesystem, one pool per kind
 of work (`pools`), so catalog walks and bcrypt never hold up blob and manifest requests.
 
-A full disk (or quota) refuses writes with 507 Insufficient Storage and an OCI error, and
+A push that would take a repository's quota (`quotas` in the config) over its limit is refused
+with 403 DENIED before anything is written (`registry.quotas`, hooked into the storage's writes).
+
+A full disk (or filesystem quota) refuses writes with 507 Insufficient Storage and an OCI error, and
 sets `dockyard_registry_storage_full` until a write succeeds again; /readyz stays 200 as
 long as the storage can be read, because the pod can still serve pulls, and taking it out
 of its Service would stop those too.
@@ -33,7 +36,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,11 +50,13 @@ from dockyard.oci import mediatypes as mt
 from dockyard.oci.errors import error_body
 from dockyard.registry.access import AccessPolicy
 from dockyard.registry.auth import Htpasswd
+from dockyard.registry.config import QuotaConfig
 from dockyard.registry.gate import TOKEN_PATH, Caller, Gate
 from dockyard.registry.manifests import ParsedManifest, parse_manifest
 from dockyard.registry.metrics import Metrics
 from dockyard.registry.notify import Notifier
 from dockyard.registry.pools import CatalogCache, PerKeyLimit, Pools
+from dockyard.registry.quotas import QuotaBook
 from dockyard.registry.serviceaccounts import TokenReviewer
 from dockyard.registry.storage import FilesystemStorage, StoredManifest, UploadInfo
 from dockyard.registry.tokens import TokenIssuer
@@ -177,11 +182,18 @@ class RegistryService:
     def __init__(self, storage: FilesystemStorage, *, htpasswd: Htpasswd | None = None,
                  anonymous_pull: bool = False, read_only: bool = False, workers: int = 32,
                  access: AccessPolicy | None = None, tokens: TokenIssuer | None = None,
-                 reviewer: TokenReviewer | None = None) -> None:
+                 reviewer: TokenReviewer | None = None, quotas: Sequence[QuotaConfig] = ()) -> None:
         self.storage = storage
         self.pools = Pools(io_workers=workers)
         self.executor = self.pools.io
         self.metrics = Metrics()
+        self.quotas = QuotaBook(storage, quotas) if quotas else None
+        """Usage per quota; the storage asks it before each new link (see registry.quotas)."""
+        if self.quotas is not None:
+            storage.guard = self.quotas
+            self.metrics.quotas = self.quotas.report
+        self.quota_rescan = asyncio.Event()
+        """Set to have the quota usage recounted now (after a GC pass) rather than at the next interval."""
         self.catalog_cache = CatalogCache(storage.repositories, self.pools.walks, self.metrics.catalog_walked)
         self.auth_limit = PerKeyLimit(AUTH_CHECKS_PER_CLIENT)
         self.uploads = Uploads(storage, self.executor, self.metrics.received)

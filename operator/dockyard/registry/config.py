@@ -95,6 +95,14 @@ class ServiceAccountConfig:
 
 
 @dataclass(frozen=True)
+class QuotaConfig:
+    """One entry of `quotas`: the repositories it covers (globs) and the bytes they may hold together."""
+
+    repositories: tuple[str, ...]
+    limit: int
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     host: str = "0.0.0.0"  # noqa: S104  in a pod: reachable through its Service; `--addr` narrows it
     port: int = 5000
@@ -110,6 +118,7 @@ class ServeConfig:
     access: AccessConfig = field(default_factory=AccessConfig)
     token: TokenConfig | None = None
     service_accounts: ServiceAccountConfig | None = None
+    quotas: tuple[QuotaConfig, ...] = ()
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -298,8 +307,32 @@ def parse_service_accounts(doc: Any) -> ServiceAccountConfig:
     return cfg
 
 
+def parse_quotas(doc: Any) -> tuple[QuotaConfig, ...]:
+    """`quotas: [{repositories: [GLOB, ...], limit: BYTES}]`, as the operator renders `spec.quotas`."""
+    from dockyard.api.patterns import glob_error
+
+    if not isinstance(doc, list):
+        raise ConfigError(f"quotas: expected a list of quotas, got {type(doc).__name__}")
+    quotas = []
+    for i, item in enumerate(doc):
+        key = f"quotas[{i}]"
+        quota = _mapping(item, key, {"repositories", "limit"})
+        for required in ("repositories", "limit"):
+            if required not in quota:
+                raise ConfigError(f"{key}.{required}: is required")
+        globs = _strings(quota["repositories"], f"{key}.repositories", empty=False)
+        for glob in globs:
+            if (error := glob_error(glob)) is not None:
+                raise ConfigError(f"{key}.repositories: {error}")
+        limit = quota["limit"]
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigError(f"{key}.limit: expected a number of bytes (an integer, 0 or more), got {limit!r}")
+        quotas.append(QuotaConfig(tuple(globs), limit))
+    return tuple(quotas)
+
+
 TOP_KEYS = {"addr", "root", "htpasswd", "anonymousPull", "readOnly", "tls", "gc", "notify", "http", "access",
-            "token", "serviceAccounts"}
+            "token", "serviceAccounts", "quotas"}
 
 
 def parse_config(doc: Any) -> ServeConfig:
@@ -356,6 +389,8 @@ def parse_config(doc: Any) -> ServeConfig:
         cfg = replace(cfg, token=parse_token(doc["token"]))
     if "serviceAccounts" in doc:
         cfg = replace(cfg, service_accounts=parse_service_accounts(doc["serviceAccounts"]))
+    if doc.get("quotas") is not None:
+        cfg = replace(cfg, quotas=parse_quotas(doc["quotas"]))
     return cfg
 
 

@@ -4,12 +4,16 @@ Counters of requests by method and status, bytes received and sent, a histogram 
 blob upload durations (session start to verified commit), and push notifications by result.
 
 Nothing here names a repository, tag or user, which is why /metrics needs no credentials even
-when the registry has an htpasswd file (see `dockyard.registry.app`); keep it that way.
+when the registry has an htpasswd file (see `dockyard.registry.app`); keep it that way. The quota
+gauges carry the quotas' repository globs, which are the operator's configuration (the Registry's
+spec), not names clients pushed.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
 
 UPLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 NOTIFICATION_RESULTS = ("sent", "failed", "dropped")
@@ -30,6 +34,8 @@ class Metrics:
         self.catalog_walks = 0
         """Set when a write ran out of space (ENOSPC, EDQUOT); cleared by the next successful write."""
         self.notifications = dict.fromkeys(NOTIFICATION_RESULTS, 0)
+        self.quotas: Callable[[], list[dict[str, Any]]] | None = None
+        """Usage per quota (`QuotaBook.report`) when quotas are configured."""
 
     def catalog_walked(self) -> None:
         self.catalog_walks += 1
@@ -95,4 +101,26 @@ class Metrics:
         ]
         for result, n in self.notifications.items():
             out.append(f'dockyard_registry_notifications_total{{result="{result}"}} {n}')
+        if self.quotas is not None:
+            out += self._quota_lines(self.quotas())
         return "\n".join(out) + "\n"
+
+    @staticmethod
+    def _quota_lines(report: list[dict[str, Any]]) -> list[str]:
+        labels = [f'quota="{i}",repositories="{label_value(",".join(q["repositories"]))}"'
+                  for i, q in enumerate(report, start=1)]
+        out = ["# HELP dockyard_registry_quota_used_bytes Bytes the repositories of each quota hold "
+               "(a blob shared by several counts once).",
+               "# TYPE dockyard_registry_quota_used_bytes gauge"]
+        out += [f"dockyard_registry_quota_used_bytes{{{lbl}}} {q['used']}"
+                for lbl, q in zip(labels, report, strict=True)]
+        out += ["# HELP dockyard_registry_quota_limit_bytes The limit of each quota.",
+                "# TYPE dockyard_registry_quota_limit_bytes gauge"]
+        out += [f"dockyard_registry_quota_limit_bytes{{{lbl}}} {q['limit']}"
+                for lbl, q in zip(labels, report, strict=True)]
+        return out
+
+
+def label_value(value: str) -> str:
+    """A label value escaped for the text exposition format: backslash, double quote, line feed."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

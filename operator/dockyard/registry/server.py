@@ -1,4 +1,5 @@
-"""Running the registry: listener, TLS, JSON access logs, htpasswd polling, scheduled GC, push events.
+"""Running the registry: listener, TLS, JSON access logs, htpasswd polling, scheduled GC, push events,
+quota usage walks.
 
 `serve(config)` blocks until SIGTERM or SIGINT. Access logs are one JSON object per request
 on stderr; the same hook feeds the request metrics so both count exactly what was sent.
@@ -28,6 +29,7 @@ from dockyard.registry.connections import ConnectionFactory, DescriptorExhaustio
 from dockyard.registry.gc import collect, recover
 from dockyard.registry.metrics import Metrics
 from dockyard.registry.notify import Notifier
+from dockyard.registry.quotas import RESCAN_SECONDS, QuotaBook
 from dockyard.registry.serviceaccounts import TokenReviewer
 from dockyard.registry.storage import FilesystemStorage
 from dockyard.registry.tokens import TokenIssuer
@@ -129,10 +131,28 @@ async def _gc_loop(registry: RegistryService, cfg: ServeConfig) -> None:
         except Exception as e:  # keep serving; the next run may succeed
             _event("gc failed", error=str(e))
             continue
+        registry.quota_rescan.set()  # what the pass deleted no longer counts against a quota
         registry.metrics.gc_runs += 1
         registry.metrics.gc_bytes_freed += report.bytes_freed
         _event("gc", summary=report.summary(), blobs_deleted=report.blobs_deleted,
                bytes_freed=report.bytes_freed, manifests_deleted=report.manifests_deleted)
+
+
+async def _quota_loop(registry: RegistryService, book: QuotaBook, interval: float = RESCAN_SECONDS) -> None:
+    """Count quota usage from the storage at start-up, every INTERVAL and after each GC pass.
+
+    Between walks the book follows this process's own writes; the walks bring in what GC and
+    other replicas on shared storage changed.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            await loop.run_in_executor(registry.pools.walks, book.rescan)
+        except Exception as e:  # keep serving; the next walk may succeed
+            _event("quota usage walk failed", error=str(e))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(registry.quota_rescan.wait(), interval)
+        registry.quota_rescan.clear()
 
 
 def access_policy(cfg: ServeConfig) -> AccessPolicy:
@@ -144,7 +164,7 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
                  ssl_context: ssl.SSLContext | None, tokens: TokenIssuer | None,
                  reviewer: TokenReviewer | None) -> None:
     registry = RegistryService(storage, htpasswd=htpasswd, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only,
-                               access=access_policy(cfg), tokens=tokens, reviewer=reviewer)
+                               access=access_policy(cfg), tokens=tokens, reviewer=reviewer, quotas=cfg.quotas)
     if cfg.notify is not None:
         registry.notifier = Notifier(cfg.notify, registry.metrics)
         await registry.notifier.start()
@@ -162,9 +182,11 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
         tasks.append(asyncio.create_task(_poll_htpasswd(registry, htpasswd)))
     if cfg.gc is not None:
         tasks.append(asyncio.create_task(_gc_loop(registry, cfg)))
+    if registry.quotas is not None:
+        tasks.append(asyncio.create_task(_quota_loop(registry, registry.quotas)))
     _event("serving", addr=f"{cfg.host}:{cfg.port}", root=str(cfg.root), tls=ssl_context is not None,
            auth=htpasswd is not None, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only,
-           gc=cfg.gc is not None, notify=cfg.notify.url if cfg.notify else None)
+           gc=cfg.gc is not None, notify=cfg.notify.url if cfg.notify else None, quotas=len(cfg.quotas))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -31,6 +31,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Lock
@@ -41,6 +42,28 @@ from dockyard.oci.names import valid_name, valid_tag
 
 UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
 READ_CHUNK = 4 * 1024 * 1024
+
+
+LAYER = "layer"
+MANIFEST = "manifest"
+"""Kinds of link by which a repository holds a blob (for `WriteGuard`)."""
+
+
+class WriteGuard(Protocol):
+    """Told of every link a write adds or a delete removes; may refuse an addition (quotas.QuotaBook)."""
+
+    def admit(self, repository: str, digest: Digest, size: int, kind: str) -> AbstractContextManager[None]: ...
+    def unlinked(self, repository: str, digest: Digest, kind: str) -> None: ...
+
+
+class Unguarded:
+    """Admits everything."""
+
+    def admit(self, repository: str, digest: Digest, size: int, kind: str) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def unlinked(self, repository: str, digest: Digest, kind: str) -> None:
+        pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +117,8 @@ class FilesystemStorage:
         self._cache_bytes = 0
         self._cache_limit = manifest_cache_bytes
         self._cache_lock = Lock()
+        self.guard: WriteGuard = Unguarded()
+        """Admits (or refuses, with an OCIError) each new link before anything is written (quotas)."""
 
     # ---- paths -------------------------------------------------------------------------
 
@@ -218,9 +243,11 @@ class FilesystemStorage:
         if source is None or not valid_name(source) or self.blob_size(source, digest) is None:
             return False
         path = self.blob_path(digest)
-        if not path.exists():
+        size = self.global_blob_size(digest)
+        if size is None:
             return False
-        self.link_blob(name, digest)
+        with self.guard.admit(name, digest, size, LAYER):
+            self.link_blob(name, digest)
         self._touch(path)
         return True
 
@@ -228,9 +255,10 @@ class FilesystemStorage:
         """Unlink a blob from one repository; GC reclaims the bytes when nothing uses them."""
         try:
             self._layer_link(name, digest).unlink()
-            return True
         except FileNotFoundError:
             return False
+        self.guard.unlinked(name, digest, LAYER)
+        return True
 
     def store_blob_file(self, src: Path, digest: Digest) -> None:
         """Flush a verified file and move it into the content-addressed store (idempotent under races).
@@ -321,17 +349,23 @@ class FilesystemStorage:
     def _commit_upload(self, name: str, upload_id: str, digest: Digest, hasher: Hasher | None) -> int:
         info = self.upload_info(name, upload_id)
         data = self.upload_data(upload_id)
-        if hasher is None or hasher.algorithm != digest.algorithm or hasher.size != info.size:
-            hasher = self.hash_file(data, digest.algorithm)
-        if hasher.size != info.size:
-            raise OCIError(ErrorCode.BLOB_UPLOAD_INVALID, "upload changed while it was being verified")
-        if not hasher.verify(digest):
-            self.delete_upload(upload_id)
-            raise OCIError(ErrorCode.DIGEST_INVALID,
-                           f"the uploaded content has digest {hasher.digest()}, not {digest}",
-                           detail={"digest": str(digest)})
-        self.store_blob_file(data, digest)
-        self.link_blob(name, digest)
+        with contextlib.ExitStack() as admitted:
+            try:  # before hashing and publishing: a refused upload is removed whole (quotas)
+                admitted.enter_context(self.guard.admit(name, digest, info.size, LAYER))
+            except OCIError:
+                self.delete_upload(upload_id)
+                raise
+            if hasher is None or hasher.algorithm != digest.algorithm or hasher.size != info.size:
+                hasher = self.hash_file(data, digest.algorithm)
+            if hasher.size != info.size:
+                raise OCIError(ErrorCode.BLOB_UPLOAD_INVALID, "upload changed while it was being verified")
+            if not hasher.verify(digest):
+                self.delete_upload(upload_id)
+                raise OCIError(ErrorCode.DIGEST_INVALID,
+                               f"the uploaded content has digest {hasher.digest()}, not {digest}",
+                               detail={"digest": str(digest)})
+            self.store_blob_file(data, digest)
+            self.link_blob(name, digest)
         self.delete_upload(upload_id)
         return info.size
 
@@ -429,7 +463,8 @@ class FilesystemStorage:
             missing += [("manifest", d) for d in dict.fromkeys(children) if not self.has_layer(name, d)]
             if missing:
                 return missing
-            self.put_manifest(name, tags[0] if tags else None, manifest, subject, descriptor)
+            with self.guard.admit(name, manifest.digest, len(manifest.body), MANIFEST):
+                self.put_manifest(name, tags[0] if tags else None, manifest, subject, descriptor)
             for tag in tags[1:]:
                 self.put_manifest(name, tag, manifest)
             done = True
@@ -481,6 +516,7 @@ class FilesystemStorage:
             self.revision_path(name, digest).unlink()
         except FileNotFoundError:
             return False
+        self.guard.unlinked(name, digest, MANIFEST)
         for tag in self.tags(name) or []:
             if self.resolve(name, tag) == digest:
                 with contextlib.suppress(FileNotFoundError):

@@ -203,7 +203,7 @@ class Uploads:
             try:
                 size = await self._run(self.storage.commit_upload, name, upload_id, digest, hasher)
             except OCIError as e:
-                if e.code is ErrorCode.DIGEST_INVALID:  # the session is gone
+                if e.code in (ErrorCode.DIGEST_INVALID, ErrorCode.DENIED):  # the session is gone
                     self._forget(upload_id)
                 raise
             self._forget(upload_id)

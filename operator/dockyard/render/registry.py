@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import yaml
 
 from dockyard import __version__, cron
 from dockyard.api import API_VERSION, SpecError
-from dockyard.api.registry import RegistrySpec
+from dockyard.api.registry import RegistrySpec, quantity_value
 from dockyard.api.schema import dump, parse
 from dockyard.render import labels as child_labels
 
@@ -173,6 +174,10 @@ def registry_config(inp: RenderInput) -> dict[str, Any]:
         gc = spec.garbage_collection
         config["gc"] = {"schedule": gc.schedule, "deleteUntagged": gc.delete_untagged,
                         "gracePeriod": gc.grace_period}
+    if spec.quotas:
+        # Whole bytes, rounded down: a limit of 1.5 bytes admits one (and 0.5 admits nothing).
+        config["quotas"] = [{"repositories": list(q.repositories), "limit": math.floor(quantity_value(q.limit))}
+                            for q in spec.quotas]
     if inp.events_url:
         config["notify"] = {"url": inp.events_url.rstrip("/") + EVENTS_PATH,
                             "tokenFile": f"{EVENTS_DIR}/{EVENTS_TOKEN_KEY}",
