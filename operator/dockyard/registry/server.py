@@ -1,4 +1,4 @@
-"""Running the registry: listener, TLS, JSON access logs, htpasswd polling, scheduled GC, push events.
+"""Running the registry: listener, TLS, JSON access logs, htpasswd polling, scheduled GC, events and webhooks.
 
 `serve(config)` blocks until SIGTERM or SIGINT. Access logs are one JSON object per request
 on stderr; the same hook feeds the request metrics so both count exactly what was sent.
@@ -31,6 +31,7 @@ from dockyard.registry.notify import Notifier
 from dockyard.registry.serviceaccounts import TokenReviewer
 from dockyard.registry.storage import FilesystemStorage
 from dockyard.registry.tokens import TokenIssuer
+from dockyard.registry.webhooks import Events
 
 log = logging.getLogger("dockyard.registry")
 access = logging.getLogger("dockyard.registry.access")
@@ -145,9 +146,10 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
                  reviewer: TokenReviewer | None) -> None:
     registry = RegistryService(storage, htpasswd=htpasswd, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only,
                                access=access_policy(cfg), tokens=tokens, reviewer=reviewer)
-    if cfg.notify is not None:
-        registry.notifier = Notifier(cfg.notify, registry.metrics)
-        await registry.notifier.start()
+    if cfg.notify is not None or cfg.webhooks:
+        notifier = Notifier(cfg.notify, registry.metrics) if cfg.notify is not None else None
+        registry.events = Events(cfg, registry.metrics, notifier)
+        await registry.events.start()
     app = registry.application(track_requests)
     handler_args: dict[str, Any] = {"access_log_class": access_logger_for(registry.metrics), "access_log": access}
     runner = web.AppRunner(app, handle_signals=False, **handler_args)
@@ -164,7 +166,8 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
         tasks.append(asyncio.create_task(_gc_loop(registry, cfg)))
     _event("serving", addr=f"{cfg.host}:{cfg.port}", root=str(cfg.root), tls=ssl_context is not None,
            auth=htpasswd is not None, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only,
-           gc=cfg.gc is not None, notify=cfg.notify.url if cfg.notify else None)
+           gc=cfg.gc is not None, notify=cfg.notify.url if cfg.notify else None,
+           webhooks=[w.name for w in cfg.webhooks])
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -175,8 +178,8 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
             t.cancel()
         listener.close()
         await runner.cleanup()
-        if registry.notifier is not None:
-            await registry.notifier.close()
+        if registry.events is not None:
+            await registry.events.close()
         if reviewer is not None:
             await reviewer.close()
         _event("stopped")
