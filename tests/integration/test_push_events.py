@@ -310,8 +310,10 @@ async def test_a_failing_webhook_becomes_a_warning_event_on_the_registry(
         try:
             [found, *_] = await wait_for(warning, DEADLINE, interval=0.5, message="a WebhookFailing Event")
         except TimeoutError:
-            pytest.fail(f"no WebhookFailing Event; registry log:\n{server.output()[-3000:]}\n"
-                        f"operator log:\n{operator.output()}")
+            posted = [(e.get("reason"), e.get("involvedObject"), e.get("message"))
+                      for e in await list_objects(apiserver, "v1/events", ns)]
+            pytest.fail(f"no WebhookFailing Event; Events: {posted}; registry log:\n"
+                        f"{server.output()[-3000:]}\noperator log:\n{operator.output()}")
     assert found["type"] == "Warning"
     assert found["involvedObject"]["name"] == "main"
     assert found["message"].startswith("webhook ci (127.0.0.1:")

@@ -63,7 +63,8 @@ def reconciler() -> FakeReconciler:
 @pytest_asyncio.fixture
 async def client(reconciler: FakeReconciler) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     subscribers = {(NS, "main"): [Subscriber(NS, "mirror", ("team/**",), (), TagSelector())]}
-    receiver = Receiver(Tokens(FakeKube()), reconciler, subscribers)  # type: ignore[arg-type]
+    receiver = Receiver(Tokens(FakeKube()), reconciler, subscribers,  # type: ignore[arg-type]
+                        post_event=reconciler.post_event)
     app = web.Application()
     app.router.add_post("/v1/push", receiver.receive)
     async with TestClient(TestServer(app)) as c:

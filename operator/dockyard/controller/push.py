@@ -237,6 +237,7 @@ class Receiver:
         self.reconciler = reconciler
         self.subscribers = subscribers
         self.post_event = post_event or reconciler.post_event
+        """Posts through the API adapter: `kopf.event` works only inside Kopf's handlers."""
         self.runner: web.AppRunner | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
