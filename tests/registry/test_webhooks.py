@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 
+from tests.registry import images
 from tests.registry.conftest import Client
-from tests.registry.processes import DOCKYARD, RegistryProcess, free_port, require_dockyard, start_dockyard
+from tests.registry.images import write_layout
+from tests.registry.processes import DOCKYARD, RegistryProcess, free_port, require_dockyard, skopeo, start_dockyard
 from tests.registry.receiver import Delivery, Receiver, wait_until
 
 KEY = "webhook-key-1"
@@ -107,6 +109,30 @@ def test_every_tag_push_posts_one_signed_cloud_event(receiver: Receiver, serve: 
     assert not received[0].signed_with(KEY + "x")
     values = wait_until(lambda: (m := metrics(client))[deliveries("ci", "delivered")] == 5 and m, "the counter")
     assert values[deliveries("ci", "retried")] == values[deliveries("ci", "dropped")] == 0
+
+
+def test_skopeo_push_inspect_and_delete_post_signed_events(tmp_path: Path, receiver: Receiver, serve: Serve) -> None:
+    img = images.image(seed=21, layers=2)
+    layout = write_layout(tmp_path / "in", {"v1": img})
+    server, _ = serve([{"name": "all", "url": receiver.url("/all"), "events": ["push", "pull", "delete"]}])
+    skopeo("copy", "--insecure-policy", "--dest-tls-verify=false", f"oci:{layout}:v1",
+           f"docker://{server.host}/team/app:v1", workdir=tmp_path)
+    skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{server.host}/team/app:v1", workdir=tmp_path)
+    skopeo("delete", "--tls-verify=false", f"docker://{server.host}/team/app:v1", workdir=tmp_path)
+    received = wait_until(lambda: (got := receiver.at("/all")) and got[-1].event["type"].endswith(".delete")
+                          and got, "the delete event")
+    assert all(d.signed_with(KEY) for d in received)
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for d in received:
+        by_type.setdefault(d.event["type"].rpartition(".")[2], []).append(d.event)
+    [push] = by_type["push"]
+    assert push["subject"] == "team/app:v1"
+    assert push["data"]["digest"] == img.digest
+    assert push["data"]["size"] == len(img.manifest.data)
+    assert by_type["pull"], "skopeo inspect GETs the manifest"
+    assert {e["data"]["digest"] for e in by_type["pull"]} == {img.digest}
+    [delete] = by_type["delete"]
+    assert delete["subject"] == f"team/app@{img.digest}"
 
 
 def test_globs_and_event_kinds_choose_what_each_webhook_hears(receiver: Receiver, serve: Serve) -> None:
