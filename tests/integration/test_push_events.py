@@ -3,10 +3,12 @@
 With `DOCKYARD_EVENTS_URL` set (as the install sets it), the operator gives every Registry a
 Secret `<registry>-events` holding a random token, before the Deployment that mounts it, and
 never rewrites it: reconciles, spec changes and an operator restart keep the token the pods
-hold. The receiver (`DOCKYARD_EVENTS_ADDR`) accepts an event only with the token of the
-Registry it names. And a tag pushed to a real `dockyard registry serve`, configured exactly as
-the operator rendered it, starts a run of the `trigger.onPush` policy copying from it.
-Without the URL nothing about events exists.
+hold. The receiver (`DOCKYARD_EVENTS_ADDR`) accepts an event only when it is a CloudEvent
+signed (HMAC-SHA256 of the body) with the token of the Registry its source names. And a tag
+pushed to a real `dockyard registry serve`, configured exactly as the operator rendered it,
+starts a run of the `trigger.onPush` policy copying from it; a webhook of that registry that
+fails becomes a Warning Event `WebhookFailing` on the Registry. Without the URL nothing about
+events exists.
 
 The API server is a real one (see `conftest.py`) and the operator runs with the rights of its
 ServiceAccount, which may create Secrets but never update or delete them; what the operator
@@ -17,6 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
+import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -102,13 +107,19 @@ async def settle(server: ApiServer, op: Operator, namespace: str, seconds: float
     pytest.fail(f"the operator never settled:\n{op.output()}")
 
 
-async def post(url: str, event: dict[str, Any], token: str | None) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+async def post(url: str, event: dict[str, Any], token: str | None, *,
+               signed_body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """POST EVENT signed with TOKEN (the signature of SIGNED_BODY instead, when given); unsigned without one."""
+    body = json.dumps(event).encode()
+    headers = {"Content-Type": "application/cloudevents+json"}
+    if token is not None:
+        digest = hmac.new(token.encode(), json.dumps(signed_body or event).encode(), hashlib.sha256).hexdigest()
+        headers["X-Dockyard-Signature"] = f"sha256={digest}"
     deadline = time.monotonic() + DEADLINE
     async with aiohttp.ClientSession() as session:
         while True:
             try:
-                async with session.post(url, json=event, headers=headers) as r:
+                async with session.post(url, data=body, headers=headers) as r:
                     return r.status, await r.json()
             except aiohttp.ClientConnectionError:
                 if time.monotonic() > deadline:
@@ -117,8 +128,9 @@ async def post(url: str, event: dict[str, Any], token: str | None) -> tuple[int,
 
 
 def event(namespace: str, registry_name: str, tag: str = "v1") -> dict[str, Any]:
-    return {"registry": {"namespace": namespace, "name": registry_name}, "repository": "team/app", "tag": tag,
-            "digest": "sha256:" + "cd" * 32}
+    return {"specversion": "1.0", "id": f"id-{time.monotonic_ns()}", "type": "dev.dockyard.registry.push",
+            "source": f"/registries/{namespace}/{registry_name}", "subject": f"team/app:{tag}",
+            "data": {"repository": "team/app", "tag": tag, "digest": "sha256:" + "cd" * 32}}
 
 
 # ----------------------------------------------------------------------------- tests
@@ -214,7 +226,8 @@ async def test_the_receiver_accepts_only_the_token_of_the_registry_an_event_name
                              "metadata": {"name": "ghost-events", "namespace": ns},
                              "data": {"token": base64.b64encode(b"forged").decode()}})
     assert (await post(url, event(ns, "ghost"), "forged"))[0] == 401
-    bad = {**event(ns, "a"), "registry": {"namespace": ns, "name": "../a"}}
+    assert (await post(url, event(ns, "a", "v2"), token_a, signed_body=event(ns, "a")))[0] == 401
+    bad = {**event(ns, "a"), "source": f"/registries/{ns}/../a"}
     assert (await post(url, bad, token_a))[0] == 400
     assert await list_objects(apiserver, JOBS, ns) == []
 
@@ -264,6 +277,46 @@ async def test_a_tag_pushed_to_a_dockyard_registry_runs_its_on_push_policy(
         except TimeoutError:
             pytest.fail(f"no push run; registry log:\n{server.output()[-3000:]}\noperator log:\n{operator.output()}")
         assert job["metadata"]["annotations"]["dockyard.dev/push-event"].startswith(f"team/app:v1@{digest} ")
+
+
+async def test_a_failing_webhook_becomes_a_warning_event_on_the_registry(
+        apiserver: ApiServer, namespace: str, operator: Operator, tmp_path: Path) -> None:
+    require_dockyard()
+    ns = namespace
+    await create(apiserver, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ci-hook", "namespace": ns},
+                             "data": {"secret": base64.b64encode(b"hook-key").decode()}})
+    body = registry("main", ns)
+    body["spec"]["webhooks"] = [{"name": "ci", "url": f"http://127.0.0.1:{free_port()}/hook", "events": ["push"],
+                                 "secretRef": {"name": "ci-hook"}}]  # nobody listens there
+    await create(apiserver, body)
+    token = token_of(await live(apiserver, operator, SECRETS, ns, "main-events"))
+    config = yaml.safe_load((await live(apiserver, operator, CONFIGMAPS, ns, "main-config"))["data"]["config.yaml"])
+    assert config["webhooks"][0]["secretFile"] == "/etc/dockyard/webhooks/ci/secret"
+
+    # The pod's view: both Secrets mounted as files, the rendered config; only paths and address differ.
+    (tmp_path / "token").write_text(token)
+    (tmp_path / "secret").write_text("hook-key")
+    config["notify"]["tokenFile"] = str(tmp_path / "token")
+    config["webhooks"][0]["secretFile"] = str(tmp_path / "secret")
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    with start_dockyard(tmp_path / "root", "--config", str(config_file)) as server:
+        await asyncio.to_thread(Client(server.url).push_image, "team/app", "v1")
+
+        async def warning() -> list[dict[str, Any]]:
+            operator.check()
+            return [e for e in await list_objects(apiserver, "v1/events", ns)
+                    if e.get("reason") == "WebhookFailing" and e["involvedObject"]["kind"] == "Registry"]
+        try:
+            [found, *_] = await wait_for(warning, DEADLINE, interval=0.5, message="a WebhookFailing Event")
+        except TimeoutError:
+            posted = [(e.get("reason"), e.get("involvedObject"), e.get("message"))
+                      for e in await list_objects(apiserver, "v1/events", ns)]
+            pytest.fail(f"no WebhookFailing Event; Events: {posted}; registry log:\n"
+                        f"{server.output()[-3000:]}\noperator log:\n{operator.output()}")
+    assert found["type"] == "Warning"
+    assert found["involvedObject"]["name"] == "main"
+    assert found["message"].startswith("webhook ci (127.0.0.1:")
 
 
 async def test_without_the_events_url_nothing_about_events_exists(

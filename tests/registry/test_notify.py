@@ -1,95 +1,31 @@
 """Push notifications of the real `dockyard registry serve`, posted to a small receiver on 127.0.0.1.
 
 The operator runs `trigger.onPush` policies from these events, so what matters to a user is:
-a tag push posts exactly one event naming the registry, repository, tag and digest, with the
-registry's bearer token (re-read when the mounted Secret changes); a push by digest posts
-nothing; and an operator that is down, slow or refusing never fails or slows a push (events
-are dropped with a log line and counted in /metrics). Bad `notify` config is a one-line error.
+a tag push posts exactly one CloudEvent naming the registry (its source), repository, tag and
+digest, signed with the HMAC of the registry's events token (re-read when the mounted Secret
+changes); a push by digest posts nothing; an operator that is down or failing gets the event
+again later; and an operator that is down, slow or refusing never fails or slows a push
+(events beyond the bounded queue are dropped with a log line and counted in /metrics). Bad
+`notify` config is a one-line error.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from tests.registry.conftest import Client, digest_of
+from tests.registry.conftest import Client, digest_of, image_manifest
 from tests.registry.processes import DOCKYARD, RegistryProcess, free_port, require_dockyard, start_dockyard
+from tests.registry.receiver import Delivery, Receiver, wait_until
 
 NS, NAME = "registries", "main"
-DEADLINE = 15.0
-
-
-class Receiver:
-    """The operator's side, in a thread of its own: records every POST, answers as told."""
-
-    def __init__(self, status: int = 202, hang: bool = False) -> None:
-        self.status = status
-        self.hang = hang
-        self.events: list[tuple[str | None, Any]] = []
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._release: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1/push"
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        self.events.append((request.headers.get("Authorization"), await request.json()))
-        if self.hang:
-            assert self._release is not None
-            await self._release.wait()  # an operator that accepted the connection and never answers
-        return web.json_response({"policies": []}, status=self.status)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._release = asyncio.Event()
-        app = web.Application()
-        app.router.add_post("/v1/push", self._handle)
-        runner = web.AppRunner(app, access_log=None)
-        self._loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(runner.cleanup())
-        self._loop.close()
-
-    def __enter__(self) -> Receiver:
-        self._thread.start()
-        assert self._ready.wait(10), "the receiver did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        def stop() -> None:
-            assert self._release is not None
-            self._release.set()
-            self._loop.stop()
-        self._loop.call_soon_threadsafe(stop)
-        self._thread.join(10)
-
-
-def wait_until(predicate: Callable[[], Any], message: str, timeout: float = DEADLINE) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+PATH = "/v1/push"
 
 
 def metric(client: Client, result: str) -> float:
@@ -130,112 +66,136 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., tuple[RegistryProcess, Clien
         server.stop()
 
 
-def push_image(client: Client, repo: str, reference: str | None, query: str = "") -> tuple[str, float]:
-    """Push a small image; the manifest by `reference` (its digest when None). (digest, PUT seconds)."""
-    layer = os.urandom(256)
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as r:
+        yield r
+
+
+def push_image(client: Client, repo: str, reference: str | None, query: str = "") -> str:
+    """Push a small image; the manifest by `reference` (its digest when None). Returns the digest."""
+    if not query:
+        return client.push_image(repo, reference)[0]
     config = json.dumps({"architecture": "amd64", "os": "linux", "nonce": os.urandom(8).hex()}).encode()
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": client.push_blob(repo, config), "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": client.push_blob(repo, layer), "size": len(layer)}],
-    }).encode()
+    layer = os.urandom(256)
+    manifest = image_manifest(client.push_blob(repo, config), len(config),
+                              [(client.push_blob(repo, layer), len(layer))])
     digest = digest_of(manifest)
-    started = time.monotonic()
     r = client.push_manifest(repo, f"{reference or digest}{query}", manifest)
-    elapsed = time.monotonic() - started
     assert r.status == 201, r.body
-    return digest, elapsed
+    return digest
 
 
-def test_a_tag_push_posts_one_event_with_the_registrys_token(tmp_path: Path, serve: Any) -> None:
+def tags(received: list[Delivery]) -> list[str]:
+    return [d.event["data"]["tag"] for d in received]
+
+
+def test_a_tag_push_posts_one_cloud_event_signed_with_the_registrys_token(tmp_path: Path, receiver: Receiver,
+                                                                         serve: Any) -> None:
     token_file = tmp_path / "token"
     write_token(token_file, "token-of-main\n")
-    with Receiver() as receiver:
-        _, client = serve(receiver.url, token_file)
-        by_digest, _ = push_image(client, "team/app", None)
-        digest, _ = push_image(client, "team/app", "v1")
-        # Events are posted in order by one task: once the tag's event is in, a digest push's would be too.
-        wait_until(lambda: receiver.events, "the event of the tag push")
-        assert receiver.events == [("Bearer token-of-main", {
-            "registry": {"namespace": NS, "name": NAME}, "repository": "team/app", "tag": "v1", "digest": digest,
-        })]
-        assert by_digest != digest
-        wait_until(lambda: metric(client, "sent") == 1, "the sent counter")
-        assert metric(client, "failed") == metric(client, "dropped") == 0
+    _, client = serve(receiver.url(PATH), token_file)
+    by_digest = push_image(client, "team/app", None)
+    digest = push_image(client, "team/app", "v1")
+    # Events are posted in order by one task: once the tag's event is in, a digest push's would be too.
+    [delivery] = wait_until(lambda: receiver.at(PATH), "the event of the tag push")
+    assert delivery.signed_with("token-of-main")
+    assert "Authorization" not in delivery.headers
+    assert delivery.headers["Content-Type"] == "application/cloudevents+json"
+    event = delivery.event
+    assert (event["specversion"], event["type"], event["source"], event["subject"]) == (
+        "1.0", "dev.dockyard.registry.push", f"/registries/{NS}/{NAME}", "team/app:v1")
+    assert event["data"]["repository"] == "team/app"
+    assert event["data"]["tag"] == "v1"
+    assert event["data"]["digest"] == digest
+    assert by_digest != digest
+    wait_until(lambda: metric(client, "sent") == 1, "the sent counter")
+    assert metric(client, "retried") == metric(client, "dropped") == 0
 
 
-def test_a_digest_push_with_tag_parameters_posts_one_event_per_tag(tmp_path: Path, serve: Any) -> None:
+def test_a_digest_push_with_tag_parameters_posts_one_event_per_tag(tmp_path: Path, receiver: Receiver,
+                                                                   serve: Any) -> None:
     token_file = tmp_path / "token"
     write_token(token_file, "t")
-    with Receiver() as receiver:
-        _, client = serve(receiver.url, token_file)
-        digest, _ = push_image(client, "lib/x", None, "?tag=a&tag=b")
-        wait_until(lambda: len(receiver.events) >= 2, "two events")
-        push_image(client, "lib/x", "c")
-        wait_until(lambda: len(receiver.events) >= 3, "the third event")
-        tags = [(e["repository"], e["tag"], e["digest"]) for _, e in receiver.events]
-        assert tags[:2] == [("lib/x", "a", digest), ("lib/x", "b", digest)]
-        assert [t for _, t, _ in tags] == ["a", "b", "c"]
+    _, client = serve(receiver.url(PATH), token_file)
+    digest = push_image(client, "lib/x", None, "?tag=a&tag=b")
+    push_image(client, "lib/x", "c")
+    received = wait_until(lambda: len(got := receiver.at(PATH)) >= 3 and got, "three events")
+    assert tags(received) == ["a", "b", "c"]
+    assert [d.event["data"]["digest"] for d in received[:2]] == [digest, digest]
+    assert all(d.signed_with("t") for d in received)
 
 
-def test_a_replaced_token_file_is_read_again(tmp_path: Path, serve: Any) -> None:
+def test_a_missing_token_holds_the_event_and_a_replaced_one_is_read_again(tmp_path: Path, receiver: Receiver,
+                                                                          serve: Any) -> None:
     token_file = tmp_path / "missing-at-first"
-    with Receiver() as receiver:
-        _, client = serve(receiver.url, token_file)
-        push_image(client, "team/app", "v1")  # no token yet: not sent, counted as failed
-        wait_until(lambda: metric(client, "failed") == 1, "the failed counter")
-        assert receiver.events == []
-        write_token(token_file, "first")
-        push_image(client, "team/app", "v2")
-        wait_until(lambda: len(receiver.events) == 1, "the event with the first token")
-        write_token(token_file, "second-and-longer")
-        push_image(client, "team/app", "v3")
-        wait_until(lambda: len(receiver.events) == 2, "the event with the second token")
-        assert [(auth, e["tag"]) for auth, e in receiver.events] == [
-            ("Bearer first", "v2"), ("Bearer second-and-longer", "v3")]
+    _, client = serve(receiver.url(PATH), token_file, retryInitial="100ms", retryMax="200ms")
+    push_image(client, "team/app", "v1")  # no token yet: nothing is sent unsigned; retried
+    wait_until(lambda: metric(client, "retried") >= 1, "the retried counter")
+    assert receiver.at(PATH) == []
+    write_token(token_file, "first")
+    wait_until(lambda: len(receiver.at(PATH)) == 1, "the event with the first token")
+    write_token(token_file, "second-and-longer")
+    push_image(client, "team/app", "v2")
+    received = wait_until(lambda: len(got := receiver.at(PATH)) == 2 and got, "the event with the second token")
+    assert tags(received) == ["v1", "v2"]
+    assert received[0].signed_with("first")
+    assert received[1].signed_with("second-and-longer")
 
 
-def test_an_unreachable_operator_never_fails_or_slows_a_push(tmp_path: Path, serve: Any) -> None:
+def test_an_unreachable_operator_never_fails_a_push_and_gets_the_event_when_back(tmp_path: Path,
+                                                                                 serve: Any) -> None:
     token_file = tmp_path / "token"
     write_token(token_file, "t")
-    server, client = serve(f"http://127.0.0.1:{free_port()}/v1/push", token_file)  # nobody listens
-    for i in range(5):
-        _, elapsed = push_image(client, "team/app", f"v{i}")
-        assert elapsed < 1.0, f"the push took {elapsed:.2f}s"
-    wait_until(lambda: metric(client, "failed") == 5, "five failed notifications")
+    port = free_port()
+    server, client = serve(f"http://127.0.0.1:{port}{PATH}", token_file, retryInitial="100ms", retryMax="200ms")
+    for i in range(3):
+        push_image(client, "team/app", f"v{i}")
+    wait_until(lambda: metric(client, "retried") >= 2, "retries")
     assert metric(client, "sent") == 0
-    assert "push event for team/app:v0 not sent" in server.output()
+    wait_until(lambda: "event push of team/app:v0 not delivered" in server.output(), "the log line")
     assert server.alive()
 
 
-def test_a_hanging_operator_never_slows_a_push_and_the_queue_stays_bounded(tmp_path: Path, serve: Any) -> None:
+def test_a_failing_operator_gets_the_event_again(tmp_path: Path, receiver: Receiver, serve: Any) -> None:
     token_file = tmp_path / "token"
     write_token(token_file, "t")
-    with Receiver(hang=True) as receiver:
-        server, client = serve(receiver.url, token_file, timeout="30s", queueSize=2)
-        _, first = push_image(client, "team/app", "v0")
-        wait_until(lambda: receiver.events, "the first event to be in flight")
-        slowest = first
-        for i in range(1, 6):  # one in flight, two queued, the rest dropped
-            _, elapsed = push_image(client, "team/app", f"v{i}")
-            slowest = max(slowest, elapsed)
-        assert slowest < 1.0, f"a push took {slowest:.2f}s while the operator hung"
-        wait_until(lambda: metric(client, "dropped") == 3, "three dropped events")
-        assert metric(client, "sent") == 0
-        assert "push event for team/app:v5 dropped" in server.output()
+    receiver.answer(PATH, 503, 500)
+    _, client = serve(receiver.url(PATH), token_file, retryInitial="100ms")
+    push_image(client, "team/app", "v1")
+    received = wait_until(lambda: len(got := receiver.at(PATH)) == 3 and got, "the third try")
+    assert len({d.body for d in received}) == 1
+    wait_until(lambda: metric(client, "sent") == 1, "the sent counter")
+    assert metric(client, "retried") == 2
 
 
-def test_a_refused_event_is_counted_and_logged(tmp_path: Path, serve: Any) -> None:
+def test_a_hanging_operator_never_holds_a_push_and_the_queue_stays_bounded(tmp_path: Path, receiver: Receiver,
+                                                                          serve: Any) -> None:
+    token_file = tmp_path / "token"
+    write_token(token_file, "t")
+    receiver.hanging.add(PATH)
+    server, client = serve(receiver.url(PATH), token_file, timeout="30s", queueSize=2)
+    push_image(client, "team/app", "v0")
+    wait_until(lambda: receiver.at(PATH), "the first event to be in flight")
+    for i in range(1, 6):  # one in flight, two queued, the oldest waiting ones dropped: each push completes
+        push_image(client, "team/app", f"v{i}")
+    wait_until(lambda: metric(client, "dropped") == 3, "three dropped events")
+    assert metric(client, "sent") == 0
+    assert "event push of team/app:v1 dropped" in server.output()
+    assert "event push of team/app:v5 dropped" not in server.output()
+
+
+def test_a_refused_event_is_dropped_at_once_counted_and_logged(tmp_path: Path, receiver: Receiver,
+                                                               serve: Any) -> None:
     token_file = tmp_path / "token"
     write_token(token_file, "stale")
-    with Receiver(status=401) as receiver:
-        server, client = serve(receiver.url, token_file)
-        push_image(client, "team/app", "v1")
-        wait_until(lambda: metric(client, "failed") == 1, "the failed counter")
-        assert len(receiver.events) == 1
-        wait_until(lambda: "refused by" in server.output(), "the log line of the refusal")
+    receiver.answer(PATH, 401)
+    server, client = serve(receiver.url(PATH), token_file)
+    push_image(client, "team/app", "v1")
+    wait_until(lambda: metric(client, "dropped") == 1, "the dropped counter")
+    assert len(receiver.at(PATH)) == 1
+    assert metric(client, "retried") == 0
+    wait_until(lambda: "dropped" in server.output() and "401" in server.output(), "the log line of the refusal")
 
 
 @pytest.mark.parametrize(("notify", "key"), [
@@ -250,6 +210,8 @@ def test_a_refused_event_is_counted_and_logged(tmp_path: Path, serve: Any) -> No
       "timeout": "soon"}, "notify.timeout"),
     ({"url": "http://x/v1/push", "tokenFile": "/t", "registry": {"namespace": NS, "name": NAME},
       "queueSize": 0}, "notify.queueSize"),
+    ({"url": "http://x/v1/push", "tokenFile": "/t", "registry": {"namespace": NS, "name": NAME},
+      "retryInitial": "1m", "retryMax": "1s"}, "notify.retryMax"),
     ("yes", "notify"),
 ])
 def test_bad_notify_config_is_one_line_naming_the_key_and_exit_2(tmp_path: Path, notify: Any, key: str) -> None:

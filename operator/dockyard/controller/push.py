@@ -1,31 +1,37 @@
-"""Push events from Dockyard registries: the small webhook behind `trigger.onPush`.
+"""Events from Dockyard registries: the small webhook behind `trigger.onPush` and `WebhookFailing`.
 
 A policy whose source is a Dockyard Registry and whose `trigger.onPush` is true runs when a
 tag is pushed to that Registry. The registry server tells the operator, after a manifest
-PUT by tag has succeeded (see `dockyard.registry.notify`):
+PUT by tag has succeeded, with a CloudEvent (see `dockyard.registry.notify` and `.delivery`):
 
     POST {DOCKYARD_EVENTS_URL}/v1/push
-    Authorization: Bearer <token>
-    Content-Type: application/json
+    Content-Type: application/cloudevents+json
+    X-Dockyard-Signature: sha256=<hex HMAC-SHA256 of the body, keyed with the Registry's events token>
 
-    {"registry": {"namespace": "registries", "name": "main"},
-     "repository": "team/app", "tag": "v1.2.0", "digest": "sha256:..."}
+    {"specversion": "1.0", "id": "...", "type": "dev.dockyard.registry.push",
+     "source": "/registries/registries/main", "subject": "team/app:v1.2.0", "time": "...",
+     "data": {"repository": "team/app", "tag": "v1.2.0", "digest": "sha256:...", ...}}
 
 The answer comes at once: 202 with `{"policies": ["NS/NAME", ...]}`, the policies that will
-run; 401 when the token is not the Registry's; 400 for a malformed event; 503 when the
-token cannot be read from the API server just now. A policy runs only
-for repositories and tags its filters select. Runs never overlap: pushes during a run
-coalesce into one more run after it, and a run that starts after a push covers it. For the
-registry the post is fire-and-forget; a lost event is made good by the next push or by the
-policy's schedule.
+run; 401 when the body is not signed with the token of the Registry its source names; 400 for
+a malformed event; 503 when the token cannot be read from the API server just now (the
+registry retries). A policy runs only for repositories and tags its filters select. Runs never
+overlap: pushes during a run coalesce into one more run after it, and a run that starts after a
+push covers it. A lost event is made good by the next push or by the policy's schedule.
+
+The same endpoint takes `dev.dockyard.registry.webhook.failed` (subject: the webhook's name),
+which a registry sends at most once a minute per webhook of its `spec.webhooks` while
+deliveries to it fail: the operator posts it as a Warning Event `WebhookFailing` on the
+Registry. Events of other types are accepted (202) and ignored.
 
 Each Registry has its own token: the Registry reconcile creates the Secret `<registry>-events`
 (key `token`, owned by the Registry) and mounts it into the registry's pods. An event is
-accepted only with the token of the Registry it names, so a registry pod can trigger runs for
-its own pushes and nobody else's, and no secret is shared across namespaces. A Secret of that
-name which its Registry does not own (as controller) holds no token. Tokens are read
-through the API adapter and cached for a few seconds; a token that does not match is read
-again (at most once a second per Registry), so a re-created Secret works at once.
+accepted only when signed with the token of the Registry it names, so a registry pod can
+trigger runs for its own pushes and nobody else's, the token never crosses the network, and no
+secret is shared across namespaces. A Secret of that name which its Registry does not own (as
+controller) holds no token. Tokens are read through the API adapter and cached for a few
+seconds; a signature that does not match is checked again with the token read anew (at most
+once a second per Registry), so a re-created Secret works at once.
 
 The receiver listens on `DOCKYARD_EVENTS_ADDR` (`host:port`) when it is set, and stays off
 otherwise. Registries post to `DOCKYARD_EVENTS_URL` (see `controller.reconcile`).
@@ -37,7 +43,9 @@ import asyncio
 import base64
 import binascii
 import datetime
+import hashlib
 import hmac
+import json
 import logging
 import os
 import re
@@ -54,6 +62,7 @@ from dockyard.api import GROUP, VERSION, SpecError
 from dockyard.api.replication import ReplicationPolicySpec
 from dockyard.api.schema import parse
 from dockyard.controller.kube import ApiError, Kube
+from dockyard.controller.reconcile import EventPoster
 from dockyard.controller.replication_reconcile import PLURAL, PolicyReconciler
 from dockyard.render.registry import EVENTS_PATH, EVENTS_TOKEN_KEY, events_secret_name
 from dockyard.replication.filters import RangeError, TagSelector, repository_selected
@@ -66,6 +75,7 @@ REREAD_AFTER = 1.0
 """A token that does not match is read again when the cached one is older than this."""
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_SOURCE = re.compile(r"/registries/([^/]+)/([^/]+)")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 log = logging.getLogger("dockyard.push")
@@ -102,6 +112,43 @@ def push_subscribers(*, namespace: str | None, name: str, spec: kopf.Spec,
     return {(ref.namespace or ns, ref.name): Subscriber(ns, name, repos.include, repos.exclude, selector)}
 
 
+TYPE_PREFIX = "dev.dockyard.registry."
+SIGNATURE_HEADER = "X-Dockyard-Signature"
+
+
+@dataclass(frozen=True)
+class CloudEvent:
+    """The envelope of a registry's event: who sent it (the Registry in `source`), its type and data."""
+
+    registry: tuple[str, str]
+    type: str
+    subject: str | None
+    data: dict[str, Any]
+
+    @classmethod
+    def parse(cls, doc: Any) -> CloudEvent:
+        if not isinstance(doc, dict):
+            raise ValueError("the event must be a JSON object")
+        if doc.get("specversion") != "1.0":
+            raise ValueError("specversion: 1.0 is required")
+        for key in ("id", "type", "source"):
+            if not isinstance(doc.get(key), str) or not doc[key]:
+                raise ValueError(f"{key}: a non-empty string is required")
+        source = _SOURCE.fullmatch(doc["source"])
+        if source is None:
+            raise ValueError("source: /registries/<namespace>/<name> is required")
+        namespace, name = source.groups()
+        if not _DNS_LABEL.fullmatch(namespace):
+            raise ValueError("source: not a Kubernetes namespace name")
+        if not _DNS_SUBDOMAIN.fullmatch(name) or len(name) > 253:
+            raise ValueError("source: not a Kubernetes object name")
+        data = doc.get("data")
+        if not isinstance(data, dict):
+            raise ValueError("data: an object is required")
+        subject = doc.get("subject")
+        return cls((namespace, name), doc["type"], subject if isinstance(subject, str) else None, data)
+
+
 @dataclass(frozen=True)
 class PushEvent:
     registry: tuple[str, str]
@@ -110,22 +157,28 @@ class PushEvent:
     digest: str
 
     @classmethod
-    def parse(cls, doc: Any) -> PushEvent:
-        if not isinstance(doc, dict):
-            raise ValueError("the event must be a JSON object")
-        registry = doc.get("registry")
-        if not isinstance(registry, dict):
-            raise ValueError("registry: an object {namespace, name} is required")
-        fields = {"registry.namespace": registry.get("namespace"), "registry.name": registry.get("name"),
-                  "repository": doc.get("repository"), "tag": doc.get("tag"), "digest": doc.get("digest")}
+    def of(cls, event: CloudEvent) -> PushEvent:
+        fields = {key: event.data.get(key) for key in ("repository", "tag", "digest")}
         for key, value in fields.items():
             if not isinstance(value, str) or not value:
-                raise ValueError(f"{key}: a non-empty string is required")
-        if not _DNS_LABEL.fullmatch(registry["namespace"]):
-            raise ValueError("registry.namespace: not a Kubernetes namespace name")
-        if not _DNS_SUBDOMAIN.fullmatch(registry["name"]) or len(registry["name"]) > 253:
-            raise ValueError("registry.name: not a Kubernetes object name")
-        return cls((registry["namespace"], registry["name"]), doc["repository"], doc["tag"], doc["digest"])
+                raise ValueError(f"data.{key}: a non-empty string is required")
+        return cls(event.registry, event.data["repository"], event.data["tag"], event.data["digest"])
+
+
+def failure_message(data: Mapping[str, Any]) -> str:
+    """The Warning Event's message for a `webhook.failed` report."""
+    def text(key: str, limit: int = 200) -> str:
+        return " ".join(str(data.get(key) or "?").split())[:limit]
+    message = f"webhook {text('webhook', 63)} ({text('host')}) is failing: {text('error')}"
+    dropped = data.get("dropped")
+    if isinstance(dropped, int) and not isinstance(dropped, bool) and dropped > 0:
+        message += f"; {dropped} events dropped since the last report"
+    return message
+
+
+def signature_matches(token: bytes, body: bytes, presented: str) -> bool:
+    expected = "sha256=" + hmac.new(token, body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode(), presented.encode())
 
 
 def token_of(secret: Mapping[str, Any] | None, registry: str) -> bytes | None:
@@ -161,57 +214,64 @@ class Tokens:
         self._cache[registry] = (time.monotonic(), token)
         return token
 
-    async def valid(self, registry: tuple[str, str], presented: bytes) -> bool:
+    async def valid(self, registry: tuple[str, str], body: bytes, signature: str) -> bool:
+        """Whether SIGNATURE is the HMAC of BODY keyed with the Registry's token."""
         cached = self._cache.get(registry)
         now = time.monotonic()
         if cached is None or now - cached[0] > self.ttl:
             token = await self._read(registry)
         else:
             token = cached[1]
-            if (token is None or not hmac.compare_digest(token, presented)) and now - cached[0] > REREAD_AFTER:
+            if (token is None or not signature_matches(token, body, signature)) and now - cached[0] > REREAD_AFTER:
                 token = await self._read(registry)
-        return token is not None and hmac.compare_digest(token, presented)
-
-
-def bearer(header: str | None) -> bytes | None:
-    if not header or header[:7].lower() != "bearer ":
-        return None
-    token = header[7:].strip()
-    return token.encode() if token else None
+        return token is not None and signature_matches(token, body, signature)
 
 
 class Receiver:
     """The HTTP endpoint; hands matching pushes to the policy reconciler without waiting for it."""
 
     def __init__(self, tokens: Tokens, reconciler: PolicyReconciler,
-                 subscribers: kopf.Index[tuple[str, str], Subscriber]) -> None:
+                 subscribers: kopf.Index[tuple[str, str], Subscriber],
+                 post_event: EventPoster | None = None) -> None:
         self.tokens = tokens
         self.reconciler = reconciler
         self.subscribers = subscribers
+        self.post_event = post_event or reconciler.post_event
+        """Posts through the API adapter: `kopf.event` works only inside Kopf's handlers."""
         self.runner: web.AppRunner | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def _unauthorized() -> web.Response:
-        return web.json_response({"error": "the bearer token of the Registry named in the event is required"},
-                                 status=401, headers={"WWW-Authenticate": "Bearer"})
+        return web.json_response({"error": "the body must be signed (X-Dockyard-Signature: sha256=HMAC) with "
+                                           "the events token of the Registry named in the event's source"},
+                                 status=401)
 
     async def receive(self, request: web.Request) -> web.Response:
-        presented = bearer(request.headers.get("Authorization"))
-        if presented is None:
+        signature = request.headers.get(SIGNATURE_HEADER, "").strip()
+        if not signature.startswith("sha256="):
             return self._unauthorized()
+        body = await request.read()
         try:
-            event = PushEvent.parse(await request.json())
-        except ValueError as e:
+            event = CloudEvent.parse(json.loads(body))
+            push = PushEvent.of(event) if event.type == TYPE_PREFIX + "push" else None
+        except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
             return web.json_response({"error": str(e)}, status=400)
         try:
-            valid = await self.tokens.valid(event.registry, presented)
-        except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:  # the registry drops the event
-            log.warning("cannot check the token of a push to %s/%s: %s", *event.registry, e)
-            return web.json_response({"error": "cannot check the token now"}, status=503)
+            valid = await self.tokens.valid(event.registry, body, signature)
+        except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:  # the registry tries again
+            log.warning("cannot check the signature of an event from %s/%s: %s", *event.registry, e)
+            return web.json_response({"error": "cannot check the signature now"}, status=503)
         if not valid:
-            log.info("refused a push event for %s/%s: wrong token", *event.registry)
+            log.info("refused an event from %s/%s: bad signature", *event.registry)
             return self._unauthorized()
+        if push is not None:
+            return self._pushed(push)
+        if event.type == TYPE_PREFIX + "webhook.failed":
+            return await self._webhook_failed(event)
+        return web.json_response({"ignored": event.type[:200]}, status=202)
+
+    def _pushed(self, event: PushEvent) -> web.Response:
         matched = sorted({(s.namespace, s.name) for s in self.subscribers.get(event.registry, [])
                           if s.selects(event.repository, event.tag)})
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -224,6 +284,20 @@ class Receiver:
             log.info("push of %s:%s to %s/%s runs %s", event.repository, event.tag, *event.registry,
                      ", ".join(f"{ns}/{n}" for ns, n in matched))
         return web.json_response({"policies": [f"{ns}/{n}" for ns, n in matched]}, status=202)
+
+    async def _webhook_failed(self, event: CloudEvent) -> web.Response:
+        namespace, name = event.registry
+        try:
+            registry = await self.tokens.kube.get(f"{GROUP}/{VERSION}", "Registry", namespace, name)
+        except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
+            log.warning("cannot read Registry %s/%s for its webhook failure: %s", namespace, name, e)
+            return web.json_response({"error": "cannot read the Registry now"}, status=503)
+        if registry is None:
+            return web.json_response({"error": "no such Registry"}, status=404)
+        message = failure_message(event.data)
+        log.info("Registry %s/%s: %s", namespace, name, message)
+        self.post_event(registry, "Warning", "WebhookFailing", message)
+        return web.json_response({}, status=202)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)

@@ -247,13 +247,14 @@ class Pass(ObjectPass):
     async def read_secrets(self, inp: RenderInput) -> tuple[dict[str, dict[str, str]], list[str]]:
         found: dict[str, dict[str, str]] = {}
         missing: list[str] = []
-        for secret, key in referenced_secrets(inp.spec).items():
+        for secret, keys in referenced_secrets(inp.spec).items():
             obj = await self.kube.get("v1", "Secret", self.namespace, secret)
             data = (obj or {}).get("data") or {}
+            absent = [key for key in keys if key not in data]
             if obj is None:
                 missing.append(f"Secret {secret!r} not found in namespace {self.namespace!r}")
-            elif key not in data:
-                missing.append(f"Secret {secret!r} has no key {key!r}")
+            elif absent:
+                missing.append(f"Secret {secret!r} has no key {absent[0]!r}")
             else:
                 found[secret] = data
         return found, missing

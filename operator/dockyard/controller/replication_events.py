@@ -1,4 +1,4 @@
-"""Events about ReplicationPolicies, posted through the API adapter."""
+"""Events about ReplicationPolicies (and Registries, from `controller.push`), posted through the API adapter."""
 
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ log = logging.getLogger("dockyard.replication")
 
 
 def event_object(body: Mapping[str, Any], type_: str, reason: str, message: str, at: str) -> dict[str, Any]:
-    """A core/v1 Event about a policy, as `kubectl describe` and `kubectl events` show it."""
+    """A core/v1 Event about a policy (or the object of another kind BODY is), as `kubectl describe` and
+    `kubectl events` show it."""
     meta = body["metadata"]
     return {
         "apiVersion": "v1", "kind": "Event",
         "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-        "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"],
+        "involvedObject": {"apiVersion": API_VERSION, "kind": body.get("kind") or KIND, "name": meta["name"],
                            "namespace": meta["namespace"], "uid": meta.get("uid")},
         "type": type_, "reason": reason, "message": message[:1024],
         "source": {"component": "dockyard"}, "reportingComponent": "dockyard", "reportingInstance": "dockyard",

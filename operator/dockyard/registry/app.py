@@ -48,19 +48,19 @@ from aiohttp.typedefs import Middleware
 from dockyard.oci import Digest, DigestError, ErrorCode, OCIError, valid_name, valid_tag
 from dockyard.oci import mediatypes as mt
 from dockyard.oci.errors import error_body
-from dockyard.registry.access import AccessPolicy
+from dockyard.registry.access import AccessPolicy, Identity
 from dockyard.registry.auth import Htpasswd
 from dockyard.registry.config import QuotaConfig
 from dockyard.registry.gate import TOKEN_PATH, Caller, Gate
 from dockyard.registry.manifests import ParsedManifest, parse_manifest
 from dockyard.registry.metrics import Metrics
-from dockyard.registry.notify import Notifier
 from dockyard.registry.pools import CatalogCache, PerKeyLimit, Pools
 from dockyard.registry.quotas import QuotaBook
 from dockyard.registry.serviceaccounts import TokenReviewer
 from dockyard.registry.storage import FilesystemStorage, StoredManifest, UploadInfo
 from dockyard.registry.tokens import TokenIssuer
 from dockyard.registry.uploads import RangeMismatch, Uploads
+from dockyard.registry.webhooks import Events
 
 T = TypeVar("T")
 log = logging.getLogger("dockyard.registry")
@@ -204,8 +204,8 @@ class RegistryService:
         """Authentication and access rules; None serves everyone everything (no htpasswd configured)."""
         self.read_only = read_only
         self._large_manifests = asyncio.Semaphore(1)
-        self.notifier: Notifier | None = None
-        """Told of every tag push when the operator wants push events (`notify` in the config)."""
+        self.events: Events | None = None
+        """Told of pushes, deletes and pulls: the webhooks, and the operator (`notify` in the config)."""
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -531,6 +531,9 @@ class RegistryService:
     async def manifest_get(self, request: web.Request, name: str, reference: str) -> web.StreamResponse:
         """end-3: GET /v2/<name>/manifests/<reference> (tag or digest), bytes as pushed."""
         m = await self._manifest(name, reference)
+        if self.events is not None:
+            self.events.pulled(name, None if ":" in reference else reference, str(m.digest), m.media_type,
+                               len(m.body), _identity(request))
         return web.Response(body=m.body, headers=self._manifest_headers(m))
 
     async def manifest_head(self, request: web.Request, name: str, reference: str) -> web.StreamResponse:
@@ -578,9 +581,8 @@ class RegistryService:
             first, *rest = [OCIError(ErrorCode.MANIFEST_BLOB_UNKNOWN, f"{kind} {d} is not in repository {name}",
                                      detail={"digest": str(d)}) for kind, d in missing]
             raise _MultiError(first, rest)
-        if self.notifier is not None:
-            for tag in tags:
-                self.notifier.pushed(name, tag, str(digest))
+        if self.events is not None:
+            self.events.pushed(name, tags, str(digest), parsed.media_type, len(data), _identity(request))
         headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": str(digest)}
         if parsed.subject is not None:
             headers["OCI-Subject"] = str(parsed.subject)
@@ -614,6 +616,10 @@ class RegistryService:
             if not await self.run(self.storage.delete_tag, name, reference):
                 raise OCIError(ErrorCode.MANIFEST_UNKNOWN, f"tag {reference} is not in repository {name}",
                                detail={"tag": reference})
+        if self.events is not None:
+            tagged = ":" not in reference
+            self.events.deleted(name, reference if tagged else None, None if tagged else reference,
+                                _identity(request))
         return web.Response(status=202)
 
     # ---- discovery -------------------------------------------------------------------------
@@ -702,6 +708,11 @@ class RegistryService:
 
     async def _shutdown(self, app: web.Application) -> None:
         self.pools.shutdown()
+
+
+def _identity(request: web.Request) -> Identity | None:
+    caller = request.get(CALLER)
+    return caller.identity if caller is not None else None
 
 
 class _MultiError(OCIError):

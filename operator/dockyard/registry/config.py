@@ -38,6 +38,21 @@ class GCConfig:
 
 
 @dataclass(frozen=True)
+class DeliveryConfig:
+    """How one destination's events are queued and retried (see `registry.delivery`)."""
+
+    timeout: float = 5.0
+    """One POST, connection included."""
+    queue_size: int = 1000
+    """Events waiting for this destination; beyond it the oldest waiting event is dropped."""
+    retry_initial: float = 1.0
+    """The first retry's delay; each further one doubles it, up to `retry_max`, with jitter."""
+    retry_max: float = 60.0
+    retry_for: float = 600.0
+    """An event is retried until at least this long after it happened, then dropped."""
+
+
+@dataclass(frozen=True)
 class NotifyConfig:
     """Where to post an event after each tag push (see `registry.notify`)."""
 
@@ -45,8 +60,22 @@ class NotifyConfig:
     token_file: Path
     namespace: str
     name: str
-    timeout: float = 5.0
-    queue_size: int = 1000
+    delivery: DeliveryConfig = DeliveryConfig()
+
+
+WEBHOOK_EVENTS = ("push", "delete", "pull")
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """`webhooks[]`: where to post CloudEvents of pushes, deletes and pulls (see `registry.webhooks`)."""
+
+    name: str
+    url: str
+    events: frozenset[str]
+    repositories: tuple[str, ...]
+    secret_file: Path
+    delivery: DeliveryConfig = DeliveryConfig()
 
 
 @dataclass(frozen=True)
@@ -119,6 +148,9 @@ class ServeConfig:
     token: TokenConfig | None = None
     service_accounts: ServiceAccountConfig | None = None
     quotas: tuple[QuotaConfig, ...] = ()
+    webhooks: tuple[WebhookConfig, ...] = ()
+    source: str | None = None
+    """The CloudEvents `source` of the registry's events; see `registry.webhooks.event_source`."""
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -184,32 +216,87 @@ def _string(value: Any, key: str) -> str:
     return value
 
 
+DELIVERY_KEYS = {"timeout", "queueSize", "retryInitial", "retryMax", "retryFor"}
+
+
+def parse_delivery(doc: dict[str, Any], key: str) -> DeliveryConfig:
+    """The delivery keys of `notify` or of one webhook; the others are the caller's."""
+    cfg = DeliveryConfig()
+    if "timeout" in doc:
+        cfg = replace(cfg, timeout=positive_duration(doc["timeout"], f"{key}.timeout"))
+    if "queueSize" in doc:
+        size = doc["queueSize"]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"{key}.queueSize: expected a positive integer, got {size!r}")
+        cfg = replace(cfg, queue_size=size)
+    if "retryInitial" in doc:
+        cfg = replace(cfg, retry_initial=positive_duration(doc["retryInitial"], f"{key}.retryInitial"))
+    if "retryMax" in doc:
+        cfg = replace(cfg, retry_max=positive_duration(doc["retryMax"], f"{key}.retryMax"))
+    if "retryFor" in doc:
+        cfg = replace(cfg, retry_for=parse_config_duration(doc["retryFor"], f"{key}.retryFor"))
+    if cfg.retry_max < cfg.retry_initial:
+        raise ConfigError(f"{key}.retryMax: must not be less than retryInitial")
+    return cfg
+
+
+def _url(value: Any, key: str) -> str:
+    url = _string(value, key)
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("http", "https") or not sep or not rest.split("/")[0]:
+        raise ConfigError(f"{key}: expected an http:// or https:// URL, got {url!r}")
+    return url
+
+
 def parse_notify(doc: Any) -> NotifyConfig:
-    notify = _mapping(doc, "notify", {"url", "tokenFile", "registry", "timeout", "queueSize"})
+    notify = _mapping(doc, "notify", {"url", "tokenFile", "registry", *DELIVERY_KEYS})
     for key in ("url", "tokenFile", "registry"):
         if key not in notify:
             raise ConfigError(f"notify.{key}: is required")
-    url = _string(notify["url"], "notify.url")
-    scheme, sep, rest = url.partition("://")
-    if scheme not in ("http", "https") or not sep or not rest.split("/")[0]:
-        raise ConfigError(f"notify.url: expected an http:// or https:// URL, got {url!r}")
+    url = _url(notify["url"], "notify.url")
     registry = _mapping(notify["registry"], "notify.registry", {"namespace", "name"})
     for key in ("namespace", "name"):
         if key not in registry:
             raise ConfigError(f"notify.registry.{key}: is required")
     cfg = NotifyConfig(url=url, token_file=_path(notify["tokenFile"], "notify.tokenFile"),
                        namespace=_string(registry["namespace"], "notify.registry.namespace"),
-                       name=_string(registry["name"], "notify.registry.name"))
-    if "timeout" in notify:
-        cfg = replace(cfg, timeout=parse_config_duration(notify["timeout"], "notify.timeout"))
-        if cfg.timeout <= 0:
-            raise ConfigError("notify.timeout: must be greater than zero")
-    if "queueSize" in notify:
-        size = notify["queueSize"]
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ConfigError(f"notify.queueSize: expected a positive integer, got {size!r}")
-        cfg = replace(cfg, queue_size=size)
+                       name=_string(registry["name"], "notify.registry.name"),
+                       delivery=parse_delivery(notify, "notify"))
     return cfg
+
+
+_WEBHOOK_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def parse_webhooks(doc: Any) -> tuple[WebhookConfig, ...]:
+    from dockyard.api.patterns import glob_error
+
+    if not isinstance(doc, list):
+        raise ConfigError(f"webhooks: expected a list, got {type(doc).__name__}")
+    hooks: list[WebhookConfig] = []
+    for i, item in enumerate(doc):
+        key = f"webhooks[{i}]"
+        hook = _mapping(item, key, {"name", "url", "events", "repositories", "secretFile", *DELIVERY_KEYS})
+        for required in ("name", "url", "events", "secretFile"):
+            if required not in hook:
+                raise ConfigError(f"{key}.{required}: is required")
+        name = _string(hook["name"], f"{key}.name")
+        if not _WEBHOOK_NAME.fullmatch(name):
+            raise ConfigError(f"{key}.name: expected a DNS label (a-z, 0-9, '-'), got {name!r}")
+        if any(h.name == name for h in hooks):
+            raise ConfigError(f"{key}.name: {name!r} is used by another webhook")
+        events = _strings(hook["events"], f"{key}.events", empty=False)
+        if unknown := [e for e in events if e not in WEBHOOK_EVENTS]:
+            raise ConfigError(f"{key}.events: unknown event {unknown[0]!r} (known: {', '.join(WEBHOOK_EVENTS)})")
+        repositories = _strings(hook.get("repositories", ["**"]), f"{key}.repositories", empty=False)
+        for glob in repositories:
+            if (error := glob_error(glob)) is not None:
+                raise ConfigError(f"{key}.repositories: {error}")
+        hooks.append(WebhookConfig(name=name, url=_url(hook["url"], f"{key}.url"), events=frozenset(events),
+                                   repositories=tuple(repositories),
+                                   secret_file=_path(hook["secretFile"], f"{key}.secretFile"),
+                                   delivery=parse_delivery(hook, key)))
+    return tuple(hooks)
 
 
 def positive_duration(value: Any, key: str) -> float:
@@ -332,7 +419,7 @@ def parse_quotas(doc: Any) -> tuple[QuotaConfig, ...]:
 
 
 TOP_KEYS = {"addr", "root", "htpasswd", "anonymousPull", "readOnly", "tls", "gc", "notify", "http", "access",
-            "token", "serviceAccounts", "quotas"}
+            "token", "serviceAccounts", "quotas", "webhooks", "source"}
 
 
 def parse_config(doc: Any) -> ServeConfig:
@@ -391,6 +478,10 @@ def parse_config(doc: Any) -> ServeConfig:
         cfg = replace(cfg, service_accounts=parse_service_accounts(doc["serviceAccounts"]))
     if doc.get("quotas") is not None:
         cfg = replace(cfg, quotas=parse_quotas(doc["quotas"]))
+    if doc.get("webhooks") is not None:
+        cfg = replace(cfg, webhooks=parse_webhooks(doc["webhooks"]))
+    if doc.get("source") is not None:
+        cfg = replace(cfg, source=_string(doc["source"], "source"))
     return cfg
 
 

@@ -1,12 +1,13 @@
 """Prometheus metrics in the text exposition format, written by hand (no client library).
 
 Counters of requests by method and status, bytes received and sent, a histogram of
-blob upload durations (session start to verified commit), and push notifications by result.
+blob upload durations (session start to verified commit), push notifications for the operator
+by result, and webhook deliveries by webhook and outcome, with the depth of each queue.
 
 Nothing here names a repository, tag or user, which is why /metrics needs no credentials even
 when the registry has an htpasswd file (see `dockyard.registry.app`); keep it that way. The quota
-gauges carry the quotas' repository globs, which are the operator's configuration (the Registry's
-spec), not names clients pushed.
+gauges carry the quotas' repository globs and the webhook series the webhooks' names: the
+operator's configuration (the Registry's spec), not names clients pushed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 UPLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
-NOTIFICATION_RESULTS = ("sent", "failed", "dropped")
+NOTIFICATION_RESULTS = ("sent", "retried", "dropped")
+WEBHOOK_OUTCOMES = ("delivered", "retried", "dropped")
 
 
 class Metrics:
@@ -36,6 +38,18 @@ class Metrics:
         self.notifications = dict.fromkeys(NOTIFICATION_RESULTS, 0)
         self.quotas: Callable[[], list[dict[str, Any]]] | None = None
         """Usage per quota (`QuotaBook.report`) when quotas are configured."""
+        self.notification_depth: Callable[[], int] | None = None
+        self.webhook_deliveries: dict[str, dict[str, int]] = {}
+        self.webhook_depths: dict[str, Callable[[], int]] = {}
+
+    def webhook(self, name: str, depth: Callable[[], int]) -> Callable[[str], None]:
+        """Register a webhook's queue; returns the counter of its delivery outcomes."""
+        counts = self.webhook_deliveries.setdefault(name, dict.fromkeys(WEBHOOK_OUTCOMES, 0))
+        self.webhook_depths[name] = depth
+
+        def count(outcome: str) -> None:
+            counts[outcome] += 1
+        return count
 
     def catalog_walked(self) -> None:
         self.catalog_walks += 1
@@ -55,7 +69,7 @@ class Metrics:
                 self.upload_counts[i] += 1
 
     def notification(self, result: str) -> None:
-        """A push event was sent, failed (refused, unreachable, no token) or dropped (queue full)."""
+        """A push event was sent, will be retried, or was dropped (queue full, refused, retried too long)."""
         self.notifications[result] += 1
 
     def render(self) -> str:
@@ -103,6 +117,28 @@ class Metrics:
             out.append(f'dockyard_registry_notifications_total{{result="{result}"}} {n}')
         if self.quotas is not None:
             out += self._quota_lines(self.quotas())
+        if self.notification_depth is not None:
+            out += [
+                "# HELP dockyard_registry_notification_queue_depth Events waiting for the operator.",
+                "# TYPE dockyard_registry_notification_queue_depth gauge",
+                f"dockyard_registry_notification_queue_depth {self.notification_depth()}",
+            ]
+        if self.webhook_deliveries:
+            out += [
+                "# HELP dockyard_registry_webhook_deliveries_total Webhook deliveries by webhook and outcome.",
+                "# TYPE dockyard_registry_webhook_deliveries_total counter",
+            ]
+            for name, counts in sorted(self.webhook_deliveries.items()):
+                for outcome, n in counts.items():
+                    labels = f'webhook="{name}",outcome="{outcome}"'
+                    out.append(f"dockyard_registry_webhook_deliveries_total{{{labels}}} {n}")
+            out += [
+                "# HELP dockyard_registry_webhook_queue_depth Events waiting for each webhook, the one in delivery "
+                "included.",
+                "# TYPE dockyard_registry_webhook_queue_depth gauge",
+            ]
+            for name, depth in sorted(self.webhook_depths.items()):
+                out.append(f'dockyard_registry_webhook_queue_depth{{webhook="{name}"}} {depth()}')
         return "\n".join(out) + "\n"
 
     @staticmethod

@@ -2,135 +2,72 @@
 
 A ReplicationPolicy with `trigger.onPush` runs when a tag is pushed to its Dockyard source
 (`dockyard.controller.push` receives the events). After a manifest PUT that set a tag has
-been stored, the server queues, once per tag:
+been stored, the server queues, once per tag, a CloudEvent (see `registry.delivery`):
 
     POST <notify.url>
-    Authorization: Bearer <the token in notify.tokenFile>
+    Content-Type: application/cloudevents+json
+    X-Dockyard-Signature: sha256=<HMAC-SHA256 of the body, keyed with the token in notify.tokenFile>
 
-    {"registry": {"namespace": ..., "name": ...}, "repository": ..., "tag": ..., "digest": ...}
+    {"specversion": "1.0", "type": "dev.dockyard.registry.push", "source": "/registries/<ns>/<name>",
+     "subject": "<repository>:<tag>", "data": {"repository", "tag", "digest", "mediaType", "size", "actor"}, ...}
 
-A push never waits for the operator: events go into a bounded queue that one background task
-drains, posting each with a short timeout. A full queue, an unreachable operator or a refusal
-drops the event with a log line and counts it in /metrics; the policy's next push or its
-schedule makes up for a lost event. The token file is a mounted Secret, which Kubernetes
-updates by swapping a symlink, so it is re-read whenever its (inode, size, mtime) changes.
+The same destination carries `dev.dockyard.registry.webhook.failed` events, at most one a
+minute per failing webhook (see `registry.webhooks`), which the operator turns into Warning
+Events on the Registry.
+
+A push never waits for the operator: the events go through the webhooks' delivery engine, a
+bounded queue drained by one task, retried with backoff when the operator is unreachable or
+answers 5xx, dropped (with a log line, counted in /metrics) when the queue is full or the
+retries run out; the policy's next push or its schedule makes up for a lost event. The token
+file is a mounted Secret, re-read whenever it changes.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import os
-from dataclasses import dataclass
-from pathlib import Path
-
 import aiohttp
 
 from dockyard.registry.config import NotifyConfig
+from dockyard.registry.delivery import Destination, KeyFile, cloud_event
 from dockyard.registry.metrics import Metrics
 
-log = logging.getLogger("dockyard.registry.notify")
+TokenFile = KeyFile
+"""The events token is the HMAC key of the operator's destination."""
 
-
-@dataclass(frozen=True)
-class PushEvent:
-    repository: str
-    tag: str
-    digest: str
-
-
-class TokenFile:
-    """The bearer token, read again whenever the file changes."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._signature: tuple[int, int, int] | None = None
-        self._token: str | None = None
-
-    def current(self) -> str | None:
-        """Blocking (stat, maybe read): call it from a thread. None while the file is missing or empty."""
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            self._signature, self._token = None, None
-            return None
-        signature = (st.st_ino, st.st_size, st.st_mtime_ns)
-        if signature != self._signature:
-            try:
-                self._token = self.path.read_text().strip() or None
-            except OSError:
-                self._token = None
-            self._signature = signature
-        return self._token
+_RESULTS = {"delivered": "sent", "retried": "retried", "dropped": "dropped"}
 
 
 class Notifier:
-    """A bounded queue of push events and the task that posts them to the operator."""
+    """The operator as a destination of push and webhook-failure events."""
 
     def __init__(self, config: NotifyConfig, metrics: Metrics) -> None:
         self.config = config
         self.metrics = metrics
-        self.token = TokenFile(config.token_file)
-        self.queue: asyncio.Queue[PushEvent] = asyncio.Queue(config.queue_size)
+        self.source = registry_source(config.namespace, config.name)
+        self.destination = Destination("operator", config.url, KeyFile(config.token_file), config.delivery,
+                                       count=lambda outcome: metrics.notification(_RESULTS[outcome]),
+                                       what="event")
+        metrics.notification_depth = lambda: self.destination.depth
         self._session: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task[None] | None = None
 
-    def pushed(self, repository: str, tag: str, digest: str) -> None:
-        """Queue an event without waiting; drop it (with a log line) when the queue is full."""
-        try:
-            self.queue.put_nowait(PushEvent(repository, tag, digest))
-        except asyncio.QueueFull:
-            self.metrics.notification("dropped")
-            log.warning("push event for %s:%s dropped: %d events are waiting for %s",
-                        repository, tag, self.queue.qsize(), self.config.url)
+    def pushed(self, repository: str, tag: str, data: dict[str, object]) -> None:
+        """Queue the push event of one tag without waiting."""
+        body = cloud_event("push", self.source, f"{repository}:{tag}", data)
+        self.destination.submit(body, f"push of {repository}:{tag}")
+
+    def webhook_failed(self, data: dict[str, object]) -> None:
+        body = cloud_event("webhook.failed", self.source, str(data["webhook"]), data)
+        self.destination.submit(body, f"failure report of webhook {data['webhook']}")
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.config.timeout),
-            headers={"User-Agent": "dockyard-registry"})
-        self._task = asyncio.create_task(self._drain())
+        self._session = aiohttp.ClientSession(headers={"User-Agent": "dockyard-registry"})
+        await self.destination.start(self._session)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.destination.close()
         if self._session is not None:
             await self._session.close()
 
-    async def _drain(self) -> None:
-        while True:
-            event = await self.queue.get()
-            try:
-                ok = await self._post(event)
-            except Exception:  # never let one event stop the others
-                log.exception("push event for %s:%s failed", event.repository, event.tag)
-                ok = False
-            finally:
-                self.queue.task_done()
-            self.metrics.notification("sent" if ok else "failed")
 
-    async def _post(self, event: PushEvent) -> bool:
-        assert self._session is not None, "start() first"
-        token = await asyncio.to_thread(self.token.current)
-        if token is None:
-            log.warning("push event for %s:%s not sent: no token in %s",
-                        event.repository, event.tag, self.config.token_file)
-            return False
-        body = {"registry": {"namespace": self.config.namespace, "name": self.config.name},
-                "repository": event.repository, "tag": event.tag, "digest": event.digest}
-        try:
-            async with self._session.post(self.config.url, json=body,
-                                          headers={"Authorization": f"Bearer {token}"}) as response:
-                status = response.status
-                detail = (await response.text())[:200] if status >= 300 else ""
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            log.warning("push event for %s:%s not sent to %s: %s", event.repository, event.tag,
-                        self.config.url, str(e) or type(e).__name__)
-            return False
-        if status >= 300:
-            log.warning("push event for %s:%s refused by %s: %d %s", event.repository, event.tag,
-                        self.config.url, status, " ".join(detail.split()))
-            return False
-        return True
+def registry_source(namespace: str, name: str) -> str:
+    """The CloudEvents `source` of a Registry's events."""
+    return f"/registries/{namespace}/{name}"

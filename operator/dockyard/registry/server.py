@@ -1,5 +1,5 @@
-"""Running the registry: listener, TLS, JSON access logs, htpasswd polling, scheduled GC, push events,
-quota usage walks.
+"""Running the registry: listener, TLS, JSON access logs, htpasswd polling, scheduled GC, events and
+webhooks, quota usage walks.
 
 `serve(config)` blocks until SIGTERM or SIGINT. Access logs are one JSON object per request
 on stderr; the same hook feeds the request metrics so both count exactly what was sent.
@@ -33,6 +33,7 @@ from dockyard.registry.quotas import RESCAN_SECONDS, QuotaBook
 from dockyard.registry.serviceaccounts import TokenReviewer
 from dockyard.registry.storage import FilesystemStorage
 from dockyard.registry.tokens import TokenIssuer
+from dockyard.registry.webhooks import Events
 
 log = logging.getLogger("dockyard.registry")
 access = logging.getLogger("dockyard.registry.access")
@@ -165,9 +166,10 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
                  reviewer: TokenReviewer | None) -> None:
     registry = RegistryService(storage, htpasswd=htpasswd, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only,
                                access=access_policy(cfg), tokens=tokens, reviewer=reviewer, quotas=cfg.quotas)
-    if cfg.notify is not None:
-        registry.notifier = Notifier(cfg.notify, registry.metrics)
-        await registry.notifier.start()
+    if cfg.notify is not None or cfg.webhooks:
+        notifier = Notifier(cfg.notify, registry.metrics) if cfg.notify is not None else None
+        registry.events = Events(cfg, registry.metrics, notifier)
+        await registry.events.start()
     app = registry.application(track_requests)
     handler_args: dict[str, Any] = {"access_log_class": access_logger_for(registry.metrics), "access_log": access}
     runner = web.AppRunner(app, handle_signals=False, **handler_args)
@@ -186,7 +188,8 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
         tasks.append(asyncio.create_task(_quota_loop(registry, registry.quotas)))
     _event("serving", addr=f"{cfg.host}:{cfg.port}", root=str(cfg.root), tls=ssl_context is not None,
            auth=htpasswd is not None, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only,
-           gc=cfg.gc is not None, notify=cfg.notify.url if cfg.notify else None, quotas=len(cfg.quotas))
+           gc=cfg.gc is not None, notify=cfg.notify.url if cfg.notify else None, quotas=len(cfg.quotas),
+           webhooks=[w.name for w in cfg.webhooks])
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -197,8 +200,8 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
             t.cancel()
         listener.close()
         await runner.cleanup()
-        if registry.notifier is not None:
-            await registry.notifier.close()
+        if registry.events is not None:
+            await registry.events.close()
         if reviewer is not None:
             await reviewer.close()
         _event("stopped")

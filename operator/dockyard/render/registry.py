@@ -7,6 +7,10 @@ When the operator knows where it receives push events (`RenderInput.events_url`)
 registry is told to post one per tag push (`notify` in its config) with the token of the
 Secret `<registry>-events`, mounted into the pods. That Secret holds a random token, so it
 is not rendered here: the reconcile makes the token and creates it once (`events_secret`).
+
+Each of `spec.webhooks` is rendered into the config with its key file, the webhook's Secret
+mounted read-only at `/etc/dockyard/webhooks/<name>/`; the Secret is a referenced Secret, so a
+rotated key rolls the pods (the server would also re-read the file when the kubelet updates it).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ SIGNING_DIR = "/etc/dockyard/signing"
 SIGNING_KEY = "key"
 EVENTS_TOKEN_KEY = "token"  # noqa: S105  the key's name in the Secret, not a secret
 EVENTS_PATH = "/v1/push"
+WEBHOOKS_DIR = "/etc/dockyard/webhooks"
 DATA_DIR = "/var/lib/registry"
 RUN_AS = 65532
 CHECKSUM_ANNOTATION = "dockyard.dev/checksum"
@@ -114,14 +119,29 @@ class RenderInput:
                    secrets=secrets or {}, claim_size=claim_size, events_url=events_url or None)
 
 
-def referenced_secrets(spec: RegistrySpec) -> dict[str, str]:
-    """Secrets the pods need, name -> the key that must exist in it."""
-    refs: dict[str, str] = {}
+def referenced_secrets(spec: RegistrySpec) -> dict[str, tuple[str, ...]]:
+    """Secrets the pods need, name -> the keys that must exist in it."""
+    refs: dict[str, tuple[str, ...]] = {}
+
+    def need(name: str, key: str) -> None:
+        if key not in refs.get(name, ()):
+            refs[name] = (*refs.get(name, ()), key)
     if spec.auth:
-        refs[spec.auth.htpasswd_secret_ref.name] = spec.auth.htpasswd_secret_ref.key
+        need(spec.auth.htpasswd_secret_ref.name, spec.auth.htpasswd_secret_ref.key)
     if spec.tls:
-        refs[spec.tls.secret_name] = "tls.crt"
+        need(spec.tls.secret_name, "tls.crt")
+    for webhook in spec.webhooks or ():
+        need(webhook.secret_ref.name, webhook.secret_ref.key)
     return refs
+
+
+def source(inp: RenderInput) -> str:
+    """The CloudEvents `source` of the Registry's events."""
+    return f"/registries/{inp.namespace}/{inp.name}"
+
+
+def webhook_dir(name: str) -> str:
+    return f"{WEBHOOKS_DIR}/{name}"
 
 
 def endpoint(inp: RenderInput) -> str:
@@ -182,6 +202,11 @@ def registry_config(inp: RenderInput) -> dict[str, Any]:
         config["notify"] = {"url": inp.events_url.rstrip("/") + EVENTS_PATH,
                             "tokenFile": f"{EVENTS_DIR}/{EVENTS_TOKEN_KEY}",
                             "registry": {"namespace": inp.namespace, "name": inp.name}}
+    if spec.webhooks:
+        config["source"] = source(inp)
+        config["webhooks"] = [{"name": w.name, "url": w.url, "events": list(w.events),
+                               "repositories": list(w.repositories),
+                               "secretFile": f"{webhook_dir(w.name)}/{w.secret_ref.key}"} for w in spec.webhooks]
     return config
 
 
@@ -282,6 +307,11 @@ def _volumes(inp: RenderInput) -> tuple[list[dict[str, Any]], list[dict[str, Any
             "secretName": events_secret_name(inp.name), "optional": True,
             "items": [{"key": EVENTS_TOKEN_KEY, "path": EVENTS_TOKEN_KEY}]}})
         mounts.append({"name": "events", "mountPath": EVENTS_DIR, "readOnly": True})
+    for i, webhook in enumerate(spec.webhooks or ()):
+        key_ref = webhook.secret_ref
+        volumes.append({"name": f"webhook-{i}", "secret": {
+            "secretName": key_ref.name, "items": [{"key": key_ref.key, "path": key_ref.key}]}})
+        mounts.append({"name": f"webhook-{i}", "mountPath": webhook_dir(webhook.name), "readOnly": True})
     return volumes, mounts
 
 
