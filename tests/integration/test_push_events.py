@@ -319,6 +319,47 @@ async def test_a_failing_webhook_becomes_a_warning_event_on_the_registry(
     assert found["message"].startswith("webhook ci (127.0.0.1:")
 
 
+async def test_quota_usage_reaches_the_status_and_a_nearly_full_quota_an_event(
+        apiserver: ApiServer, namespace: str, operator: Operator, tmp_path: Path) -> None:
+    require_dockyard()
+    ns = namespace
+    body = registry("main", ns)
+    body["spec"]["quotas"] = [{"repositories": ["team/**"], "limit": "100Ki"}]
+    await create(apiserver, body)
+    token = token_of(await live(apiserver, operator, SECRETS, ns, "main-events"))
+    config = yaml.safe_load((await live(apiserver, operator, CONFIGMAPS, ns, "main-config"))["data"]["config.yaml"])
+    assert config["quotas"] == [{"repositories": ["team/**"], "limit": 102400}]
+    (tmp_path / "token").write_text(token)
+    config["notify"]["tokenFile"] = str(tmp_path / "token")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    with start_dockyard(tmp_path / "root", "--config", str(tmp_path / "config.yaml")) as server:
+        client = Client(server.url)
+        await asyncio.to_thread(client.push_image, "team/app", "v1", layers=[b"x" * 95_000])
+
+        async def reported() -> list[dict[str, Any]] | None:
+            operator.check()
+            obj = await get(apiserver, REGISTRIES, "main", ns)
+            quotas: list[dict[str, Any]] = ((obj or {}).get("status") or {}).get("quotas") or []
+            return quotas if quotas and quotas[0].get("usedBytes", 0) >= 95_000 else None
+
+        try:
+            [quota] = await wait_for(reported, DEADLINE, interval=0.5, message="status.quotas with the push counted")
+        except TimeoutError:
+            pytest.fail(f"no usage in status.quotas; registry log:\n{server.output()[-3000:]}\n"
+                        f"operator log:\n{operator.output()}")
+        assert quota["repositories"] == ["team/**"]
+        assert quota["limit"] == "100Ki"
+        assert quota["limitBytes"] == 102400
+
+        async def nearly_full() -> list[dict[str, Any]]:
+            return [e for e in await list_objects(apiserver, "v1/events", ns)
+                    if e.get("reason") == "QuotaNearlyFull" and e["involvedObject"]["kind"] == "Registry"]
+
+        [event] = await wait_for(nearly_full, DEADLINE, interval=0.5, message="a QuotaNearlyFull Event")
+        assert event["type"] == "Warning"
+        assert event["message"].startswith("quota team/** is at 9")
+
+
 async def test_without_the_events_url_nothing_about_events_exists(
         apiserver: ApiServer, namespace: str, kubeconfig: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

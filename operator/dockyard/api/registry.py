@@ -31,6 +31,7 @@ from dockyard.api.schema import (
     DURATION_MAX_LENGTH,
     DURATION_PATTERN,
     NAME_MAX_LENGTH,
+    Int64,
     Model,
     Quantity,
     Raw,
@@ -389,6 +390,8 @@ class QuotaStatus(Model):
     repositories: tuple[str, ...] = field(metadata=meta("The quota's repository globs."))
     limit: str = field(metadata=meta("The quota's limit."))
     used: str = field(metadata=meta("Bytes the repositories hold now, as a quantity."))
+    used_bytes: Int64 | None = field(default=None, metadata=meta("The same, in bytes."))
+    limit_bytes: Int64 | None = field(default=None, metadata=meta("The limit, in bytes."))
 
 
 @dataclass(frozen=True)

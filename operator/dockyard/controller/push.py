@@ -22,7 +22,9 @@ push covers it. A lost event is made good by the next push or by the policy's sc
 The same endpoint takes `dev.dockyard.registry.webhook.failed` (subject: the webhook's name),
 which a registry sends at most once a minute per webhook of its `spec.webhooks` while
 deliveries to it fail: the operator posts it as a Warning Event `WebhookFailing` on the
-Registry. Events of other types are accepted (202) and ignored.
+Registry; and `dev.dockyard.registry.quota` (the usage of every quota of `spec.quotas` when it
+changed), which the operator writes into `status.quotas` (see `controller.quota_status`).
+Events of other types are accepted (202) and ignored.
 
 Each Registry has its own token: the Registry reconcile creates the Secret `<registry>-events`
 (key `token`, owned by the Registry) and mounts it into the registry's pods. An event is
@@ -62,6 +64,7 @@ from dockyard.api import GROUP, VERSION, SpecError
 from dockyard.api.replication import ReplicationPolicySpec
 from dockyard.api.schema import parse
 from dockyard.controller.kube import ApiError, Kube
+from dockyard.controller.quota_status import newly_full, quota_status
 from dockyard.controller.reconcile import EventPoster
 from dockyard.controller.replication_reconcile import PLURAL, PolicyReconciler
 from dockyard.render.registry import EVENTS_PATH, EVENTS_TOKEN_KEY, events_secret_name
@@ -269,6 +272,8 @@ class Receiver:
             return self._pushed(push)
         if event.type == TYPE_PREFIX + "webhook.failed":
             return await self._webhook_failed(event)
+        if event.type == TYPE_PREFIX + "quota":
+            return await self._quota(event)
         return web.json_response({"ignored": event.type[:200]}, status=202)
 
     def _pushed(self, event: PushEvent) -> web.Response:
@@ -297,6 +302,28 @@ class Receiver:
         message = failure_message(event.data)
         log.info("Registry %s/%s: %s", namespace, name, message)
         self.post_event(registry, "Warning", "WebhookFailing", message)
+        return web.json_response({}, status=202)
+
+    async def _quota(self, event: CloudEvent) -> web.Response:
+        """Write the reported usage into status.quotas; a QuotaNearlyFull Event for each quota crossing 90 %."""
+        namespace, name = event.registry
+        kube = self.tokens.kube
+        try:
+            registry = await kube.get(f"{GROUP}/{VERSION}", "Registry", namespace, name)
+            if registry is None:
+                return web.json_response({"error": "no such Registry"}, status=404)
+            try:
+                quotas = quota_status((registry.get("spec") or {}).get("quotas") or [], event.data.get("quotas"))
+            except ValueError as e:
+                return web.json_response({"error": str(e)}, status=400)
+            old = (registry.get("status") or {}).get("quotas") or []
+            if quotas != old:
+                await kube.patch_status(f"{GROUP}/{VERSION}", "Registry", namespace, name, {"quotas": quotas})
+        except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
+            log.warning("cannot write the quota usage of Registry %s/%s: %s", namespace, name, e)
+            return web.json_response({"error": "cannot write the status now"}, status=503)
+        for message in newly_full(old, quotas):
+            self.post_event(registry, "Warning", "QuotaNearlyFull", message)
         return web.json_response({}, status=202)
 
     def _done(self, task: asyncio.Task[None]) -> None:

@@ -343,6 +343,8 @@ class Pass(ObjectPass):
                 capacity = ((claim.get("status") or {}).get("capacity") or {}).get("storage")
                 status["storage"] = {"claimName": claim["metadata"]["name"],
                                      **({"capacity": capacity} if capacity else {})}
+            if inp.spec.quotas and self.status.get("quotas"):
+                status["quotas"] = self.status["quotas"]  # written by the push receiver from the registry's reports
         await self.write(status, conditions.registry_conditions(obs))
 
     async def write(self, status: dict[str, Any], new_conditions: list[dict[str, Any]]) -> None:

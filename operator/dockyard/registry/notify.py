@@ -13,7 +13,9 @@ been stored, the server queues, once per tag, a CloudEvent (see `registry.delive
 
 The same destination carries `dev.dockyard.registry.webhook.failed` events, at most one a
 minute per failing webhook (see `registry.webhooks`), which the operator turns into Warning
-Events on the Registry.
+Events on the Registry, and `dev.dockyard.registry.quota` events with the usage of every quota
+whenever it changed (checked every QUOTA_REPORT_SECONDS), which the operator writes into
+status.quotas.
 
 A push never waits for the operator: the events go through the webhooks' delivery engine, a
 bounded queue drained by one task, retried with backoff when the operator is unreachable or
@@ -57,6 +59,11 @@ class Notifier:
     def webhook_failed(self, data: dict[str, object]) -> None:
         body = cloud_event("webhook.failed", self.source, str(data["webhook"]), data)
         self.destination.submit(body, f"failure report of webhook {data['webhook']}")
+
+    def quota_usage(self, quotas: list[dict[str, object]]) -> None:
+        """Queue the usage of every quota (the operator shows it in the Registry's status.quotas)."""
+        body = cloud_event("quota", self.source, None, {"quotas": quotas})
+        self.destination.submit(body, "quota usage report")
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(headers={"User-Agent": "dockyard-registry"})

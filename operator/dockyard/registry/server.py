@@ -139,6 +139,21 @@ async def _gc_loop(registry: RegistryService, cfg: ServeConfig) -> None:
                bytes_freed=report.bytes_freed, manifests_deleted=report.manifests_deleted)
 
 
+QUOTA_REPORT_SECONDS = 15.0
+
+
+async def _report_quota_usage(book: QuotaBook, notifier: Notifier, interval: float = QUOTA_REPORT_SECONDS) -> None:
+    """Tell the operator each quota's usage when it changed, at most every INTERVAL."""
+    last: list[dict[str, Any]] | None = None
+    while True:
+        if book.ready:
+            report = book.report()
+            if report != last:
+                notifier.quota_usage(report)
+                last = report
+        await asyncio.sleep(interval)
+
+
 async def _quota_loop(registry: RegistryService, book: QuotaBook, interval: float = RESCAN_SECONDS) -> None:
     """Count quota usage from the storage at start-up, every INTERVAL and after each GC pass.
 
@@ -166,8 +181,8 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
                  reviewer: TokenReviewer | None) -> None:
     registry = RegistryService(storage, htpasswd=htpasswd, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only,
                                access=access_policy(cfg), tokens=tokens, reviewer=reviewer, quotas=cfg.quotas)
-    if cfg.notify is not None or cfg.webhooks:
-        notifier = Notifier(cfg.notify, registry.metrics) if cfg.notify is not None else None
+    notifier = Notifier(cfg.notify, registry.metrics) if cfg.notify is not None else None
+    if notifier is not None or cfg.webhooks:
         registry.events = Events(cfg, registry.metrics, notifier)
         await registry.events.start()
     app = registry.application(track_requests)
@@ -186,6 +201,8 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
         tasks.append(asyncio.create_task(_gc_loop(registry, cfg)))
     if registry.quotas is not None:
         tasks.append(asyncio.create_task(_quota_loop(registry, registry.quotas)))
+        if notifier is not None:
+            tasks.append(asyncio.create_task(_report_quota_usage(registry.quotas, notifier)))
     _event("serving", addr=f"{cfg.host}:{cfg.port}", root=str(cfg.root), tls=ssl_context is not None,
            auth=htpasswd is not None, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only,
            gc=cfg.gc is not None, notify=cfg.notify.url if cfg.notify else None, quotas=len(cfg.quotas),
