@@ -298,6 +298,8 @@ def installed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Ins
     crds = [yaml.safe_load(p.read_text())["metadata"]["name"] for p in sorted((copy / "crds").glob("*.yaml"))]
     for crd in crds:
         kube.run("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=120s", timeout=180)
+    # A cluster kept from an earlier session runs an operator of an earlier build of the same tag.
+    kube.run("-n", OPERATOR_NAMESPACE, "rollout", "restart", f"deployment/{OPERATOR}", timeout=60)
     done = kube.run("-n", OPERATOR_NAMESPACE, "rollout", "status", f"deployment/{OPERATOR}",
                     "--timeout=300s", check=False, timeout=360)
     if done.returncode != 0:
