@@ -36,7 +36,7 @@ import yaml
 from tests.integration.kube import ApiServer, Write, create, delete, get, list_objects, patch, wait_for
 from tests.integration.operator import Operator, report_available, running_operator
 from tests.registry.conftest import Client
-from tests.registry.processes import free_port, require_dockyard, start_dockyard
+from tests.registry.processes import fill, free_port, require_dockyard, resize_tmpfs, start_dockyard, tmpfs
 
 REGISTRIES = "dockyard.dev/v1alpha1/registries"
 SECRETS = "v1/secrets"
@@ -358,6 +358,56 @@ async def test_quota_usage_reaches_the_status_and_a_nearly_full_quota_an_event(
         [event] = await wait_for(nearly_full, DEADLINE, interval=0.5, message="a QuotaNearlyFull Event")
         assert event["type"] == "Warning"
         assert event["message"].startswith("quota team/** is at 9")
+
+
+async def test_a_filling_disk_becomes_storage_conditions_and_growing_it_clears_them(
+        apiserver: ApiServer, namespace: str, operator: Operator, tmp_path: Path) -> None:
+    """The registry's root is a real 8 MiB tmpfs: filled past 90 %, then to the last byte, then grown."""
+    require_dockyard()
+    ns = namespace
+    await create(apiserver, registry("main", ns))
+    token = token_of(await live(apiserver, operator, SECRETS, ns, "main-events"))
+    config = yaml.safe_load((await live(apiserver, operator, CONFIGMAPS, ns, "main-config"))["data"]["config.yaml"])
+    (tmp_path / "token").write_text(token)
+    config["notify"]["tokenFile"] = str(tmp_path / "token")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+
+    async def conditions_are(want: dict[str, str]) -> dict[str, Any]:
+        async def check() -> dict[str, Any] | None:
+            operator.check()
+            obj = await get(apiserver, REGISTRIES, "main", ns)
+            found = {c["type"]: c["status"] for c in ((obj or {}).get("status") or {}).get("conditions") or []}
+            return obj if all(found.get(k) == v for k, v in want.items()) else None
+        try:
+            found: dict[str, Any] = await wait_for(check, DEADLINE, interval=0.5, message=f"conditions {want}")
+        except TimeoutError:
+            obj = await get(apiserver, REGISTRIES, "main", ns)
+            pytest.fail(f"conditions never became {want}: {(obj or {}).get('status')}\n"
+                        f"operator log:\n{operator.output()[-3000:]}")
+        return found
+
+    with tmpfs(tmp_path / "disk", "8m") as disk:
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * (7 * 1024 * 1024 + 512 * 1024))  # 7.5 of 8 MiB: past 90 %
+        with start_dockyard(disk / "root", "--config", str(tmp_path / "config.yaml")) as server:
+            nearly = await conditions_are({"StorageNearlyFull": "True", "StorageFull": "False"})
+            storage = nearly["status"]["storage"]
+            assert storage["capacityBytes"] == 8 * 1024 * 1024
+            assert storage["usedBytes"] >= 0.9 * storage["capacityBytes"]
+
+            await asyncio.to_thread(fill, filler)
+            push = await asyncio.to_thread(Client(server.url).request, "POST", "/v2/team/app/blobs/uploads/")
+            assert push.status == 507
+            await conditions_are({"StorageFull": "True"})
+
+            await asyncio.to_thread(resize_tmpfs, disk, "64m")  # the volume grew
+            await asyncio.to_thread(Client(server.url).push_blob, "team/app", b"room again")
+            await conditions_are({"StorageFull": "False", "StorageNearlyFull": "False"})
+
+    reasons = [e.get("reason") for e in await list_objects(apiserver, "v1/events", ns)
+               if e["involvedObject"]["kind"] == "Registry"]
+    for reason in ("StorageNearlyFull", "StorageFull", "NoStorageFull", "NoStorageNearlyFull"):
+        assert reason in reasons, reasons
 
 
 async def test_without_the_events_url_nothing_about_events_exists(

@@ -15,6 +15,7 @@ file. Outside of pytest (the benchmark) the same helpers raise `ToolMissing`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
 import os
@@ -27,7 +28,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from email.message import Message
 from pathlib import Path
 from types import TracebackType
@@ -350,3 +351,34 @@ def request(method: str, url: str, *, data: bytes | None = None, headers: dict[s
     except urllib.error.HTTPError as err:
         with err:
             return Response(err.code, err.headers, err.read())
+
+
+@contextlib.contextmanager
+def tmpfs(directory: Path, size: str) -> Iterator[Path]:
+    """A real small filesystem at DIRECTORY to fill up (needs root; else a skip, or a failure in CI)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        missing(f"cannot mount a tmpfs to fill up (needs root): {mounted.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def resize_tmpfs(directory: Path, size: str) -> None:
+    """Grow (or shrink) a mounted tmpfs, as a volume expansion grows a PersistentVolume."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(directory)], check=True, capture_output=True)
+
+
+def fill(path: Path) -> None:
+    """Take every byte that is left on PATH's filesystem, so even creating a small file fails."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for size in (65536, 4096, 1):
+            with contextlib.suppress(OSError):  # ENOSPC: go on with smaller writes
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)

@@ -2,7 +2,8 @@
 
 It records every POST (path, headers, exact body) and answers as each path is told: a script
 of statuses (then 200 once the script is used up), or never (a receiver that accepted the
-request and hangs).
+request and hangs). The registry's storage and quota usage reports are answered at once and
+not recorded unless asked for: they come on their own schedule.
 """
 
 from __future__ import annotations
@@ -38,8 +39,20 @@ class Delivery:
         return hmac.compare_digest(self.headers.get("X-Dockyard-Signature", ""), expected)
 
 
+REPORT_TYPES = ("dev.dockyard.registry.storage", "dev.dockyard.registry.quota")
+
+
+def _is_report(body: bytes) -> bool:
+    try:
+        return bool(json.loads(body).get("type") in REPORT_TYPES)
+    except (ValueError, AttributeError):
+        return False
+
+
 class Receiver:
-    def __init__(self) -> None:
+    def __init__(self, *, keep_reports: bool = False) -> None:
+        self.keep_reports = keep_reports
+        """Record the storage and quota usage reports too (else they are answered and forgotten)."""
         self.deliveries: list[Delivery] = []
         self.scripts: dict[str, list[int | tuple[int, dict[str, str]]]] = {}
         self.hanging: set[str] = set()
@@ -64,6 +77,8 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        if _is_report(body) and not self.keep_reports:
+            return web.json_response({}, status=202)  # the registry's periodic usage reports
         with self._lock:
             self.deliveries.append(Delivery(request.path, dict(request.headers), body))
             script = self.scripts.get(request.path) or []

@@ -6,44 +6,22 @@ the test is skipped with the reason, or fails under CI=true).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.registry.conftest import Client, Response, digest_of
-from tests.registry.processes import RegistryProcess, missing, start_dockyard
+from tests.registry.processes import RegistryProcess, fill, start_dockyard, tmpfs
 
 FULL_MESSAGE = "the registry's storage is full"
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
-                             capture_output=True, text=True, check=False)
-    if mounted.returncode != 0:
-        missing(f"cannot mount a tmpfs to fill up (needs root): {mounted.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "4m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
-
-
-def _fill(path: Path) -> None:
-    """Take every byte that is left, so even creating a small file fails."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    try:
-        for size in (65536, 4096, 1):
-            with contextlib.suppress(OSError):  # ENOSPC: go on with smaller writes
-                while True:
-                    os.write(fd, b"\0" * size)
-    finally:
-        os.close(fd)
 
 
 def _assert_full(r: Response) -> None:
@@ -82,7 +60,7 @@ def test_a_full_disk_refuses_pushes_with_507_and_keeps_serving_pulls(small_disk:
         _assert_full(r)
         assert _metric(server, "dockyard_registry_storage_full") == 1
 
-        _fill(small_disk / "filler")
+        fill(small_disk / "filler")
         _assert_full(c.request("POST", "/v2/app/blobs/uploads/", body=b""))
         _assert_full(c.request("PATCH", early_session, body=os.urandom(64 * 1024),
                                headers={"Content-Type": "application/octet-stream"}))

@@ -383,6 +383,10 @@ class Condition(Model):
 class StorageStatus(Model):
     claim_name: str | None = field(default=None, metadata=meta("PVC name."))
     capacity: str | None = field(default=None, metadata=meta("Capacity reported by the PVC."))
+    used: str | None = field(default=None, metadata=meta("Bytes used on the storage's filesystem, as a quantity."))
+    used_bytes: Int64 | None = field(default=None, metadata=meta("The same, in bytes."))
+    capacity_bytes: Int64 | None = field(default=None, metadata=meta("Size of the storage's filesystem, in bytes."))
+    full: bool | None = field(default=None, metadata=meta("Whether the last write hit a full disk."))
 
 
 @dataclass(frozen=True)
@@ -404,7 +408,7 @@ class RegistryStatus(Model):
     endpoint: str | None = field(default=None, metadata=meta("In-cluster URL."))
     url: str | None = field(default=None, metadata=meta("External URL (ingress)."))
     storage: StorageStatus | None = field(default=None, metadata=meta("Storage details."))
-    quotas: tuple[QuotaStatus, ...] = field(default=(), metadata=meta("Usage of each quota, in spec order."))
+    quotas: tuple[QuotaStatus, ...] | None = field(default=None, metadata=meta("Usage of each quota, in spec order."))
 
 
 NAME_PATTERN = DNS_LABEL_PATTERN

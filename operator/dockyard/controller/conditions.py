@@ -226,3 +226,33 @@ def merge(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]], no
                 changed.append(out)
         merged.append(out)
     return merged, changed
+
+
+STORAGE_FULL = "StorageFull"
+STORAGE_NEARLY_FULL = "StorageNearlyFull"
+STORAGE_TYPES = (STORAGE_FULL, STORAGE_NEARLY_FULL)
+NEARLY_FULL = 0.9
+USAGE_KEYS = ("used", "usedBytes", "capacityBytes", "full")
+"""status.storage keys the push receiver writes from the registry's reports (see controller.push)."""
+
+
+def storage_conditions(storage: Mapping[str, Any] | None, generation: int) -> list[dict[str, Any]]:
+    """StorageFull and StorageNearlyFull from the usage the registry reported; none before a report."""
+    storage = storage or {}
+    used, capacity = storage.get("usedBytes"), storage.get("capacityBytes")
+    if not isinstance(used, int) or not isinstance(capacity, int) or capacity <= 0:
+        return []
+    percent = 100 * used // capacity
+    full = bool(storage.get("full"))
+    nearly = used >= NEARLY_FULL * capacity
+    return [
+        {"type": STORAGE_FULL, "status": "True" if full else "False",
+         "reason": "StorageFull" if full else "Writable",
+         "message": (f"a write found the storage full ({percent} % of {storage.get('used')} used): pushes are "
+                     "refused with 507 until space is freed or the volume grows; pulls go on")
+         if full else "writes succeed", "observedGeneration": generation},
+        {"type": STORAGE_NEARLY_FULL, "status": "True" if nearly else "False",
+         "reason": "NearlyFull" if nearly else "Enough",
+         "message": f"{percent} % of the storage is used ({used} of {capacity} bytes)",
+         "observedGeneration": generation},
+    ]

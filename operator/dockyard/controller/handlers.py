@@ -21,6 +21,7 @@ from dockyard.api.registry import RegistrySpec
 from dockyard.api.schema import SpecError, parse
 from dockyard.controller.kube import Kube
 from dockyard.controller.reconcile import Reconciler, events_url_from_environment
+from dockyard.controller.replication_events import ApiEvents
 from dockyard.controller.reviewers import prune_reviewers
 from dockyard.render.labels import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, NAME_LABEL
 from dockyard.render.registry import APP, events_secret_name, referenced_secrets, signing_secret_name
@@ -35,11 +36,6 @@ CHILDREN = (
     ("networking.k8s.io/v1", "ingresses"),
 )
 CHILD_LABELS = {MANAGED_BY_LABEL: MANAGER, NAME_LABEL: APP}
-
-
-def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    essence: Any = dict(body)
-    kopf.event(kopf.Body(essence), type=type_, reason=reason, message=message)
 
 
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -63,7 +59,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 4
     memo.kube = await Kube.from_environment()
-    memo.reconciler = Reconciler(memo.kube, post_event, events_url=events_url_from_environment())
+    # Events through the API adapter: Registries are also reconciled outside Kopf's handlers (from
+    # the storage reports of the push receiver), where `kopf.event` cannot post.
+    memo.reconciler = Reconciler(memo.kube, ApiEvents(memo.kube), events_url=events_url_from_environment())
     await prune_reviewers(memo.kube)
 
 

@@ -52,7 +52,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,8 +63,9 @@ from aiohttp import web
 from dockyard.api import GROUP, VERSION, SpecError
 from dockyard.api.replication import ReplicationPolicySpec
 from dockyard.api.schema import parse
+from dockyard.controller.conditions import storage_conditions
 from dockyard.controller.kube import ApiError, Kube
-from dockyard.controller.quota_status import newly_full, quota_status
+from dockyard.controller.quota_status import newly_full, quantity, quota_status
 from dockyard.controller.reconcile import EventPoster
 from dockyard.controller.replication_reconcile import PLURAL, PolicyReconciler
 from dockyard.render.registry import EVENTS_PATH, EVENTS_TOKEN_KEY, events_secret_name
@@ -235,8 +236,11 @@ class Receiver:
 
     def __init__(self, tokens: Tokens, reconciler: PolicyReconciler,
                  subscribers: kopf.Index[tuple[str, str], Subscriber],
-                 post_event: EventPoster | None = None) -> None:
+                 post_event: EventPoster | None = None,
+                 on_registry: Callable[[str, str], Coroutine[Any, Any, None]] | None = None) -> None:
         self.tokens = tokens
+        self.on_registry = on_registry
+        """Reconciles a Registry (its storage conditions follow the usage its registry reports)."""
         self.reconciler = reconciler
         self.subscribers = subscribers
         self.post_event = post_event or reconciler.post_event
@@ -274,6 +278,8 @@ class Receiver:
             return await self._webhook_failed(event)
         if event.type == TYPE_PREFIX + "quota":
             return await self._quota(event)
+        if event.type == TYPE_PREFIX + "storage":
+            return await self._storage(event)
         return web.json_response({"ignored": event.type[:200]}, status=202)
 
     def _pushed(self, event: PushEvent) -> web.Response:
@@ -326,6 +332,34 @@ class Receiver:
             self.post_event(registry, "Warning", "QuotaNearlyFull", message)
         return web.json_response({}, status=202)
 
+    async def _storage(self, event: CloudEvent) -> web.Response:
+        """Write the reported usage into status.storage; the Registry's reconcile derives its storage
+        conditions (and their Events) from it, so it runs again when one of them would change."""
+        namespace, name = event.registry
+        data = event.data
+        used, capacity, full = data.get("usedBytes"), data.get("capacityBytes"), data.get("full")
+        if type(used) is not int or type(capacity) is not int or type(full) is not bool or not 0 <= used <= capacity:
+            return web.json_response({"error": "usedBytes and capacityBytes (integers) and full (a boolean) "
+                                               "are required"}, status=400)
+        kube = self.tokens.kube
+        try:
+            registry = await kube.get(f"{GROUP}/{VERSION}", "Registry", namespace, name)
+            if registry is None:
+                return web.json_response({"error": "no such Registry"}, status=404)
+            old = ((registry.get("status") or {}).get("storage")) or {}
+            usage = {"used": quantity(used), "usedBytes": used, "capacityBytes": capacity, "full": full}
+            if any(old.get(k) != v for k, v in usage.items()):
+                await kube.patch_status(f"{GROUP}/{VERSION}", "Registry", namespace, name, {"storage": usage})
+        except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
+            log.warning("cannot write the storage usage of Registry %s/%s: %s", namespace, name, e)
+            return web.json_response({"error": "cannot write the status now"}, status=503)
+        if self.on_registry is not None and \
+                storage_conditions(old, 0) != storage_conditions({**old, **usage}, 0):
+            task = asyncio.create_task(self.on_registry(namespace, name))
+            self.tasks.add(task)
+            task.add_done_callback(self._done)
+        return web.json_response({}, status=202)
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
@@ -358,7 +392,8 @@ async def start_receiver(memo: kopf.Memo, **kwargs: Any) -> None:
     if not addr:
         return
     host, port = parse_addr(addr)
-    receiver = Receiver(Tokens(memo.kube), memo.policy_reconciler, kwargs["push_subscribers"])
+    receiver = Receiver(Tokens(memo.kube), memo.policy_reconciler, kwargs["push_subscribers"],
+                        on_registry=memo.reconciler.request)
     await receiver.start(host, port)
     memo.push_receiver = receiver
     log.info("receiving push events on http://%s:%d%s", host, port, PATH)

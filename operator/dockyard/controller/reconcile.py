@@ -339,20 +339,28 @@ class Pass(ObjectPass):
             if url:
                 status["url"] = url
             claim = (live or {}).get("PersistentVolumeClaim")
+            # Usage the push receiver wrote from the registry's reports stays (see controller.push).
+            reported = self.status.get("storage") or {}
+            storage = {k: reported[k] for k in conditions.USAGE_KEYS if k in reported}
             if claim:
                 capacity = ((claim.get("status") or {}).get("capacity") or {}).get("storage")
-                status["storage"] = {"claimName": claim["metadata"]["name"],
-                                     **({"capacity": capacity} if capacity else {})}
+                storage.update({"claimName": claim["metadata"]["name"], **({"capacity": capacity} if capacity else {})})
+            if storage:
+                status["storage"] = storage
             if inp.spec.quotas and self.status.get("quotas"):
-                status["quotas"] = self.status["quotas"]  # written by the push receiver from the registry's reports
-        await self.write(status, conditions.registry_conditions(obs))
+                status["quotas"] = self.status["quotas"]
+        new_conditions = conditions.registry_conditions(obs)
+        if inp is not None:
+            new_conditions += conditions.storage_conditions(status.get("storage"), self.generation)
+        await self.write(status, new_conditions)
 
     async def write(self, status: dict[str, Any], new_conditions: list[dict[str, Any]]) -> None:
         for cond in await self.write_status(status, new_conditions):
             self.announce(cond)
 
     def announce(self, cond: Mapping[str, Any]) -> None:
-        """One Event per transition of Ready or Stalled (Reconciling churns on every change)."""
+        """One Event per transition of Ready, Stalled or the storage conditions (Reconciling churns on every
+        change)."""
         if cond["type"] == conditions.STALLED:
             if cond["status"] == "True":
                 self.post_event(self.body, "Warning", cond["reason"], cond["message"])
@@ -362,4 +370,9 @@ class Pass(ObjectPass):
             kind = "Normal" if cond["status"] == "True" else "Warning"
             reason = "Ready" if cond["status"] == "True" else "NotReady"
             self.post_event(self.body, kind, reason, cond["message"])
+        elif cond["type"] in conditions.STORAGE_TYPES:
+            if cond["status"] == "True":
+                self.post_event(self.body, "Warning", cond["type"], cond["message"])
+            else:
+                self.post_event(self.body, "Normal", f"No{cond['type']}", cond["message"])
 

@@ -33,9 +33,12 @@ class Metrics:
         self.gc_bytes_freed = 0
         self.gc_skipped = 0
         self.storage_full = False
+        self.storage_bytes: tuple[int, int] | None = None
+        """(used, capacity) of the storage's filesystem, when the usage reporter has measured it."""
         self.catalog_walks = 0
         """Set when a write ran out of space (ENOSPC, EDQUOT); cleared by the next successful write."""
         self.notifications = dict.fromkeys(NOTIFICATION_RESULTS, 0)
+        self.reports = dict.fromkeys(NOTIFICATION_RESULTS, 0)
         self.quotas: Callable[[], list[dict[str, Any]]] | None = None
         """Usage per quota (`QuotaBook.report`) when quotas are configured."""
         self.notification_depth: Callable[[], int] | None = None
@@ -67,6 +70,10 @@ class Metrics:
         for i, bound in enumerate(UPLOAD_BUCKETS):
             if seconds <= bound:
                 self.upload_counts[i] += 1
+
+    def report(self, result: str) -> None:
+        """A usage report (storage, quotas) for the operator was sent, will be retried, or was dropped."""
+        self.reports[result] += 1
 
     def notification(self, result: str) -> None:
         """A push event was sent, will be retried, or was dropped (queue full, refused, retried too long)."""
@@ -110,11 +117,15 @@ class Metrics:
             "# HELP dockyard_registry_storage_full 1 when the last write hit a full disk or quota, else 0.",
             "# TYPE dockyard_registry_storage_full gauge",
             f"dockyard_registry_storage_full {int(self.storage_full)}",
+            *self._storage_lines(),
             "# HELP dockyard_registry_notifications_total Push events for the operator, by result.",
             "# TYPE dockyard_registry_notifications_total counter",
         ]
         for result, n in self.notifications.items():
             out.append(f'dockyard_registry_notifications_total{{result="{result}"}} {n}')
+        out += ["# HELP dockyard_registry_reports_total Usage reports (storage, quotas) for the operator, by result.",
+                "# TYPE dockyard_registry_reports_total counter"]
+        out += [f'dockyard_registry_reports_total{{result="{result}"}} {n}' for result, n in self.reports.items()]
         if self.quotas is not None:
             out += self._quota_lines(self.quotas())
         if self.notification_depth is not None:
@@ -140,6 +151,19 @@ class Metrics:
             for name, depth in sorted(self.webhook_depths.items()):
                 out.append(f'dockyard_registry_webhook_queue_depth{{webhook="{name}"}} {depth()}')
         return "\n".join(out) + "\n"
+
+    def _storage_lines(self) -> list[str]:
+        if self.storage_bytes is None:
+            return []
+        used, capacity = self.storage_bytes
+        return [
+            "# HELP dockyard_registry_storage_used_bytes Bytes used on the storage's filesystem.",
+            "# TYPE dockyard_registry_storage_used_bytes gauge",
+            f"dockyard_registry_storage_used_bytes {used}",
+            "# HELP dockyard_registry_storage_capacity_bytes Size of the storage's filesystem.",
+            "# TYPE dockyard_registry_storage_capacity_bytes gauge",
+            f"dockyard_registry_storage_capacity_bytes {capacity}",
+        ]
 
     @staticmethod
     def _quota_lines(report: list[dict[str, Any]]) -> list[str]:

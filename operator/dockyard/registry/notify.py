@@ -15,7 +15,9 @@ The same destination carries `dev.dockyard.registry.webhook.failed` events, at m
 minute per failing webhook (see `registry.webhooks`), which the operator turns into Warning
 Events on the Registry, and `dev.dockyard.registry.quota` events with the usage of every quota
 whenever it changed (checked every QUOTA_REPORT_SECONDS), which the operator writes into
-status.quotas.
+status.quotas, and `dev.dockyard.registry.storage` events (the volume's used and total bytes, and
+whether writes hit a full disk) when they changed, which become status.storage and the
+StorageFull and StorageNearlyFull conditions.
 
 A push never waits for the operator: the events go through the webhooks' delivery engine, a
 bounded queue drained by one task, retried with backoff when the operator is unreachable or
@@ -49,6 +51,10 @@ class Notifier:
                                        count=lambda outcome: metrics.notification(_RESULTS[outcome]),
                                        what="event")
         metrics.notification_depth = lambda: self.destination.depth
+        # Usage reports queue apart (counted as reports), so a backlog of them never delays or
+        # crowds out a push event, nor the other way round.
+        self.reports = Destination("operator-reports", config.url, KeyFile(config.token_file), config.delivery,
+                                   count=lambda outcome: metrics.report(_RESULTS[outcome]), what="report")
         self._session: aiohttp.ClientSession | None = None
 
     def pushed(self, repository: str, tag: str, data: dict[str, object]) -> None:
@@ -63,14 +69,21 @@ class Notifier:
     def quota_usage(self, quotas: list[dict[str, object]]) -> None:
         """Queue the usage of every quota (the operator shows it in the Registry's status.quotas)."""
         body = cloud_event("quota", self.source, None, {"quotas": quotas})
-        self.destination.submit(body, "quota usage report")
+        self.reports.submit(body, "quota usage report")
+
+    def storage_usage(self, usage: dict[str, object]) -> None:
+        """Queue the storage's usage (bytes used, capacity, whether writes hit a full disk)."""
+        body = cloud_event("storage", self.source, None, usage)
+        self.reports.submit(body, "storage usage report")
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(headers={"User-Agent": "dockyard-registry"})
         await self.destination.start(self._session)
+        await self.reports.start(self._session)
 
     async def close(self) -> None:
         await self.destination.close()
+        await self.reports.close()
         if self._session is not None:
             await self._session.close()
 

@@ -12,10 +12,13 @@ import contextlib
 import datetime
 import json
 import logging
+import os
 import signal
 import ssl
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -154,6 +157,45 @@ async def _report_quota_usage(book: QuotaBook, notifier: Notifier, interval: flo
         await asyncio.sleep(interval)
 
 
+STORAGE_REPORT_STEP = 0.01  # of the capacity: smaller changes of the used bytes are not reported
+
+
+@dataclass(frozen=True)
+class StorageUsage:
+    used: int
+    capacity: int
+    full: bool
+
+    def differs(self, other: StorageUsage | None) -> bool:
+        """Worth reporting: the first, a flipped full flag, a new capacity, or a percent's change of use."""
+        return other is None or other.full != self.full or other.capacity != self.capacity or \
+            abs(other.used - self.used) >= STORAGE_REPORT_STEP * self.capacity
+
+
+def storage_usage(root: Path, full: bool) -> StorageUsage:
+    """The filesystem holding the storage: bytes used and in total (statvfs), and the full-disk flag."""
+    st = os.statvfs(root)
+    capacity = st.f_blocks * st.f_frsize
+    return StorageUsage(capacity - st.f_bfree * st.f_frsize, capacity, full)
+
+
+async def _report_storage_usage(registry: RegistryService, notifier: Notifier,
+                                interval: float = QUOTA_REPORT_SECONDS) -> None:
+    """Tell the operator how full the storage is when that changed by a percent or more."""
+    last: StorageUsage | None = None
+    while True:
+        try:
+            now = await registry.run(storage_usage, registry.storage.root, registry.metrics.storage_full)
+        except OSError as e:
+            _event("storage usage unreadable", error=str(e))
+        else:
+            registry.metrics.storage_bytes = (now.used, now.capacity)
+            if now.differs(last):
+                notifier.storage_usage({"usedBytes": now.used, "capacityBytes": now.capacity, "full": now.full})
+                last = now
+        await asyncio.sleep(interval)
+
+
 async def _quota_loop(registry: RegistryService, book: QuotaBook, interval: float = RESCAN_SECONDS) -> None:
     """Count quota usage from the storage at start-up, every INTERVAL and after each GC pass.
 
@@ -203,6 +245,8 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
         tasks.append(asyncio.create_task(_quota_loop(registry, registry.quotas)))
         if notifier is not None:
             tasks.append(asyncio.create_task(_report_quota_usage(registry.quotas, notifier)))
+    if notifier is not None:
+        tasks.append(asyncio.create_task(_report_storage_usage(registry, notifier)))
     _event("serving", addr=f"{cfg.host}:{cfg.port}", root=str(cfg.root), tls=ssl_context is not None,
            auth=htpasswd is not None, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only,
            gc=cfg.gc is not None, notify=cfg.notify.url if cfg.notify else None, quotas=len(cfg.quotas),
