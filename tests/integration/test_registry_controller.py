@@ -567,3 +567,25 @@ async def test_the_operator_streams_only_what_it_manages(
     assert "type!=helm.sh/release.v1" in seen["secrets"].get("fieldSelector", "")
     assert "registries" in seen
     assert "labelSelector" not in seen["registries"]
+
+
+async def test_a_registry_deleted_during_a_reconcile_leaves_no_error(apiserver: ApiServer, namespace: str) -> None:
+    """The pass read the Registry, then it was deleted: writing its status is skipped, not an error."""
+    import ssl
+
+    from dockyard.controller.kube import Credentials, Kube
+    from dockyard.controller.reconcile import Pass, Reconciler
+
+    await create(apiserver, registry("gone", {"storage": {"emptyDir": {}}}, namespace))
+    body = await get(apiserver, REGISTRIES, "gone", namespace)
+    assert body is not None
+    await delete(apiserver, REGISTRIES, "gone", namespace)
+    kube = Kube(Credentials(apiserver.url, apiserver.token, ssl.create_default_context(cafile=str(apiserver.ca))))
+    try:
+        posted: list[str] = []
+        reconciler = Reconciler(kube, lambda _body, _type, reason, _message: posted.append(reason))
+        changed = await Pass(reconciler, body).write_status({"observedGeneration": 1}, [])
+    finally:
+        await kube.close()
+    assert changed == []
+    assert posted == []

@@ -205,7 +205,14 @@ class ObjectPass:
         patch = status_patch(self.status, new)
         if patch is None:
             return []
-        await self.kube.patch_status(API_VERSION, self.KIND, self.namespace, self.name, patch)
+        try:
+            await self.kube.patch_status(API_VERSION, self.KIND, self.namespace, self.name, patch)
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            log.info("%s %s/%s was deleted during the reconcile: its status is not written",
+                     self.KIND, self.namespace, self.name)
+            return []
         self.status = new
         return changed
 
