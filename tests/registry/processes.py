@@ -382,3 +382,16 @@ def fill(path: Path) -> None:
                     os.write(fd, b"\0" * size)
     finally:
         os.close(fd)
+
+
+def serve_refuses(config: dict[str, object], workdir: Path) -> str:
+    """`dockyard registry serve` with CONFIG must exit 2 with one line on stderr; returns that line."""
+    require_dockyard()
+    path = workdir / "config.yaml"
+    path.write_text(json.dumps(config))
+    done = subprocess.run([DOCKYARD, "registry", "serve", "--config", str(path), "--root", str(workdir / "root"),
+                           "--addr", f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=30,
+                          check=False)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    return done.stderr.strip()
