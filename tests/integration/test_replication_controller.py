@@ -23,6 +23,7 @@ import pytest
 import pytest_asyncio
 
 from dockyard import cron
+from dockyard.registry.delivery import cloud_event, sign
 from dockyard.render.replication import manual_job_name
 from tests.integration.kube import ApiError, ApiServer, Write, create, delete, get, list_objects, patch, wait_for
 from tests.integration.operator import Operator, running_operator
@@ -488,18 +489,27 @@ async def test_a_run_that_dies_without_a_report_shows_on_the_policy(apiserver: A
     assert "backoff limit" in condition(obj, "Ready")["message"]
 
 
+def push_event(namespace: str, registry: str, data: dict[str, Any]) -> bytes:
+    return cloud_event("push", f"/registries/{namespace}/{registry}", f"{data.get('repository')}:{data.get('tag')}",
+                       data)
+
+
 async def post_push(op: Operator, url: str, namespace: str, repository: str, tag: str, *, registry: str = "main",
                     token: str) -> tuple[int, Any]:
-    """What a Dockyard registry sends after a tag push; waits (with a deadline) for the receiver."""
-    event = {"registry": {"namespace": namespace, "name": registry}, "repository": repository, "tag": tag,
-             "digest": "sha256:" + "ab" * 32}
+    """What a Dockyard registry sends after a tag push (a CloudEvent signed with its events token);
+    waits (with a deadline) for the receiver."""
+    body = push_event(namespace, registry, {"repository": repository, "tag": tag, "digest": "sha256:" + "ab" * 32})
+    return await post_event(op, url, body, sign(token.encode(), body))
+
+
+async def post_event(op: Operator, url: str, body: bytes, signature: str) -> tuple[int, Any]:
     deadline = time.monotonic() + DEADLINE
     async with aiohttp.ClientSession() as session:
         while True:
             op.check()
             try:
-                async with session.post(url, json=event,
-                                        headers={"Authorization": f"Bearer {token}"}) as r:
+                async with session.post(url, data=body, headers={"X-Dockyard-Signature": signature,
+                                                                 "Content-Type": "application/cloudevents+json"}) as r:
                     return r.status, await r.json()
             except aiohttp.ClientConnectionError:
                 if time.monotonic() > deadline:
@@ -523,11 +533,10 @@ async def test_pushes_to_a_dockyard_source_run_on_push_policies_once_at_a_time(
     token = await events_token(apiserver, ns, "main")
 
     assert (await post_push(operator, events_url, ns, "team/app", "v1", token="wrong"))[0] == 401
-    async with aiohttp.ClientSession() as session, session.post(
-            events_url, json={"registry": {"namespace": ns, "name": "main"}, "repository": "team/app"},
-            headers={"Authorization": f"Bearer {token}"}) as r:
-        assert r.status == 400
-        assert "tag" in (await r.json())["error"]
+    no_tag = push_event(ns, "main", {"repository": "team/app"})
+    status, answer = await post_event(operator, events_url, no_tag, sign(token.encode(), no_tag))
+    assert status == 400
+    assert "tag" in answer["error"]
     assert await post_push(operator, events_url, ns, "other/app", "v1", token=token) == (202, {"policies": []}), (
         "filtered repository")
     assert await post_push(operator, events_url, ns, "team/app", "v1-dev", token=token) == (202, {"policies": []}), (
