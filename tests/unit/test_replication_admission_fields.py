@@ -35,6 +35,7 @@ from dockyard.oci.client import registry_url
 from dockyard.replication.filters import RangeError, TagSelector, platform_match, repository_selected
 from dockyard.replication.limits import parse_bandwidth, parse_spec_duration
 from tests.unit import cel
+from tests.unit.test_schema_validation import with_
 
 SCHEMA = cel.version_schema(crd(REPLICATION_POLICY))
 PACKAGE = Path(__file__).parents[2] / "operator" / "dockyard"
@@ -43,13 +44,7 @@ BASE: dict[str, Any] = {"source": {"url": "https://registry-1.docker.io"},
 
 
 def _spec(path: str, value: Any) -> dict[str, Any]:
-    spec = copy.deepcopy(BASE)
-    node = spec
-    *parents, last = path.split(".")
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[last] = value
-    return spec
+    return with_(BASE, path, value)
 
 
 def admitted(path: str, value: Any) -> bool:

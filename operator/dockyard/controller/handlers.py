@@ -22,7 +22,6 @@ from dockyard.api.schema import SpecError, parse
 from dockyard.controller.kube import Kube
 from dockyard.controller.reconcile import Reconciler, events_url_from_environment
 from dockyard.controller.replication_events import ApiEvents
-from dockyard.controller.reviewers import prune_reviewers
 from dockyard.render.labels import INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, NAME_LABEL
 from dockyard.render.registry import APP, events_secret_name, referenced_secrets, signing_secret_name
 
@@ -62,7 +61,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Events through the API adapter: Registries are also reconciled outside Kopf's handlers (from
     # the storage reports of the push receiver), where `kopf.event` cannot post.
     memo.reconciler = Reconciler(memo.kube, ApiEvents(memo.kube), events_url=events_url_from_environment())
-    await prune_reviewers(memo.kube)
+    await memo.reconciler.reviewers.prune()
 
 
 async def close(memo: kopf.Memo, **_: Any) -> None:

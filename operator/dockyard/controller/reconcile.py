@@ -36,7 +36,7 @@ from dockyard.api import API_VERSION, SpecError
 from dockyard.api.registry import quantity_value
 from dockyard.controller import conditions
 from dockyard.controller.kube import ApiError, Kube
-from dockyard.controller.reviewers import set_reviewer
+from dockyard.controller.reviewers import Reviewers
 from dockyard.render.registry import (
     OPTIONAL_KINDS,
     RenderInput,
@@ -134,6 +134,7 @@ class Reconciler:
 
     def __init__(self, kube: Kube, post_event: EventPoster, *, events_url: str | None = None) -> None:
         self.kube = kube
+        self.reviewers = Reviewers(kube)
         self.post_event = post_event
         self.events_url = events_url
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -159,7 +160,7 @@ class Reconciler:
         body = await self.current("Registry", namespace, name)
         if body is not None:
             await Pass(self, body).run()
-        elif error := await set_reviewer(self.kube, namespace, name, False):
+        elif error := await self.reviewers.set(namespace, name, False):
             log.warning("%s", error)
 
     async def current(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -225,6 +226,7 @@ class Pass(ObjectPass):
     def __init__(self, reconciler: Reconciler, body: Mapping[str, Any]) -> None:
         super().__init__(reconciler, body)
         self.events_url = reconciler.events_url
+        self.reviewers = reconciler.reviewers
 
     async def run(self) -> None:
         try:
@@ -280,7 +282,7 @@ class Pass(ObjectPass):
         live: dict[str, Any] = {}
         desired = [stamp(obj) for obj in render_registry(inp)]
         errors = await self.generated_secrets(inp)
-        errors.append(await set_reviewer(self.kube, self.namespace, self.name, uses_service_accounts(inp.spec)))
+        errors.append(await self.reviewers.set(self.namespace, self.name, uses_service_accounts(inp.spec)))
         for obj in desired:  # a refused child (say, a PVC expansion) never holds back the others
             kind, meta = obj["kind"], obj["metadata"]
             current = claim if kind == "PersistentVolumeClaim" else \

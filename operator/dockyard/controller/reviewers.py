@@ -31,42 +31,61 @@ def subject(namespace: str, name: str) -> dict[str, str]:
     return {"kind": "ServiceAccount", "name": name, "namespace": namespace}
 
 
-async def _update(kube: Kube, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> str | None:
-    """Read-modify-write the binding's subjects (retrying conflicts); an error to report, or None."""
-    for _ in range(ATTEMPTS):
-        binding = await kube.get(RBAC, "ClusterRoleBinding", None, REVIEWER_BINDING)
-        if binding is None:
-            return (f"the ClusterRoleBinding {REVIEWER_BINDING!r} of the install is missing: re-apply the "
-                    "install (manifests/) so the registry may review ServiceAccount tokens")
-        subjects = list(binding.get("subjects") or [])
-        wanted = change(subjects)
-        if wanted == subjects:
+def _key(s: dict[str, Any]) -> tuple[str, str]:
+    return str(s.get("namespace", "")), str(s.get("name", ""))
+
+
+class Reviewers:
+    """The binding's subjects, kept in step by the one operator that changes them.
+
+    Knowing them saves each reconcile of a Registry that names no ServiceAccount a read of the
+    binding; a Registry that does name them, or whose subject the operator added, reads it.
+    """
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+        self.members: set[tuple[str, str]] | None = None
+        """Registries whose ServiceAccount is a subject; None until the binding was read."""
+
+    async def _update(self, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> str | None:
+        """Read-modify-write the binding's subjects (retrying conflicts); an error to report, or None."""
+        for _ in range(ATTEMPTS):
+            binding = await self.kube.get(RBAC, "ClusterRoleBinding", None, REVIEWER_BINDING)
+            if binding is None:
+                self.members = None
+                return (f"the ClusterRoleBinding {REVIEWER_BINDING!r} of the install is missing: re-apply the "
+                        "install (manifests/) so the registry may review ServiceAccount tokens")
+            subjects = list(binding.get("subjects") or [])
+            wanted = change(subjects)
+            try:
+                if wanted != subjects:
+                    await self.kube.replace({**binding, "subjects": wanted})
+            except ApiError as e:
+                if e.status != 409:
+                    return f"the ClusterRoleBinding {REVIEWER_BINDING!r} could not be updated: {e.message}"
+                continue
+            self.members = {_key(s) for s in wanted}
             return None
-        try:
-            await kube.replace({**binding, "subjects": wanted})
+        self.members = None
+        return f"the ClusterRoleBinding {REVIEWER_BINDING!r} kept changing; will retry"
+
+    async def set(self, namespace: str, name: str, wanted: bool) -> str | None:
+        if not wanted and self.members is not None and (namespace, name) not in self.members:
             return None
-        except ApiError as e:
-            if e.status != 409:
-                return f"the ClusterRoleBinding {REVIEWER_BINDING!r} could not be updated: {e.message}"
-    return f"the ClusterRoleBinding {REVIEWER_BINDING!r} kept changing; will retry"
+        me = subject(namespace, name)
+        return await self._update(lambda subjects: [s for s in subjects if s != me] + ([me] if wanted else []))
 
-
-async def set_reviewer(kube: Kube, namespace: str, name: str, wanted: bool) -> str | None:
-    me = subject(namespace, name)
-    return await _update(kube, lambda subjects: [s for s in subjects if s != me] + ([me] if wanted else []))
-
-
-async def prune_reviewers(kube: Kube) -> None:
-    """Drop subjects of Registries that are gone or no longer name ServiceAccounts."""
-    needed: list[dict[str, str]] = []
-    for body in await kube.list(API_VERSION, "Registry", None):
-        meta = body.get("metadata") or {}
-        try:
-            spec = parse(RegistrySpec, body.get("spec"))
-        except SpecError:
-            continue
-        if uses_service_accounts(spec) and not meta.get("deletionTimestamp"):
-            needed.append(subject(meta.get("namespace", ""), meta.get("name", "")))
-    error = await _update(kube, lambda subjects: [s for s in subjects if s in needed])
-    if error:
-        log.warning("%s", error)
+    async def prune(self) -> None:
+        """Drop subjects of Registries that are gone or no longer name ServiceAccounts."""
+        needed: list[dict[str, str]] = []
+        for body in await self.kube.list(API_VERSION, "Registry", None):
+            meta = body.get("metadata") or {}
+            try:
+                spec = parse(RegistrySpec, body.get("spec"))
+            except SpecError:
+                continue
+            if uses_service_accounts(spec) and not meta.get("deletionTimestamp"):
+                needed.append(subject(meta.get("namespace", ""), meta.get("name", "")))
+        error = await self._update(lambda subjects: [s for s in subjects if s in needed])
+        if error:
+            log.warning("%s", error)

@@ -343,7 +343,9 @@ def parse_access(doc: Any) -> AccessConfig:
     from dockyard.api.patterns import glob_error
 
     access = _mapping(doc, "access", {"rules", "groups"})
-    groups = _mapping(access.get("groups") or {}, "access.groups", set(access.get("groups") or {}))
+    groups = access.get("groups") or {}
+    if not isinstance(groups, dict):
+        raise ConfigError(f"access.groups: expected a mapping of group names to users, got {groups!r}")
     parsed_groups = {str(g): _strings(users, f"access.groups.{g}") for g, users in groups.items()}
     rules: list[dict[str, Any]] | None = None
     if access.get("rules") is not None:

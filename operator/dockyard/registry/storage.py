@@ -169,6 +169,8 @@ class FilesystemStorage:
 
     def _make_parents(self, path: Path) -> Path | None:
         """Create the missing directories above `path`; the highest one created, or None."""
+        if path.parent.is_dir():  # the common case: one stat, on every commit
+            return None
         top = None
         for parent in reversed(path.parents):
             if parent.is_relative_to(self.root) and not parent.is_dir():
