@@ -186,14 +186,14 @@ def test_gc_never_removes_an_upload_being_created(tmp_path: Path) -> None:
     from dockyard.registry.storage import FilesystemStorage
 
     storage = FilesystemStorage(tmp_path / "root")
-    fresh = storage.uploads / "fresh"
+    fresh = storage.root / "uploads" / "fresh"
     fresh.mkdir()
-    abandoned = storage.uploads / "abandoned"
+    abandoned = storage.root / "uploads" / "abandoned"
     abandoned.mkdir()
     old = time.time() - STALE_UPLOAD_SECONDS - 60
     os.utime(abandoned, (old, old))
 
-    report = collect(tmp_path / "root", grace=0)
+    report = collect(FilesystemStorage(tmp_path / "root"), grace=0)
     assert fresh.is_dir(), "an upload being created was deleted under the client"
     assert not abandoned.exists()
     assert report.uploads_deleted == 1

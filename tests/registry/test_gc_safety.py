@@ -99,7 +99,7 @@ def test_index_pushed_during_a_pass_keeps_its_old_untagged_child(
             pushed.append(c.push_manifest("app", "multi", _index([(child, len(child_body))]), OCI_INDEX).status)
 
         pause_after_mark(push_index)
-        collect(root, grace=3600, delete_untagged=True)
+        collect(FilesystemStorage(root), grace=3600, delete_untagged=True)
         assert pushed == [201]
         assert _pullable(c, "app", "multi"), "GC deleted the child of an index acknowledged during the pass"
 
@@ -123,7 +123,7 @@ def test_manifest_pushed_during_a_pass_keeps_its_blobs(
             statuses.append(c.push_manifest("app", "v1", _manifest(blobs[0], blobs[1:])).status)
 
         pause_after_mark(push_manifest)
-        collect(root, grace=grace)
+        collect(FilesystemStorage(root), grace=grace)
         assert statuses == [201]
         assert _pullable(c, "app", "v1"), "GC deleted blobs of a manifest acknowledged during the pass"
 
@@ -145,7 +145,7 @@ def test_gc_reads_a_manifest_by_its_stored_type_not_by_its_shape(tmp_path: Path)
         # Stored directly: the registry now refuses this shape at PUT, older data may hold it.
         FilesystemStorage(root).put_manifest("app", "odd", StoredManifest(Digest.of(body), DOCKER_MANIFEST, body))
         _age(root)
-        report = collect(root, grace=0, delete_untagged=True)
+        report = collect(FilesystemStorage(root), grace=0, delete_untagged=True)
         assert report.blobs_deleted == 0
         assert _pullable(c, "app", "odd")
 
@@ -162,7 +162,7 @@ def test_a_blob_committed_by_an_empty_put_gets_a_fresh_grace_period(tmp_path: Pa
         _age(root)  # the last PATCH was hours ago
         digest = digest_of(data)
         assert c.request("PUT", f"{location}?digest={digest}").status == 201
-        report = collect(root, grace=3600)
+        report = collect(FilesystemStorage(root), grace=3600)
         assert report.blobs_deleted == 0
         assert _blob_intact(c, "app", digest)
 
@@ -175,7 +175,7 @@ def test_head_on_a_blob_protects_it_for_the_grace_period(tmp_path: Path) -> None
         digest = c.push_blob("app", os.urandom(4096))
         _age(root)
         assert c.request("HEAD", f"/v2/app/blobs/{digest}").status == 200
-        assert collect(root, grace=3600).blobs_deleted == 0
+        assert collect(FilesystemStorage(root), grace=3600).blobs_deleted == 0
         assert _blob_intact(c, "app", digest)
 
 
@@ -204,12 +204,12 @@ def test_a_gc_killed_mid_pass_loses_nothing(tmp_path: Path, monkeypatch: pytest.
         with monkeypatch.context() as m:
             m.setattr(gc.Sweep, "recheck", die)
             with pytest.raises(Killed):
-                collect(root, grace=0)
+                collect(FilesystemStorage(root), grace=0)
         assert statuses == [201]
         assert not _pullable(c, "app", "v1"), "the pass died before it set the config blob aside"
         server.restart()  # a server start puts back what the dead pass set aside
         assert _pullable(c, "app", "v1")
-        collect(root, grace=0)
+        collect(FilesystemStorage(root), grace=0)
         assert _pullable(c, "app", "v1")
 
 
@@ -306,7 +306,7 @@ def test_every_acknowledged_push_survives_a_gc_loop_at_grace_zero(tmp_path: Path
 def test_one_pass_at_a_time_and_a_dead_pass_frees_the_lock(tmp_path: Path) -> None:
     """Replicas sharing storage may all schedule GC; a second pass refuses while one runs."""
     root = tmp_path / "root"
-    lock = FilesystemStorage(root).gc_lock
+    lock = FilesystemStorage(root).root / "gc" / "lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     lock.write_text('{"host": "replica-1", "pid": 1}')
     argv = [DOCKYARD, "registry", "gc", "--root", str(root)]

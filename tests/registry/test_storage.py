@@ -34,10 +34,10 @@ def test_bad_digest_leaves_nothing_visible(tmp_path: Path) -> None:
     with pytest.raises(OCIError) as e:
         s.commit_upload("app", upload, wrong, None)
     assert e.value.code is ErrorCode.DIGEST_INVALID
-    assert _files(s.blobs) == []
+    assert _files(s.root / "blobs") == []
     assert s.blob_size("app", wrong) is None
     assert s.blob_size("app", Digest.parse(digest_of(b"real content"))) is None
-    assert _files(s.uploads) == []
+    assert _files(s.root / "uploads") == []
 
 
 def test_partial_upload_is_never_served(tmp_path: Path) -> None:
@@ -45,7 +45,7 @@ def test_partial_upload_is_never_served(tmp_path: Path) -> None:
     data = os.urandom(10_000)
     _upload(s, "app", data[:5000])  # the process died here
     assert s.blob_size("app", Digest.parse(digest_of(data))) is None
-    assert _files(s.blobs) == []
+    assert _files(s.root / "blobs") == []
 
 
 def test_commit_rehashes_when_no_hash_state_is_in_memory(tmp_path: Path) -> None:
@@ -70,7 +70,7 @@ def test_manifest_writes_leave_no_temp_files(tmp_path: Path) -> None:
     s = FilesystemStorage(tmp_path)
     body = b'{"schemaVersion":2}'
     s.put_manifest("app", "v1", StoredManifest(Digest.of(body), "application/vnd.oci.image.manifest.v1+json", body))
-    assert _files(s.tmp) == []
+    assert _files(s.root / "tmp") == []
     got = s.get_manifest("app", "v1")
     assert got is not None
     assert got.body == body

@@ -1,5 +1,7 @@
 """A real S3 server (SeaweedFS's `weed mini`) on 127.0.0.1 for tests and benchmarks.
 
+`start_dockyard_s3` runs `dockyard registry serve` with its storage in a bucket of such a server.
+
 `S3Server` starts `weed mini` (master, volume server, filer and S3 gateway in one process) on
 free ports with static credentials, waits until the S3 gateway answers a signed request (with a
 deadline), creates buckets with aiobotocore and stops the process. The binary is the one
@@ -31,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from tests.registry.processes import free_port, missing
+from tests.registry.processes import DOCKYARD, RegistryProcess, free_port, missing
 
 REPO = Path(__file__).resolve().parents[2]
 S3_SH = REPO / "hack" / "s3.sh"
@@ -224,3 +226,26 @@ class S3Server:
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def start_dockyard_s3(server: S3Server, root: Path, bucket: str, *extra: str, prefix: str = "registry",
+                      access_key: str | None = None, secret_key: str | None = None,
+                      endpoint: str | None = None, port: int | None = None, settings: dict[str, Any] | None = None,
+                      config: dict[str, Any] | None = None, timeout: float = 20.0) -> RegistryProcess:
+    """`dockyard registry serve` with `storage.s3` on SERVER's BUCKET (keys in a credentials directory,
+    as the operator mounts them), started and answering on /v2/. ROOT holds the config, the keys and
+    the log; several processes may share one ROOT. SETTINGS add to `storage.s3`, CONFIG to the top."""
+    port = port or free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    keys = root / f"s3-credentials-{port}"
+    keys.mkdir()
+    (keys / "accessKeyId").write_text(access_key or server.access_key)
+    (keys / "secretAccessKey").write_text(secret_key or server.secret_key)
+    s3 = {"bucket": bucket, "endpoint": endpoint or server.endpoint, "region": REGION, "prefix": prefix,
+          "forcePathStyle": True, "credentialsDir": str(keys), **(settings or {})}
+    path = root / f"config-{port}.yaml"
+    path.write_text(json.dumps({"storage": {"s3": s3}, **(config or {})}))
+    argv = [DOCKYARD, "registry", "serve", "--config", str(path), "--root", str(root / f"tmp-{port}"),
+            "--addr", f"127.0.0.1:{port}", *extra]
+    aws_env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("AWS_")}
+    return RegistryProcess(argv, port, root, root / f"dockyard-{port}.log", aws_env).start(timeout)

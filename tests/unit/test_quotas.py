@@ -93,7 +93,7 @@ def _blob(storage: FilesystemStorage, data: bytes, *repos: str, kind: str = LAYE
     path.write_bytes(data)
     for repo in repos:
         link = storage.revision_path(repo, digest) if kind == MANIFEST else \
-            storage.repos / repo / "_layers" / digest.algorithm / digest.hex
+            storage.root / "repositories" / repo / "_layers" / digest.algorithm / digest.hex
         link.parent.mkdir(parents=True, exist_ok=True)
         link.write_text("application/vnd.oci.image.manifest.v1+json" if kind == MANIFEST else "")
     return digest
@@ -109,7 +109,7 @@ def test_the_walk_counts_shared_blobs_once_per_quota(storage: FilesystemStorage)
     _blob(storage, b"b" * 10, "team-a/app", kind=MANIFEST)
     _blob(storage, b"c" * 7, "other")
     dangling = Digest.of(b"gone")
-    link = storage.repos / "team-a/app/_layers" / dangling.algorithm / dangling.hex
+    link = storage.root / "repositories" / "team-a/app/_layers" / dangling.algorithm / dangling.hex
     link.touch()  # GC removed its blob: it holds nothing
     book = QuotaBook(storage, [QuotaConfig(("team-a/**",), 1000), QuotaConfig(("**",), 1000)])
     book.rescan()

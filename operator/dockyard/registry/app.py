@@ -51,13 +51,14 @@ from dockyard.oci.errors import error_body
 from dockyard.registry.access import AccessPolicy, Identity
 from dockyard.registry.auth import Htpasswd
 from dockyard.registry.config import QuotaConfig
+from dockyard.registry.drivers import StorageUnavailable
 from dockyard.registry.gate import TOKEN_PATH, Caller, Gate
 from dockyard.registry.manifests import ParsedManifest, parse_manifest
 from dockyard.registry.metrics import Metrics
 from dockyard.registry.pools import CatalogCache, PerKeyLimit, Pools
 from dockyard.registry.quotas import QuotaBook
 from dockyard.registry.serviceaccounts import TokenReviewer
-from dockyard.registry.storage import FilesystemStorage, StoredManifest, UploadInfo
+from dockyard.registry.storage import Storage, StoredManifest, UploadInfo, blob_key
 from dockyard.registry.tokens import TokenIssuer
 from dockyard.registry.uploads import RangeMismatch, Uploads
 from dockyard.registry.webhooks import Events
@@ -163,13 +164,20 @@ def _non_negative_int(value: str | None, key: str) -> int | None:
     return int(value)
 
 
-def _readable(root: Path) -> bool:
-    """Whether the storage root can be listed: the least a pull needs."""
-    try:
-        with os.scandir(root):
-            return True
-    except OSError:
-        return False
+_BYTE_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
+
+
+def _byte_range(value: str, size: int) -> tuple[int, int] | None:
+    """(first, last) byte of a single `bytes=A-B`, `bytes=A-` or `bytes=-N` range; None if unsatisfiable."""
+    m = _BYTE_RANGE.fullmatch(value.strip())
+    if m is None or m.group(1) == m.group(2) == "":
+        return None
+    if m.group(1) == "":
+        first, last = max(size - int(m.group(2)), 0), size - 1
+    else:
+        first = int(m.group(1))
+        last = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+    return (first, last) if first <= last < size else None
 
 
 AUTH_CHECKS_PER_CLIENT = 1
@@ -179,7 +187,7 @@ AUTH_CHECKS_PER_CLIENT = 1
 class RegistryService:
     """The application state: storage, upload sessions, auth, metrics and the worker pools."""
 
-    def __init__(self, storage: FilesystemStorage, *, htpasswd: Htpasswd | None = None,
+    def __init__(self, storage: Storage, *, htpasswd: Htpasswd | None = None,
                  anonymous_pull: bool = False, read_only: bool = False, workers: int = 32,
                  access: AccessPolicy | None = None, tokens: TokenIssuer | None = None,
                  reviewer: TokenReviewer | None = None, quotas: Sequence[QuotaConfig] = ()) -> None:
@@ -276,6 +284,8 @@ class RegistryService:
                                                      "the connection closed before the request body ended"))
         except OSError as e:
             response = self._storage_full(e) if e.errno in STORAGE_FULL_ERRNOS else self._internal_error(request)
+        except StorageUnavailable as e:
+            response = self._storage_unavailable(request, e)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -295,6 +305,11 @@ class RegistryService:
         route = _route(_v2_tail(request)) if request.path.startswith("/v2/") else None
         if route is not None and route[0] == "manifest":
             self.catalog_cache.invalidate()
+
+    def _storage_unavailable(self, request: web.Request, e: StorageUnavailable) -> web.Response:
+        """503 UNAVAILABLE: the object store failed or refused the registry; clients retry later."""
+        log.error("storage unavailable handling %s %s: %s", request.method, request.path, e)
+        return self._error_response(OCIError(ErrorCode.UNAVAILABLE, "the registry's storage is unavailable"))
 
     def _storage_full(self, e: OSError) -> web.Response:
         """507: the client may retry later, and nothing about the request itself was wrong."""
@@ -357,13 +372,41 @@ class RegistryService:
 
     async def blob_get(self, request: web.Request, name: str, digest: str) -> web.StreamResponse:
         """end-2: GET /v2/<name>/blobs/<digest>, streamed from disk, Range supported."""
-        d, _ = await self._blob(name, digest)
+        d, size = await self._blob(name, digest)
         headers = {"Docker-Content-Digest": str(d), "Content-Type": mt.OCTET_STREAM, "Accept-Ranges": "bytes"}
+        path = self.storage.driver.local_path(blob_key(d))
+        if path is None:
+            return await self._stream_blob(request, d, size, headers)
         if any(h in request.headers for h in _PARTIAL_OR_CONDITIONAL):
-            return web.FileResponse(self.storage.blob_path(d), chunk_size=BLOB_CHUNK, headers=headers)
-        return await self._send_blob(request, d, headers)
+            return web.FileResponse(path, chunk_size=BLOB_CHUNK, headers=headers)
+        return await self._send_blob(request, path, d, headers)
 
-    async def _send_blob(self, request: web.Request, d: Digest, headers: dict[str, str]) -> web.StreamResponse:
+    async def _stream_blob(self, request: web.Request, d: Digest, size: int,
+                           headers: dict[str, str]) -> web.StreamResponse:
+        """A blob from object storage: a redirect to a presigned URL when configured (the bytes
+        skip this process), else streamed through, one byte range (`Range: bytes=A-B`) supported."""
+        url = await self.run(self.storage.driver.presign, blob_key(d))
+        if url is not None:
+            return web.Response(status=307, headers={**headers, "Location": url})
+        start, length, status = 0, size, 200
+        wanted = request.headers.get("Range")
+        if wanted is not None:
+            span = _byte_range(wanted, size)
+            if span is None:
+                raise HTTPError(ErrorCode.UNSUPPORTED, f"unsatisfiable range {wanted[:100]!r} of {size} bytes",
+                                status=416, headers={"Content-Range": f"bytes */{size}"})
+            start, length, status = span[0], span[1] - span[0] + 1, 206
+            headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{size}"
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = length
+        await response.prepare(request)
+        async for piece in self.storage.driver.stream(blob_key(d), start, length):
+            await response.write(piece)
+        await response.write_eof()
+        return response
+
+    async def _send_blob(self, request: web.Request, path: Path, d: Digest,
+                         headers: dict[str, str]) -> web.StreamResponse:
         """The whole blob, read in BLOB_CHUNK pieces by a worker (the next read overlaps the send).
 
         Measured against sendfile: the receiving client copies bytes the server just read
@@ -371,7 +414,7 @@ class RegistryService:
         clients alike, at about twice sendfile's (small) server CPU. Memory: two pieces.
         """
         try:
-            f = await self.run(open, self.storage.blob_path(d), "rb", 0)
+            f = await self.run(open, path, "rb", 0)
         except FileNotFoundError:  # deleted by GC or another replica since the check
             raise OCIError(ErrorCode.BLOB_UNKNOWN, f"blob {d} is not stored", detail={"digest": str(d)}) from None
         loop = asyncio.get_running_loop()
@@ -682,7 +725,7 @@ class RegistryService:
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
         """Ready while pulls can be served: a full or read-only disk still serves every pull."""
-        if not await self.run(_readable, self.storage.root):
+        if not await self.run(self.storage.driver.readable):
             return web.Response(status=503, text="storage is not readable\n")
         if await self.run(self.storage.writable):
             return web.Response(text="ok\n")

@@ -86,21 +86,30 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
-    from dockyard.registry.config import ConfigError, parse_config_duration
+    from dockyard.registry.config import ConfigError, ServeConfig, load_config, parse_config_duration
+    from dockyard.registry.drivers import StorageUnavailable
     from dockyard.registry.gc import GCBusy, collect
+    from dockyard.registry.server import open_storage
 
+    if (args.root is None) == (args.config is None):
+        return _fail("give the storage as exactly one of --root DIR or --config FILE")
     try:
         grace = parse_config_duration(args.grace_period, "--grace-period")
-    except ConfigError as e:
+        if args.config is not None:
+            storage = open_storage(load_config(Path(args.config)))
+        elif not Path(args.root).is_dir():
+            return _fail(f"--root: {args.root} is not a directory")
+        else:
+            storage = open_storage(ServeConfig(root=Path(args.root)))
+    except (ConfigError, ValueError) as e:
         return _fail(str(e))
-    root = Path(args.root)
-    if not root.is_dir():
-        return _fail(f"--root: {root} is not a directory")
     try:
-        report = collect(root, grace=grace, delete_untagged=args.delete_untagged, dry_run=args.dry_run)
-    except GCBusy as e:
+        report = collect(storage, grace=grace, delete_untagged=args.delete_untagged, dry_run=args.dry_run)
+    except (GCBusy, StorageUnavailable) as e:
         print(f"dockyard registry gc: {e}", file=sys.stderr)
         return 1
+    finally:
+        storage.driver.close()
     print(report.to_json() if args.json else report.summary())
     return 0
 
@@ -129,7 +138,8 @@ def register(sub: Any) -> None:
     serve.set_defaults(func=_cmd_serve)
 
     gc = reg_sub.add_parser("gc", help="delete blobs (and optionally manifests) nothing references")
-    gc.add_argument("--root", required=True, help="storage directory")
+    gc.add_argument("--root", help="storage directory")
+    gc.add_argument("--config", help="the registry's YAML config (its storage: root or storage.s3)")
     gc.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
     gc.add_argument("--delete-untagged", action="store_true", help="also delete manifests no tag reaches")
     gc.add_argument("--grace-period", default="1h", help="never delete anything younger (default 1h)")

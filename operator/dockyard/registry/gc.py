@@ -40,17 +40,25 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from dockyard.oci import Digest, DigestError
+from dockyard.registry.drivers import Stat
 from dockyard.registry.manifests import references
-from dockyard.registry.storage import FilesystemStorage, subject_of
+from dockyard.registry.storage import (
+    BLOBS,
+    GC_LOCK,
+    MANIFEST,
+    REPOSITORIES,
+    TRASH,
+    Storage,
+    blob_key,
+    subject_of,
+)
 
 STALE_UPLOAD_SECONDS = 24 * 3600.0
 DEAD_INTENT_SECONDS = 3600.0
@@ -103,33 +111,28 @@ def after_mark() -> None:
 
 
 @contextlib.contextmanager
-def _locked(storage: FilesystemStorage) -> Iterator[None]:
+def _locked(storage: Storage) -> Iterator[None]:
     """Hold gc/lock for one pass, refreshing it so a pass that dies frees it within minutes."""
-    path = storage.gc_lock
+    driver = storage.driver
     owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}).encode()
     for _ in range(2):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        if driver.create(GC_LOCK, owner):
             break
-        except FileExistsError:
-            try:
-                age = time.time() - path.stat().st_mtime
-            except FileNotFoundError:
-                continue
-            if age < LOCK_STALE_SECONDS:
-                raise GCBusy(f"another garbage collection holds {path} ({path.read_text()[:200]})") from None
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        st = driver.stat(GC_LOCK)
+        if st is None:
+            continue
+        if time.time() - st.modified < LOCK_STALE_SECONDS:
+            holder = (driver.read(GC_LOCK) or b"").decode(errors="replace")[:200]
+            raise GCBusy(f"another garbage collection holds {GC_LOCK} ({holder})")
+        driver.delete(GC_LOCK)
     else:
-        raise GCBusy(f"could not take {path}")
-    with os.fdopen(fd, "wb") as f:
-        f.write(owner)
+        raise GCBusy(f"could not take {GC_LOCK}")
     stop = threading.Event()
 
     def heartbeat() -> None:
         while not stop.wait(LOCK_HEARTBEAT_SECONDS):
-            with contextlib.suppress(OSError):
-                os.utime(path)
+            with contextlib.suppress(Exception):  # a missed beat only ages the lock
+                driver.write(GC_LOCK, owner, durable=False)
 
     beat = threading.Thread(target=heartbeat, name="dockyard-gc-lock", daemon=True)
     beat.start()
@@ -138,53 +141,38 @@ def _locked(storage: FilesystemStorage) -> Iterator[None]:
     finally:
         stop.set()
         beat.join()
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        driver.delete(GC_LOCK)
 
 
 # ---- setting aside and putting back -------------------------------------------------------------
 
 
-def _trash_blob(storage: FilesystemStorage, d: Digest) -> Path:
-    return storage.trash / "blobs" / d.algorithm / d.hex
+def _trash_blob(d: Digest) -> str:
+    return f"{TRASH}/blobs/{d.algorithm}/{d.hex}"
 
 
-def _trash_revision(storage: FilesystemStorage, name: str, d: Digest) -> Path:
-    return storage.trash / "repositories" / name / d.algorithm / d.hex
+def _trash_revision(name: str, d: Digest) -> str:
+    return f"{TRASH}/repositories/{name}/{d.algorithm}/{d.hex}"
 
 
-def _move(src: Path, dest: Path) -> bool:
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dest)
-        return True
-    except FileNotFoundError:
-        return False
-
-
-def restore_set_aside(storage: FilesystemStorage) -> int:
-    """Put back everything in gc/trash (left by a pass that died); returns how many files."""
+def restore_set_aside(storage: Storage) -> int:
+    """Put back everything in gc/trash (left by a pass that died); returns how many objects."""
     restored = 0
-    blobs = storage.trash / "blobs"
-    for path in sorted(blobs.rglob("*")) if blobs.is_dir() else []:
-        if path.is_file():
-            rel = path.relative_to(blobs)
-            d = Digest.parse(f"{rel.parts[0]}:{rel.parts[-1]}")
-            restored += _move(path, storage.blob_path(d))
-    repos = storage.trash / "repositories"
-    for path in sorted(repos.rglob("*")) if repos.is_dir() else []:
-        if path.is_file():
-            rel = path.relative_to(repos)
-            name, alg, hexpart = "/".join(rel.parts[:-2]), rel.parts[-2], rel.parts[-1]
-            dest = storage.repos / name / "_manifests" / "revisions" / alg / hexpart
-            restored += _move(path, dest)
-    shutil.rmtree(storage.trash, ignore_errors=True)
+    driver = storage.driver
+    for key, _ in list(driver.walk(f"{TRASH}/blobs")):
+        alg, hexpart = key.split("/")[-2:]
+        with contextlib.suppress(DigestError):
+            restored += driver.move(key, blob_key(Digest.parse(f"{alg}:{hexpart}")))
+    for key, _ in list(driver.walk(f"{TRASH}/repositories")):
+        parts = key.removeprefix(f"{TRASH}/repositories/").split("/")
+        name, alg, hexpart = "/".join(parts[:-2]), parts[-2], parts[-1]
+        restored += driver.move(key, f"{REPOSITORIES}/{name}/_manifests/revisions/{alg}/{hexpart}")
+    driver.delete_tree(TRASH)
     return restored
 
 
-def recover(root: Path) -> int:
+def recover(storage: Storage) -> int:
     """At start-up: put back what a dead pass set aside, unless a live pass is running."""
-    storage = FilesystemStorage(root)
     try:
         with _locked(storage):
             return restore_set_aside(storage)
@@ -195,17 +183,16 @@ def recover(root: Path) -> int:
 # ---- marking ----------------------------------------------------------------------------------
 
 
-def _age(path: Path, now: float) -> float | None:
-    try:
-        return now - path.stat().st_mtime
-    except FileNotFoundError:
-        return None
+def _age(storage: Storage, key: str, now: float) -> float | None:
+    """Seconds since the object was last written or used; None when it is gone."""
+    used = storage.driver.used(key)
+    return None if used is None else now - used
 
 
 class Marker:
     """Reads each stored manifest once per pass (they are immutable by digest)."""
 
-    def __init__(self, storage: FilesystemStorage, report: GCReport) -> None:
+    def __init__(self, storage: Storage, report: GCReport) -> None:
         self.storage = storage
         self.report = report
         self._refs: dict[Digest, tuple[list[Digest], list[Digest]] | None] = {}
@@ -213,25 +200,27 @@ class Marker:
     def refs(self, name: str, d: Digest) -> tuple[list[Digest], list[Digest]] | None:
         """(blobs, children) of a manifest; None when it cannot be read (reported once)."""
         if d not in self._refs:
+            body = self.storage.manifest_body(d)
             try:
-                with open(self.storage.blob_path(d), "rb") as f:
-                    self._refs[d] = references(f.read())
-            except (OSError, ValueError):
+                if body is None:
+                    raise ValueError("missing")
+                self._refs[d] = references(body)
+            except ValueError:
                 self._refs[d] = None
                 self.report.manifests_unreadable.append(f"{name}@{d}")
         return self._refs[d]
 
-    def live(self, name: str, revisions: dict[Digest, Path], now: float, grace: float) -> set[Digest]:
+    def live(self, name: str, revisions: list[Digest], now: float, grace: float) -> set[Digest]:
         """Manifests reachable from tags and young manifests, through children and referrers."""
         subjects: dict[Digest, list[Digest]] = {}
         for d in revisions:
-            with contextlib.suppress(OSError):
-                with open(self.storage.blob_path(d), "rb") as f:
-                    s = subject_of(f.read())
-                if s is not None:
-                    subjects.setdefault(s, []).append(d)
+            body = self.storage.manifest_body(d)
+            s = subject_of(body) if body is not None else None
+            if s is not None:
+                subjects.setdefault(s, []).append(d)
         todo = [d for d in (self.storage.resolve(name, t) for t in self.storage.tags(name) or []) if d]
-        todo += [d for d, link in revisions.items() if (_age(link, now) or 0.0) < grace]
+        todo += [d for d in revisions
+                 if (_age(self.storage, self.storage.revision_key(name, d), now) or 0.0) < grace]
         live: set[Digest] = set()
         while todo:
             d = todo.pop()
@@ -252,7 +241,7 @@ class Marker:
 class Sweep:
     """Candidates of one pass: set aside (g2), re-checked against intents (g3), deleted (g4)."""
 
-    def __init__(self, storage: FilesystemStorage, marker: Marker, report: GCReport, grace: float) -> None:
+    def __init__(self, storage: Storage, marker: Marker, report: GCReport, grace: float) -> None:
         self.storage = storage
         self.marker = marker
         self.report = report
@@ -261,16 +250,13 @@ class Sweep:
         self.manifests: list[tuple[str, Digest]] = []
 
     def set_aside(self, manifests: list[tuple[str, Digest]], blobs: list[Digest]) -> None:
+        driver = self.storage.driver
         for name, d in manifests:
-            if _move(self.storage.revision_path(name, d), _trash_revision(self.storage, name, d)):
+            if driver.move(self.storage.revision_key(name, d), _trash_revision(name, d)):
                 self.manifests.append((name, d))
         for d in blobs:
-            src = self.storage.blob_path(d)
-            try:
-                size = src.stat().st_size
-            except FileNotFoundError:
-                continue
-            if _move(src, _trash_blob(self.storage, d)):
+            size = self.storage.global_blob_size(d)
+            if size is not None and driver.move(blob_key(d), _trash_blob(d)):
                 self.blobs[d] = size
 
     def recheck(self) -> None:
@@ -282,64 +268,62 @@ class Sweep:
         keep_blobs: set[Digest] = set()
         for name, d in list(self.manifests):
             tagged = d in {self.storage.resolve(name, t) for t in self.storage.tags(name) or []}
-            if d in claimed.get(name, set()) or tagged or self.storage.revision_path(name, d).exists():
+            if d in claimed.get(name, set()) or tagged or self.storage.driver.stat(self.storage.revision_key(name, d)):
                 self._put_back_manifest(name, d)
                 keep_blobs.add(d)
                 refs = self.marker.refs(name, d)
                 if refs is not None:
                     keep_blobs.update(refs[0] + refs[1])
         for d in list(self.blobs):
-            age = _age(_trash_blob(self.storage, d), time.time())
+            age = _age(self.storage, _trash_blob(d), time.time())
             if d in every_claim or d in keep_blobs or (age is not None and age < self.grace):
                 self._put_back_blob(d)
 
     def _put_back_manifest(self, name: str, d: Digest) -> None:
         self.manifests.remove((name, d))
         self.report.kept_for_pushes += 1
-        trash = _trash_revision(self.storage, name, d)
-        if self.storage.revision_path(name, d).exists():
-            trash.unlink(missing_ok=True)
+        driver, live = self.storage.driver, self.storage.revision_key(name, d)
+        if driver.stat(live) is not None:
+            driver.delete(_trash_revision(name, d))
         else:
-            _move(trash, self.storage.revision_path(name, d))
+            driver.move(_trash_revision(name, d), live)
 
     def _put_back_blob(self, d: Digest) -> None:
         del self.blobs[d]
         self.report.kept_for_pushes += 1
-        _move(_trash_blob(self.storage, d), self.storage.blob_path(d))
+        self.storage.driver.move(_trash_blob(d), blob_key(d))
 
     def delete(self) -> None:
+        driver = self.storage.driver
         for name, d in self.manifests:
             subject = self._subject(d)
-            _trash_revision(self.storage, name, d).unlink(missing_ok=True)
+            driver.delete(_trash_revision(name, d))
             if subject is not None:
-                ref = self.storage.referrers_dir(name, subject) / f"{d.algorithm}-{d.hex}"
-                ref.unlink(missing_ok=True)
+                driver.delete(self.storage.referrer_key(name, subject, d))
             self.report.manifests_deleted += 1
             self.report.deleted.append(f"{name}@{d}")
         for d, size in self.blobs.items():
-            try:
-                _trash_blob(self.storage, d).unlink()
-            except FileNotFoundError:
+            if not driver.delete(_trash_blob(d)):
                 continue  # put back by a server start meanwhile
             self.report.blobs_deleted += 1
             self.report.bytes_freed += size
             self.report.deleted.append(str(d))
-        shutil.rmtree(self.storage.trash, ignore_errors=True)
+        driver.delete_tree(TRASH)
 
     def _subject(self, d: Digest) -> Digest | None:
-        for path in (self.storage.blob_path(d), _trash_blob(self.storage, d)):
-            with contextlib.suppress(OSError):
-                return subject_of(path.read_bytes())
+        for key in (blob_key(d), _trash_blob(d)):
+            body = self.storage.driver.read(key)
+            if body is not None:
+                return subject_of(body)
         return None
 
 
 # ---- one pass ---------------------------------------------------------------------------------
 
 
-def collect(root: Path, *, grace: float = 3600.0, delete_untagged: bool = False, dry_run: bool = False,
+def collect(storage: Storage, *, grace: float = 3600.0, delete_untagged: bool = False, dry_run: bool = False,
             now: float | None = None) -> GCReport:
-    """One pass over the storage under `root`. Blocking; safe while serving. Raises GCBusy."""
-    storage = FilesystemStorage(root)
+    """One pass over the storage. Blocking; safe while serving. Raises GCBusy."""
     if dry_run:
         return _pass(storage, grace, delete_untagged, True, now)
     with _locked(storage):
@@ -347,7 +331,7 @@ def collect(root: Path, *, grace: float = 3600.0, delete_untagged: bool = False,
         return _pass(storage, grace, delete_untagged, False, now)
 
 
-def _pass(storage: FilesystemStorage, grace: float, delete_untagged: bool, dry_run: bool,
+def _pass(storage: Storage, grace: float, delete_untagged: bool, dry_run: bool,
           now: float | None) -> GCReport:
     start = time.monotonic()
     now = time.time() if now is None else now
@@ -358,7 +342,7 @@ def _pass(storage: FilesystemStorage, grace: float, delete_untagged: bool, dry_r
 
     for name in storage.repositories():
         report.repositories += 1
-        revisions = dict(storage.iter_repository_manifests(name))
+        revisions = list(storage.links(name, MANIFEST))
         keep = set(revisions)
         if delete_untagged:
             live = marker.live(name, revisions, now, grace)
@@ -377,18 +361,17 @@ def _pass(storage: FilesystemStorage, grace: float, delete_untagged: bool, dry_r
 
     dead_blobs: list[Digest] = []
     sizes: dict[Digest, int] = {}
-    for d, path in _stored_blobs(storage):
+    for d, st in _stored_blobs(storage):
         if d in marked:
             continue
-        try:
-            st = path.stat()
-        except FileNotFoundError:
+        age = _age(storage, blob_key(d), now + (time.monotonic() - start))
+        if age is None:
             continue
-        if now + (time.monotonic() - start) - st.st_mtime < grace:
+        if age < grace:
             report.blobs_kept_young += 1
             continue
         dead_blobs.append(d)
-        sizes[d] = st.st_size
+        sizes[d] = st.size
 
     after_mark()
     if dry_run:
@@ -402,43 +385,39 @@ def _pass(storage: FilesystemStorage, grace: float, delete_untagged: bool, dry_r
         sweep.recheck()
         sweep.delete()
         _forget_intents(storage)
-    _clean_uploads_and_tmp(storage, now, grace, report)
+    _clean_uploads(storage, now, grace, report)
     report.seconds = time.monotonic() - start
     return report
 
 
-def _stored_blobs(storage: FilesystemStorage) -> Iterator[tuple[Digest, Path]]:
-    for alg_dir in sorted(storage.blobs.iterdir()) if storage.blobs.is_dir() else []:
-        for prefix in sorted(alg_dir.iterdir()) if alg_dir.is_dir() else []:
-            for path in sorted(prefix.iterdir()) if prefix.is_dir() else []:
-                try:
-                    yield Digest.parse(f"{alg_dir.name}:{path.name}"), path
-                except DigestError:
-                    continue
+def _stored_blobs(storage: Storage) -> Iterator[tuple[Digest, Stat]]:
+    for key, st in storage.driver.walk(BLOBS):
+        parts = key.split("/")
+        if len(parts) != 4:
+            continue
+        try:
+            yield Digest.parse(f"{parts[1]}:{parts[3]}"), st
+        except DigestError:
+            continue
 
 
-def _forget_intents(storage: FilesystemStorage) -> None:
+def _forget_intents(storage: Storage) -> None:
     """Remove done intents (their links are in place for the next pass) and those of dead pushes."""
     now = time.time()
-    for path, _, _ in storage.intents_now():
-        age = _age(path, now)
-        if path.suffix == ".done" or (age is not None and age > DEAD_INTENT_SECONDS):
-            path.unlink(missing_ok=True)
+    for key, _, _ in storage.intents_now():
+        age = _age(storage, key, now)
+        if key.endswith(".done") or (age is not None and age > DEAD_INTENT_SECONDS):
+            storage.driver.delete(key)
 
 
-def _clean_uploads_and_tmp(storage: FilesystemStorage, now: float, grace: float, report: GCReport) -> None:
+def _clean_uploads(storage: Storage, now: float, grace: float, report: GCReport) -> None:
+    """Remove upload sessions nobody wrote to for a day (or the grace period, if longer)."""
     uploads_ttl = max(grace, STALE_UPLOAD_SECONDS)
-    for upload in sorted(storage.uploads.iterdir()) if storage.uploads.is_dir() else []:
-        # The directory itself counts: an upload being created has no files in it yet.
-        ages = [a for a in (_age(upload, now), _age(upload / "data", now), _age(upload / "info", now))
-                if a is not None]
-        if not ages or min(ages) < uploads_ttl:
+    for upload_id, last in list(storage.driver.uploads()):
+        if now - last < uploads_ttl:
             continue
         report.uploads_deleted += 1
         if not report.dry_run:
-            shutil.rmtree(upload, ignore_errors=True)
-    for tmp in storage.tmp.iterdir() if storage.tmp.is_dir() else []:
-        age = _age(tmp, now)
-        if age is not None and age > max(grace, 3600.0) and not report.dry_run:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            storage.driver.upload_delete(upload_id)
+    if not report.dry_run:
+        storage.driver.clean(now - max(grace, 3600.0))

@@ -12,7 +12,7 @@ revisions whose blob exists; a blob held by several repositories of one quota co
   on shared storage change what is held without this process seeing it.
 - Kept current between walks for this process's own writes: the storage calls `admit` around every
   write that links a blob into a repository (upload commit, mount, manifest put) and `unlinked`
-  after a blob or manifest delete (see `FilesystemStorage.guard`).
+  after a blob or manifest delete (see `Storage.guard`).
 
 `admit` is where a push is refused: before the blob is published or linked, every quota covering
 the repository that does not already count the digest must have room for it, counting the
@@ -30,16 +30,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from dockyard.api.patterns import glob_regex
-from dockyard.oci import Digest, DigestError, ErrorCode, OCIError
+from dockyard.oci import Digest, ErrorCode, OCIError
 from dockyard.registry.config import QuotaConfig
-from dockyard.registry.storage import LAYER, MANIFEST, FilesystemStorage
+from dockyard.registry.storage import LAYER, MANIFEST, Storage
 
 log = logging.getLogger("dockyard.registry")
 
@@ -130,7 +129,7 @@ class Quota:
 class QuotaBook:
     """Usage of every quota; thread-safe (the storage calls it from worker threads)."""
 
-    def __init__(self, storage: FilesystemStorage, quotas: Sequence[QuotaConfig]) -> None:
+    def __init__(self, storage: Storage, quotas: Sequence[QuotaConfig]) -> None:
         self.storage = storage
         self.quotas = [Quota(i + 1, q.repositories, q.limit, tuple(glob_regex(g) for g in q.repositories))
                        for i, q in enumerate(quotas)]
@@ -257,7 +256,6 @@ class QuotaBook:
 
     def _walk(self) -> Iterator[tuple[str, Digest, str, int]]:
         """(repository, digest, kind, size) of every link of a covered repository whose blob exists."""
-        root = self.storage.repos
         sizes: dict[Digest, int | None] = {}
 
         def size_of(d: Digest) -> int | None:
@@ -265,17 +263,11 @@ class QuotaBook:
                 sizes[d] = self.storage.global_blob_size(d)
             return sizes[d]
 
-        for dirpath, dirnames, _ in os.walk(root):
-            has_links = "_layers" in dirnames or "_manifests" in dirnames
-            dirnames[:] = [d for d in dirnames if not d.startswith("_")]
-            if not has_links:
-                continue
-            repository = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        for repository in self.storage.repositories(with_layers_only=True):
             if not self.covering(repository):
                 continue
-            for kind, base in ((LAYER, os.path.join(dirpath, "_layers")),
-                               (MANIFEST, os.path.join(dirpath, "_manifests", "revisions"))):
-                for digest in _links(base):
+            for kind in (LAYER, MANIFEST):
+                for digest in self.storage.links(repository, kind):
                     size = size_of(digest)
                     if size is not None:
                         yield repository, digest, kind, size
@@ -286,20 +278,3 @@ class QuotaBook:
         """Usage per quota in config order: `[{"repositories": [...], "limit": int, "used": int}]`."""
         with self._lock:
             return [{"repositories": list(q.repositories), "limit": q.limit, "used": q.used} for q in self.quotas]
-
-
-def _links(base: str) -> Iterator[Digest]:
-    try:
-        algorithms = os.listdir(base)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    for alg in sorted(algorithms):
-        try:
-            entries = os.listdir(os.path.join(base, alg))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for hexpart in entries:
-            try:
-                yield Digest.parse(f"{alg}:{hexpart}")
-            except DigestError:
-                continue

@@ -12,13 +12,11 @@ import contextlib
 import datetime
 import json
 import logging
-import os
 import signal
 import ssl
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -29,12 +27,13 @@ from dockyard.registry.app import RegistryService
 from dockyard.registry.auth import Htpasswd
 from dockyard.registry.config import ServeConfig
 from dockyard.registry.connections import ConnectionFactory, DescriptorExhaustionLog, track_requests
+from dockyard.registry.drivers import StorageUnavailable, Usage
 from dockyard.registry.gc import collect, recover
 from dockyard.registry.metrics import Metrics
 from dockyard.registry.notify import Notifier
 from dockyard.registry.quotas import RESCAN_SECONDS, QuotaBook
 from dockyard.registry.serviceaccounts import TokenReviewer
-from dockyard.registry.storage import FilesystemStorage
+from dockyard.registry.storage import FilesystemStorage, Storage
 from dockyard.registry.tokens import TokenIssuer
 from dockyard.registry.webhooks import Events
 
@@ -130,7 +129,7 @@ async def _gc_loop(registry: RegistryService, cfg: ServeConfig) -> None:
         try:
             report = await loop.run_in_executor(
                 registry.pools.walks,
-                lambda: collect(cfg.root, grace=cfg.gc.grace_period if cfg.gc else 3600.0,
+                lambda: collect(registry.storage, grace=cfg.gc.grace_period if cfg.gc else 3600.0,
                                 delete_untagged=cfg.gc.delete_untagged if cfg.gc else False))
         except Exception as e:  # keep serving; the next run may succeed
             _event("gc failed", error=str(e))
@@ -158,42 +157,74 @@ async def _report_quota_usage(book: QuotaBook, notifier: Notifier, interval: flo
 
 
 STORAGE_REPORT_STEP = 0.01  # of the capacity: smaller changes of the used bytes are not reported
+STORAGE_CHECK_SECONDS = 10.0
+OBJECT_STORE_USAGE_SECONDS = 300.0  # the used bytes of a bucket are a listing of every blob
 
 
 @dataclass(frozen=True)
 class StorageUsage:
     used: int
-    capacity: int
+    capacity: int | None
     full: bool
 
     def differs(self, other: StorageUsage | None) -> bool:
         """Worth reporting: the first, a flipped full flag, a new capacity, or a percent's change of use."""
-        return other is None or other.full != self.full or other.capacity != self.capacity or \
-            abs(other.used - self.used) >= STORAGE_REPORT_STEP * self.capacity
+        if other is None or other.full != self.full or other.capacity != self.capacity:
+            return True
+        return abs(other.used - self.used) >= STORAGE_REPORT_STEP * (self.capacity or max(self.used, 1))
+
+    def report(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"usedBytes": self.used, "full": self.full}
+        if self.capacity is not None:
+            out["capacityBytes"] = self.capacity
+        return out
 
 
-def storage_usage(root: Path, full: bool) -> StorageUsage:
-    """The filesystem holding the storage: bytes used and in total (statvfs), and the full-disk flag."""
-    st = os.statvfs(root)
-    capacity = st.f_blocks * st.f_frsize
-    return StorageUsage(capacity - st.f_bfree * st.f_frsize, capacity, full)
+async def _watch_storage(registry: RegistryService, notifier: Notifier | None,
+                         interval: float = QUOTA_REPORT_SECONDS) -> None:
+    """Check that the storage answers, and tell the operator how full it is.
 
-
-async def _report_storage_usage(registry: RegistryService, notifier: Notifier,
-                                interval: float = QUOTA_REPORT_SECONDS) -> None:
-    """Tell the operator how full the storage is when that changed by a percent or more."""
-    last: StorageUsage | None = None
+    A storage that does not answer (an object store's wrong endpoint, keys or bucket) is logged
+    once per change with its one-line reason and reported to the operator, which shows it as
+    `Stalled` (StorageUnavailable); the process keeps running and retries every
+    STORAGE_CHECK_SECONDS, so fixing the Secret or the endpoint needs no restart loop. What a
+    GC pass that died had set aside is put back the first time the storage answers. Usage is
+    reported when it changed by a percent or more (of the used bytes, for a bucket, which has
+    no capacity).
+    """
+    driver = registry.storage.driver
+    last: StorageUsage | dict[str, Any] | None = None
+    recovered = False
+    next_usage = 0.0
     while True:
         try:
-            now = await registry.run(storage_usage, registry.storage.root, registry.metrics.storage_full)
-        except OSError as e:
-            _event("storage usage unreadable", error=str(e))
-        else:
-            registry.metrics.storage_bytes = (now.used, now.capacity)
-            if now.differs(last):
-                notifier.storage_usage({"usedBytes": now.used, "capacityBytes": now.capacity, "full": now.full})
-                last = now
-        await asyncio.sleep(interval)
+            await registry.run(driver.check)
+            if not recovered:
+                restored = await registry.run(recover, registry.storage)
+                recovered = True
+                if restored:
+                    _event("gc: put back what an interrupted pass had set aside", objects=restored)
+            if time.monotonic() >= next_usage:
+                usage: Usage = await registry.run(driver.usage)
+                now = StorageUsage(usage.used, usage.capacity, registry.metrics.storage_full)
+                registry.metrics.storage_bytes = (now.used, now.capacity or 0)
+                next_usage = time.monotonic() + (interval if usage.capacity is not None
+                                                 else OBJECT_STORE_USAGE_SECONDS)
+                if isinstance(last, dict):
+                    _event("storage available again", storage=driver.kind)
+                if not isinstance(last, StorageUsage) or now.differs(last):
+                    if notifier is not None:
+                        notifier.storage_usage(now.report())
+                    last = now
+        except (StorageUnavailable, OSError) as e:
+            error: dict[str, Any] = {"error": str(e)[:1000]}
+            if error != last:
+                _event("storage unavailable", storage=driver.kind, error=error["error"])
+                if notifier is not None:
+                    notifier.storage_usage(error)
+                last = error
+            next_usage = 0.0
+        await asyncio.sleep(STORAGE_CHECK_SECONDS if isinstance(last, dict) else min(interval, STORAGE_CHECK_SECONDS))
 
 
 async def _quota_loop(registry: RegistryService, book: QuotaBook, interval: float = RESCAN_SECONDS) -> None:
@@ -218,7 +249,7 @@ def access_policy(cfg: ServeConfig) -> AccessPolicy:
     return AccessPolicy(rules, cfg.access.groups, cfg.anonymous_pull)
 
 
-async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpasswd | None,
+async def _serve(cfg: ServeConfig, storage: Storage, htpasswd: Htpasswd | None,
                  ssl_context: ssl.SSLContext | None, tokens: TokenIssuer | None,
                  reviewer: TokenReviewer | None) -> None:
     registry = RegistryService(storage, htpasswd=htpasswd, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only,
@@ -245,9 +276,8 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
         tasks.append(asyncio.create_task(_quota_loop(registry, registry.quotas)))
         if notifier is not None:
             tasks.append(asyncio.create_task(_report_quota_usage(registry.quotas, notifier)))
-    if notifier is not None:
-        tasks.append(asyncio.create_task(_report_storage_usage(registry, notifier)))
-    _event("serving", addr=f"{cfg.host}:{cfg.port}", root=str(cfg.root), tls=ssl_context is not None,
+    tasks.append(asyncio.create_task(_watch_storage(registry, notifier)))
+    _event("serving", addr=f"{cfg.host}:{cfg.port}", storage=describe_storage(cfg), tls=ssl_context is not None,
            auth=htpasswd is not None, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only,
            gc=cfg.gc is not None, notify=cfg.notify.url if cfg.notify else None, quotas=len(cfg.quotas),
            webhooks=[w.name for w in cfg.webhooks])
@@ -271,10 +301,17 @@ async def _serve(cfg: ServeConfig, storage: FilesystemStorage, htpasswd: Htpassw
 def serve(cfg: ServeConfig) -> int:
     _setup_logging()
     # Everything that touches files happens here, before the event loop starts.
-    storage = FilesystemStorage(cfg.root)
-    restored = recover(cfg.root)
+    try:
+        storage = open_storage(cfg)
+    except (OSError, ValueError) as e:
+        print(f"dockyard registry: error: storage: {e}", file=sys.stderr)
+        return 2
+    try:  # an object store that does not answer yet: the storage watch puts it back later
+        restored = recover(storage)
+    except StorageUnavailable:
+        restored = 0
     if restored:
-        _event("gc: put back what an interrupted pass had set aside", files=restored)
+        _event("gc: put back what an interrupted pass had set aside", objects=restored)
     htpasswd = Htpasswd(cfg.htpasswd) if cfg.htpasswd else None
     ssl_context = None
     if cfg.tls_cert and cfg.tls_key:
@@ -288,5 +325,31 @@ def serve(cfg: ServeConfig) -> int:
     except ValueError as e:
         print(f"dockyard registry: error: {e}", file=sys.stderr)
         return 2
-    asyncio.run(_serve(cfg, storage, htpasswd, ssl_context, tokens, reviewer))
+    try:
+        asyncio.run(_serve(cfg, storage, htpasswd, ssl_context, tokens, reviewer))
+    finally:
+        storage.driver.close()
     return 0
+
+
+def open_storage(cfg: ServeConfig) -> Storage:
+    """The layout on the configured driver: `storage.s3`'s bucket, or the filesystem under `root`."""
+    if cfg.s3 is None:
+        return FilesystemStorage(cfg.root)
+    from dockyard.registry.s3 import S3Driver  # the S3 client loads only when used
+
+    keys = {}
+    if cfg.s3.credentials_dir is not None:
+        for name in ("accessKeyId", "secretAccessKey"):
+            path = cfg.s3.credentials_dir / name
+            try:
+                keys[name] = path.read_text().strip()
+            except OSError as e:
+                raise ValueError(f"storage.s3.credentialsDir: cannot read {path}: {e.strerror}") from None
+    return Storage(S3Driver(cfg.s3, keys.get("accessKeyId"), keys.get("secretAccessKey")))
+
+
+def describe_storage(cfg: ServeConfig) -> str:
+    if cfg.s3 is None:
+        return str(cfg.root)
+    return f"s3://{cfg.s3.bucket}/{cfg.s3.prefix}" + (f" at {cfg.s3.endpoint}" if cfg.s3.endpoint else "")

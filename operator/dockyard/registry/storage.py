@@ -1,31 +1,29 @@
-"""Filesystem storage of the embedded registry: content-addressed blobs plus per-repository links.
+"""The registry's OCI layout: content-addressed blobs plus per-repository links, on any driver.
 
-Layout under the root directory (every path component below comes from a validated
-repository name, tag, digest or upload id, so no request can address a path outside it):
+Keys (every component comes from a validated repository name, tag, digest or upload id, so no
+request can address anything outside the layout; `drivers.py` stores them):
 
     blobs/<alg>/<hex[:2]>/<hex>                              blob and manifest bytes
     repositories/<name>/_layers/<alg>/<hex>                  the repository may serve this blob
     repositories/<name>/_manifests/revisions/<alg>/<hex>     manifest link; holds its media type
     repositories/<name>/_manifests/tags/<tag>                holds the tagged digest
     repositories/<name>/_referrers/<alg>/<subject hex>/<alg>-<hex>   descriptor of a referrer
-    uploads/<id>/data, uploads/<id>/info                     upload sessions in progress
-    tmp/                                                     temp files, renamed into place
+    uploads/<id>/info (and the driver's data)                upload sessions in progress
     gc/intents/<id>.json, gc/intents/<id>.done               manifest pushes, for GC (see gc.py)
     gc/trash/...                                             what a GC pass set aside (see gc.py)
     gc/lock                                                  held by the GC pass running now
 
-Every visible file is written to a temp file first, flushed to disk, and moved with
-`os.replace`; the directory entry is flushed after the move. So a killed process, a failed
-digest check or a power loss never leaves a partial blob, manifest or tag behind, and what a
-201 acknowledged survives a power loss. The interface is synchronous and thread-safe; the
-server calls it from a thread pool.
+Every object is written whole (the driver's `write` is atomic and durable), so a killed
+process, a failed digest check or a power loss never leaves a partial blob, manifest or tag
+behind, and what a 201 acknowledged survives. The interface is synchronous and thread-safe;
+the server calls it from a thread pool. `FilesystemStorage(root)` is this layout on the
+filesystem driver; `s3.S3Driver` puts it in a bucket.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import time
 import uuid
@@ -39,9 +37,14 @@ from typing import Any, Protocol
 
 from dockyard.oci import Digest, DigestError, ErrorCode, Hasher, OCIError
 from dockyard.oci.names import valid_name, valid_tag
+from dockyard.registry.drivers import Driver, FilesystemDriver
 
 UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
-READ_CHUNK = 4 * 1024 * 1024
+BLOBS = "blobs"
+REPOSITORIES = "repositories"
+INTENTS = "gc/intents"
+TRASH = "gc/trash"
+GC_LOCK = "gc/lock"
 
 
 LAYER = "layer"
@@ -81,38 +84,15 @@ class UploadInfo:
     started: float
 
 
-class Storage(Protocol):
-    """What the HTTP layer needs from a storage driver (filesystem now, object storage later)."""
-
-    def blob_size(self, name: str, digest: Digest, *, touch: bool = False) -> int | None: ...
-    def blob_path(self, digest: Digest) -> Path: ...
-    def mount_blob(self, name: str, digest: Digest, source: str | None) -> bool: ...
-    def delete_blob(self, name: str, digest: Digest) -> bool: ...
-    def get_manifest(self, name: str, reference: str) -> StoredManifest | None: ...
-    def put_manifest(self, name: str, tag: str | None, manifest: StoredManifest) -> None: ...
-    def push_manifest(self, name: str, tags: list[str], manifest: StoredManifest, blobs: list[Digest],
-                      children: list[Digest], subject: Digest | None = None,
-                      descriptor: dict[str, Any] | None = None) -> list[tuple[str, Digest]]: ...
-    def delete_manifest(self, name: str, digest: Digest) -> bool: ...
-    def delete_tag(self, name: str, tag: str) -> bool: ...
-    def tags(self, name: str) -> list[str] | None: ...
-    def repositories(self) -> list[str]: ...
+def blob_key(digest: Digest) -> str:
+    return f"{BLOBS}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
 
 
-class FilesystemStorage:
-    """Content-addressed storage on a local (or shared) filesystem."""
+class Storage:
+    """The OCI layout over a driver (see the module docstring)."""
 
-    def __init__(self, root: Path, manifest_cache_bytes: int = 64 * 1024 * 1024) -> None:
-        self.root = Path(root)
-        self.blobs = self.root / "blobs"
-        self.repos = self.root / "repositories"
-        self.uploads = self.root / "uploads"
-        self.tmp = self.root / "tmp"
-        self.intents = self.root / "gc" / "intents"
-        self.trash = self.root / "gc" / "trash"
-        self.gc_lock = self.root / "gc" / "lock"
-        for d in (self.blobs, self.repos, self.uploads, self.tmp, self.intents):
-            d.mkdir(parents=True, exist_ok=True)
+    def __init__(self, driver: Driver, manifest_cache_bytes: int = 64 * 1024 * 1024) -> None:
+        self.driver = driver
         self._cache: OrderedDict[Digest, bytes] = OrderedDict()
         self._cache_bytes = 0
         self._cache_limit = manifest_cache_bytes
@@ -120,89 +100,48 @@ class FilesystemStorage:
         self.guard: WriteGuard = Unguarded()
         """Admits (or refuses, with an OCIError) each new link before anything is written (quotas)."""
 
-    # ---- paths -------------------------------------------------------------------------
+    # ---- keys ------------------------------------------------------------------------------
 
-    def blob_path(self, digest: Digest) -> Path:
-        return self.blobs / digest.algorithm / digest.hex[:2] / digest.hex
-
-    def _repo(self, name: str) -> Path:
+    @staticmethod
+    def repo_key(name: str) -> str:
         if not valid_name(name):  # defence in depth: the HTTP layer validates first
             raise OCIError(ErrorCode.NAME_INVALID, f"invalid repository name {name[:300]!r}")
-        return self.repos / name
+        return f"{REPOSITORIES}/{name}"
 
-    def _layer_link(self, name: str, digest: Digest) -> Path:
-        return self._repo(name) / "_layers" / digest.algorithm / digest.hex
+    def layer_key(self, name: str, digest: Digest) -> str:
+        return f"{self.repo_key(name)}/_layers/{digest.algorithm}/{digest.hex}"
 
-    def revision_path(self, name: str, digest: Digest) -> Path:
-        return self._repo(name) / "_manifests" / "revisions" / digest.algorithm / digest.hex
+    def revision_key(self, name: str, digest: Digest) -> str:
+        return f"{self.repo_key(name)}/_manifests/revisions/{digest.algorithm}/{digest.hex}"
 
-    def _tag(self, name: str, tag: str) -> Path:
+    def tag_key(self, name: str, tag: str) -> str:
         if not valid_tag(tag):
             raise OCIError(ErrorCode.MANIFEST_INVALID, f"invalid tag {tag[:200]!r}")
-        return self._repo(name) / "_manifests" / "tags" / tag
+        return f"{self.repo_key(name)}/_manifests/tags/{tag}"
 
-    def referrers_dir(self, name: str, subject: Digest) -> Path:
-        return self._repo(name) / "_referrers" / subject.algorithm / subject.hex
+    def referrers_key(self, name: str, subject: Digest) -> str:
+        return f"{self.repo_key(name)}/_referrers/{subject.algorithm}/{subject.hex}"
 
-    # ---- small atomic file helpers -------------------------------------------------------
-
-    def temp_path(self) -> Path:
-        return self.tmp / uuid.uuid4().hex
-
-    def _write_atomic(self, path: Path, data: bytes) -> None:
-        tmp = self.temp_path()
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            self._publish(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-
-    def _publish(self, src: Path, dest: Path) -> None:
-        """Move a flushed file into place and flush its directory entry (and those of new directories)."""
-        created = self._make_parents(dest)
-        os.replace(src, dest)
-        self._flush_entries(dest, created)
-
-    def _make_parents(self, path: Path) -> Path | None:
-        """Create the missing directories above `path`; the highest one created, or None."""
-        if path.parent.is_dir():  # the common case: one stat, on every commit
-            return None
-        top = None
-        for parent in reversed(path.parents):
-            if parent.is_relative_to(self.root) and not parent.is_dir():
-                top = top or parent
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return top
-
-    def _flush_entries(self, path: Path, created: Path | None) -> None:
-        """fsync the directory holding `path`, and every directory up to the one holding `created`."""
-        stop = created.parent if created is not None else path.parent
-        directory = path.parent
-        while True:
-            _fsync_dir(directory)
-            if directory == stop or directory == self.root:
-                return
-            directory = directory.parent
+    def referrer_key(self, name: str, subject: Digest, digest: Digest) -> str:
+        return f"{self.referrers_key(name, subject)}/{digest.algorithm}-{digest.hex}"
 
     @staticmethod
-    def _read_text(path: Path) -> str | None:
-        try:
-            with open(path) as f:
-                return f.read()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+    def _upload_key(upload_id: str) -> str:
+        if not UPLOAD_ID_RE.fullmatch(upload_id):
+            raise OCIError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"unknown upload {upload_id[:100]!r}")
+        return f"uploads/{upload_id}"
 
-    @staticmethod
-    def _touch(path: Path) -> None:
-        """Mark a blob as recently used so online GC's grace period protects it."""
-        with contextlib.suppress(FileNotFoundError):
-            os.utime(path)
+    def _exists(self, key: str) -> bool:
+        return self.driver.stat(key) is not None
+
+    def _read_text(self, key: str) -> str | None:
+        data = self.driver.read(key)
+        return None if data is None else data.decode(errors="replace")
 
     # ---- blobs ---------------------------------------------------------------------------
+
+    def _linked(self, name: str, digest: Digest) -> bool:
+        return self._exists(self.layer_key(name, digest)) or self._exists(self.revision_key(name, digest))
 
     def blob_size(self, name: str, digest: Digest, *, touch: bool = False) -> int | None:
         """Size of a blob the repository may serve (a layer or one of its manifests).
@@ -210,31 +149,26 @@ class FilesystemStorage:
         With `touch` (a client's HEAD, which usually precedes a manifest naming the blob) the
         blob counts as just used, so GC's grace period gives the manifest time to arrive.
         """
-        if not (self._layer_link(name, digest).exists() or self.revision_path(name, digest).exists()):
+        if not self._linked(name, digest):
             return None
-        path = self.blob_path(digest)
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
+        st = self.driver.stat(blob_key(digest))
+        if st is None:
             return None
         if touch:
-            self._touch(path)
-        return size
+            self.driver.touch(blob_key(digest))
+        return st.size
 
     def global_blob_size(self, digest: Digest) -> int | None:
-        try:
-            return self.blob_path(digest).stat().st_size
-        except FileNotFoundError:
-            return None
+        st = self.driver.stat(blob_key(digest))
+        return None if st is None else st.size
 
     def link_blob(self, name: str, digest: Digest) -> None:
-        """Let the repository serve the blob; flushed, since a manifest acknowledged later relies on it."""
-        link = self._layer_link(name, digest)
-        created = self._make_parents(link)
-        if link.exists():
-            return
-        link.touch()
-        self._flush_entries(link, created)
+        """Let the repository serve the blob (durably: a manifest acknowledged later relies on it)."""
+        key = self.layer_key(name, digest)
+        if isinstance(self.driver, FilesystemDriver):
+            self.driver.make_entry(key)  # an empty file: no temp file and rename
+        elif not self._exists(key):
+            self.driver.write(key, b"")
 
     def mount_blob(self, name: str, digest: Digest, source: str | None) -> bool:
         """Link a blob that the source repository holds.
@@ -244,104 +178,69 @@ class FilesystemStorage:
         """
         if source is None or not valid_name(source) or self.blob_size(source, digest) is None:
             return False
-        path = self.blob_path(digest)
         size = self.global_blob_size(digest)
         if size is None:
             return False
         with self.guard.admit(name, digest, size, LAYER):
             self.link_blob(name, digest)
-        self._touch(path)
+        self.driver.touch(blob_key(digest))
         return True
 
     def delete_blob(self, name: str, digest: Digest) -> bool:
         """Unlink a blob from one repository; GC reclaims the bytes when nothing uses them."""
-        try:
-            self._layer_link(name, digest).unlink()
-        except FileNotFoundError:
+        if not self.driver.delete(self.layer_key(name, digest)):
             return False
         self.guard.unlinked(name, digest, LAYER)
         return True
 
-    def store_blob_file(self, src: Path, digest: Digest) -> None:
-        """Flush a verified file and move it into the content-addressed store (idempotent under races).
-
-        The blob counts as new from now on (not from its last write, which may be long ago when
-        an upload is closed by a PUT without a body), so GC's grace period starts here.
-        """
-        with open(src, "rb") as f:
-            os.fsync(f.fileno())
-        os.utime(src)
-        self._publish(src, self.blob_path(digest))
-
     # ---- uploads -------------------------------------------------------------------------
-
-    def _upload_dir(self, upload_id: str) -> Path:
-        if not UPLOAD_ID_RE.fullmatch(upload_id):
-            raise OCIError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"unknown upload {upload_id[:100]!r}")
-        return self.uploads / upload_id
 
     def create_upload(self, name: str) -> UploadInfo:
         """A new upload session; on failure (a full disk) nothing of it is left behind. Not flushed
         to disk: a 202 acknowledges no content, and a session that a power loss takes away (or
         leaves with an empty info file) is answered with BLOB_UPLOAD_UNKNOWN, on which clients
-        start the upload again. What a commit publishes is flushed (`store_blob_file`). The info
-        file is complete before anyone knows the id."""
-        self._repo(name)
+        start the upload again. What a commit publishes is flushed. The info is complete before
+        anyone knows the id."""
+        self.repo_key(name)
         upload_id = uuid.uuid4().hex
-        d = self.uploads / upload_id
-        d.mkdir(parents=True)
         started = time.time()
+        self.driver.upload_start(upload_id)
         try:
-            (d / "data").touch()
-            (d / "info").write_bytes(json.dumps({"name": name, "started": started}).encode())
+            self.driver.write(f"uploads/{upload_id}/info",
+                              json.dumps({"name": name, "started": started}).encode(), durable=False)
         except BaseException:
             self.delete_upload(upload_id)
             raise
         return UploadInfo(upload_id, name, 0, started)
 
     def upload_info(self, name: str, upload_id: str) -> UploadInfo:
-        d = self._upload_dir(upload_id)
-        raw = self._read_text(d / "info")
+        raw = self.driver.read(f"{self._upload_key(upload_id)}/info")
         try:
             info = json.loads(raw) if raw is not None else None
-            size = (d / "data").stat().st_size
-        except (ValueError, FileNotFoundError):
+        except ValueError:
             info = None
-        if not isinstance(info, dict) or info.get("name") != name:
+        size = self.driver.upload_size(upload_id) if isinstance(info, dict) else None
+        if not isinstance(info, dict) or info.get("name") != name or size is None:
             raise OCIError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id} is not known for {name}")
         return UploadInfo(upload_id, name, size, float(info.get("started", 0)))
 
-    def upload_data(self, upload_id: str) -> Path:
-        return self._upload_dir(upload_id) / "data"
-
     def delete_upload(self, upload_id: str) -> None:
-        d = self._upload_dir(upload_id)
-        for child in ("info", "data"):
-            with contextlib.suppress(FileNotFoundError):
-                (d / child).unlink()
-        with contextlib.suppress(OSError):
-            d.rmdir()
+        self._upload_key(upload_id)
+        self.driver.upload_delete(upload_id)
 
-    def hash_file(self, path: Path, algorithm: str, limit: int | None = None) -> Hasher:
-        """Hash a file from the start (resuming an upload whose hash state is not in memory)."""
+    def hash_upload(self, upload_id: str, algorithm: str) -> Hasher:
+        """Hash an upload's data from the start (its hash state is not in this process's memory)."""
         h = Hasher(algorithm)
-        buf = bytearray(READ_CHUNK)
-        view = memoryview(buf)
-        with open(path, "rb", buffering=0) as f:
-            while limit is None or h.size < limit:
-                want = READ_CHUNK if limit is None else min(READ_CHUNK, limit - h.size)
-                n = f.readinto(view[:want])
-                if not n:
-                    break
-                h.update(view[:n])
+        for chunk in self.driver.upload_chunks(upload_id):
+            h.update(chunk)
         return h
 
     def commit_upload(self, name: str, upload_id: str, digest: Digest, hasher: Hasher | None) -> int:
         """Verify the upload against `digest` and move it into place; returns the blob size.
 
-        `hasher` is the incremental hash of the data file when the server has it in memory;
-        without it (another replica received the data, the process restarted, a different
-        algorithm was requested) the file is hashed once here.
+        `hasher` is the incremental hash of the data when this process received all of it;
+        without it (another replica received some, the process restarted, a different
+        algorithm was requested) the data is hashed once here.
         """
         try:
             return self._commit_upload(name, upload_id, digest, hasher)
@@ -350,7 +249,6 @@ class FilesystemStorage:
 
     def _commit_upload(self, name: str, upload_id: str, digest: Digest, hasher: Hasher | None) -> int:
         info = self.upload_info(name, upload_id)
-        data = self.upload_data(upload_id)
         with contextlib.ExitStack() as admitted:
             try:  # before hashing and publishing: a refused upload is removed whole (quotas)
                 admitted.enter_context(self.guard.admit(name, digest, info.size, LAYER))
@@ -358,7 +256,7 @@ class FilesystemStorage:
                 self.delete_upload(upload_id)
                 raise
             if hasher is None or hasher.algorithm != digest.algorithm or hasher.size != info.size:
-                hasher = self.hash_file(data, digest.algorithm)
+                hasher = self.hash_upload(upload_id, digest.algorithm)
             if hasher.size != info.size:
                 raise OCIError(ErrorCode.BLOB_UPLOAD_INVALID, "upload changed while it was being verified")
             if not hasher.verify(digest):
@@ -366,7 +264,7 @@ class FilesystemStorage:
                 raise OCIError(ErrorCode.DIGEST_INVALID,
                                f"the uploaded content has digest {hasher.digest()}, not {digest}",
                                detail={"digest": str(digest)})
-            self.store_blob_file(data, digest)
+            self.driver.upload_publish(upload_id, blob_key(digest))
             self.link_blob(name, digest)
         self.delete_upload(upload_id)
         return info.size
@@ -396,7 +294,7 @@ class FilesystemStorage:
                 return Digest.parse(reference)
             except DigestError as e:
                 raise OCIError(ErrorCode.DIGEST_INVALID, str(e)) from None
-        value = self._read_text(self._tag(name, reference))
+        value = self._read_text(self.tag_key(name, reference))
         if value is None:
             return None
         try:
@@ -404,48 +302,48 @@ class FilesystemStorage:
         except DigestError:
             return None
 
+    def manifest_body(self, digest: Digest) -> bytes | None:
+        body = self._cached_body(digest)
+        if body is None:
+            body = self.driver.read(blob_key(digest))
+            if body is None:
+                return None
+            self._cache_put(digest, body)
+        return body
+
     def get_manifest(self, name: str, reference: str) -> StoredManifest | None:
         digest = self.resolve(name, reference)
         if digest is None:
             return None
-        media_type = self._read_text(self.revision_path(name, digest))
+        media_type = self._read_text(self.revision_key(name, digest))
         if media_type is None:
             return None
-        body = self._cached_body(digest)
-        if body is None:
-            try:
-                with open(self.blob_path(digest), "rb") as f:
-                    body = f.read()
-            except FileNotFoundError:
-                return None
-            self._cache_put(digest, body)
-        return StoredManifest(digest, media_type, body)
+        body = self.manifest_body(digest)
+        return None if body is None else StoredManifest(digest, media_type, body)
 
     def has_manifest(self, name: str, digest: Digest) -> bool:
-        return self.revision_path(name, digest).exists() and self.blob_path(digest).exists()
+        return self._exists(self.revision_key(name, digest)) and self._exists(blob_key(digest))
 
     def has_layer(self, name: str, digest: Digest) -> bool:
-        """True when the repository holds the blob; refreshes its mtime for GC's grace period."""
-        path = self.blob_path(digest)
-        if not ((self._layer_link(name, digest).exists() or self.revision_path(name, digest).exists())
-                and path.exists()):
+        """True when the repository holds the blob; marks it used for GC's grace period."""
+        if not (self._linked(name, digest) and self._exists(blob_key(digest))):
             return False
-        self._touch(path)
+        self.driver.touch(blob_key(digest))
         return True
 
     def put_manifest(self, name: str, tag: str | None, manifest: StoredManifest,
                      subject: Digest | None = None, descriptor: dict[str, Any] | None = None) -> None:
-        path = self.blob_path(manifest.digest)
-        if path.exists():
-            self._touch(path)
+        key = blob_key(manifest.digest)
+        if self._exists(key):
+            self.driver.touch(key)
         else:
-            self._write_atomic(path, manifest.body)
-        self._write_atomic(self.revision_path(name, manifest.digest), manifest.media_type.encode())
+            self.driver.write(key, manifest.body)
+        self.driver.write(self.revision_key(name, manifest.digest), manifest.media_type.encode())
         if subject is not None and descriptor is not None:
-            entry = self.referrers_dir(name, subject) / f"{manifest.digest.algorithm}-{manifest.digest.hex}"
-            self._write_atomic(entry, json.dumps(descriptor, separators=(",", ":")).encode())
+            self.driver.write(self.referrer_key(name, subject, manifest.digest),
+                              json.dumps(descriptor, separators=(",", ":")).encode())
         if tag is not None:
-            self._write_atomic(self._tag(name, tag), str(manifest.digest).encode())
+            self.driver.write(self.tag_key(name, tag), str(manifest.digest).encode())
 
     def push_manifest(self, name: str, tags: list[str], manifest: StoredManifest, blobs: list[Digest],
                       children: list[Digest], subject: Digest | None = None,
@@ -474,89 +372,72 @@ class FilesystemStorage:
         finally:
             self._end_intent(intent, done)
 
-    def _begin_intent(self, name: str, digests: list[Digest]) -> Path:
-        path = self.intents / f"{uuid.uuid4().hex}.json"
+    def _begin_intent(self, name: str, digests: list[Digest]) -> str:
+        key = f"{INTENTS}/{uuid.uuid4().hex}.json"
         doc = {"name": name, "digests": [str(d) for d in dict.fromkeys(digests)]}
-        tmp = self.temp_path()
-        try:  # visible whole or not at all; not flushed: a power loss ends the push anyway
-            tmp.write_bytes(json.dumps(doc, separators=(",", ":")).encode())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        # Visible whole or not at all; not flushed: a power loss ends the push anyway.
+        self.driver.write(key, json.dumps(doc, separators=(",", ":")).encode(), durable=False)
+        return key
 
-    def _end_intent(self, path: Path, done: bool) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            if done and self.gc_lock.exists():
-                os.replace(path, path.with_suffix(".done"))
-            else:
-                path.unlink()
+    def _end_intent(self, key: str, done: bool) -> None:
+        if done and self._exists(GC_LOCK):
+            self.driver.move(key, key.removesuffix(".json") + ".done")
+        else:
+            self.driver.delete(key)
 
-    def intents_now(self) -> list[tuple[Path, str, list[Digest]]]:
-        """Every recorded intent (in progress or done): (file, repository, digests)."""
-        out: list[tuple[Path, str, list[Digest]]] = []
-        for entry in sorted(os.listdir(self.intents)) if self.intents.is_dir() else []:
-            path = self.intents / entry
+    def intents_now(self) -> list[tuple[str, str, list[Digest]]]:
+        """Every recorded intent (in progress or done): (key, repository, digests)."""
+        out: list[tuple[str, str, list[Digest]]] = []
+        for entry in self.driver.list(INTENTS):
+            key = f"{INTENTS}/{entry}"
             # A push that ends while this lists renames its intent to .done (a pass holds the
             # lock whenever this is read for GC), so read it under that name.
-            for candidate in (path, path.with_suffix(".done")):
-                try:
-                    doc = json.loads(candidate.read_bytes())
-                    out.append((candidate, str(doc["name"]), [Digest.parse(d) for d in doc["digests"]]))
-                    break
-                except FileNotFoundError:
+            for candidate in (key, key.removesuffix(".json") + ".done"):
+                raw = self.driver.read(candidate)
+                if raw is None:
                     continue  # done meanwhile, or refused and removed: it made no links
+                try:
+                    doc = json.loads(raw)
+                    out.append((candidate, str(doc["name"]), [Digest.parse(d) for d in doc["digests"]]))
                 except (ValueError, KeyError, TypeError, DigestError):
                     out.append((candidate, "", []))
-                    break
+                break
         return out
 
     def delete_manifest(self, name: str, digest: Digest) -> bool:
         """Delete a manifest revision, every tag pointing to it and its referrer entry."""
         manifest = self.get_manifest(name, str(digest))
-        try:
-            self.revision_path(name, digest).unlink()
-        except FileNotFoundError:
+        if not self.driver.delete(self.revision_key(name, digest)):
             return False
         self.guard.unlinked(name, digest, MANIFEST)
         for tag in self.tags(name) or []:
             if self.resolve(name, tag) == digest:
-                with contextlib.suppress(FileNotFoundError):
-                    self._tag(name, tag).unlink()
+                self.driver.delete(self.tag_key(name, tag))
         if manifest is not None:
             subject = subject_of(manifest.body)
             if subject is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.referrers_dir(name, subject) / f"{digest.algorithm}-{digest.hex}").unlink()
+                self.driver.delete(self.referrer_key(name, subject, digest))
         return True
 
     def delete_tag(self, name: str, tag: str) -> bool:
-        try:
-            self._tag(name, tag).unlink()
-            return True
-        except FileNotFoundError:
-            return False
+        return self.driver.delete(self.tag_key(name, tag))
 
     def tags(self, name: str) -> list[str] | None:
         """Sorted tags; None when the repository does not exist."""
-        repo = self._repo(name)
-        try:
-            return sorted(os.listdir(repo / "_manifests" / "tags"))
-        except FileNotFoundError:
-            return [] if (repo / "_manifests").is_dir() else None
+        repo = self.repo_key(name)
+        tags = self.driver.list(f"{repo}/_manifests/tags")
+        if tags:
+            return tags
+        return [] if self.driver.list(f"{repo}/_manifests") else None
 
     def repository_exists(self, name: str) -> bool:
-        return (self._repo(name) / "_manifests").is_dir() or (self._repo(name) / "_layers").is_dir()
+        return bool(set(self.driver.list(self.repo_key(name))) & {"_manifests", "_layers"})
 
     def referrers(self, name: str, subject: Digest) -> list[dict[str, Any]]:
-        d = self.referrers_dir(name, subject)
-        try:
-            entries = sorted(os.listdir(d))
-        except FileNotFoundError:
-            return []
+        base = self.referrers_key(name, subject)
         out: list[dict[str, Any]] = []
-        for entry in entries:
-            raw = self._read_text(d / entry)
+        for entry in self.driver.list(base):
+            raw = self.driver.read(f"{base}/{entry}")
             alg, _, hexpart = entry.partition("-")
             try:
                 ref = Digest.parse(f"{alg}:{hexpart}")
@@ -567,43 +448,56 @@ class FilesystemStorage:
                 out.append(descriptor)
         return out
 
-    def repositories(self) -> list[str]:
+    def repositories(self, *, with_layers_only: bool = False) -> list[str]:
+        """Every repository with manifests (and, WITH_LAYERS_ONLY, those holding only layers); a
+        walk of the names' levels, not of the links below them."""
         names: list[str] = []
-        for dirpath, dirnames, _ in os.walk(self.repos):
-            if "_manifests" in dirnames:
-                names.append(os.path.relpath(dirpath, self.repos).replace(os.sep, "/"))
-            dirnames[:] = [d for d in dirnames if not d.startswith("_")]
+        todo = [REPOSITORIES]
+        marks = {"_manifests", "_layers"} if with_layers_only else {"_manifests"}
+        while todo:
+            prefix = todo.pop()
+            children = self.driver.list(prefix)
+            if marks & set(children):
+                names.append(prefix.removeprefix(REPOSITORIES + "/"))
+            todo.extend(f"{prefix}/{c}" for c in children if not c.startswith("_"))
         return sorted(names)
 
-    def iter_repository_manifests(self, name: str) -> Iterator[tuple[Digest, Path]]:
-        base = self._repo(name) / "_manifests" / "revisions"
-        for alg in sorted(os.listdir(base)) if base.is_dir() else []:
-            for hexpart in os.listdir(base / alg):
+    def links(self, name: str, kind: str) -> Iterator[Digest]:
+        """Digests the repository links as layers (LAYER) or manifest revisions (MANIFEST)."""
+        base = self.repo_key(name) + ("/_layers" if kind == LAYER else "/_manifests/revisions")
+        for alg in self.driver.list(base):
+            for hexpart in self.driver.list(f"{base}/{alg}"):
                 try:
-                    yield Digest.parse(f"{alg}:{hexpart}"), base / alg / hexpart
+                    yield Digest.parse(f"{alg}:{hexpart}")
                 except DigestError:
                     continue
 
     def writable(self) -> bool:
-        """Whether a temp file can be created, written and removed under the root; never leaves it behind."""
-        probe = self.tmp / f"ready-{uuid.uuid4().hex}"
+        """Whether the storage takes a write now; never leaves anything behind."""
         try:
-            with open(probe, "wb") as f:
-                f.write(b"ok")
+            self.driver.check()
             return True
-        except OSError:
+        except Exception:
             return False
-        finally:
-            with contextlib.suppress(OSError):
-                probe.unlink()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class FilesystemStorage(Storage):
+    """The layout on a local (or shared) filesystem under `root`."""
+
+    driver: FilesystemDriver
+
+    def __init__(self, root: Path, manifest_cache_bytes: int = 64 * 1024 * 1024) -> None:
+        super().__init__(FilesystemDriver(root), manifest_cache_bytes)
+        self.root = self.driver.root
+
+    def blob_path(self, digest: Digest) -> Path:
+        return self.root / blob_key(digest)
+
+    def revision_path(self, name: str, digest: Digest) -> Path:
+        return self.root / self.revision_key(name, digest)
+
+    def upload_data(self, upload_id: str) -> Path:
+        return self.root / self._upload_key(upload_id) / "data"
 
 
 def subject_of(body: bytes) -> Digest | None:

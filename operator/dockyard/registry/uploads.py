@@ -1,22 +1,20 @@
-"""Receiving blob uploads: stream request bodies to disk while hashing them.
+"""Receiving blob uploads: stream request bodies to storage while hashing them.
 
 The event loop reads the socket; a worker thread writes and hashes ~1 MiB batches (hashlib
 releases the GIL for large buffers), so reading, hashing and writing overlap and memory stays
 bounded no matter how large the blob is. The incremental sha256 state of each upload is
-kept in memory keyed by upload id and checked against the data file's size: after a
-restart, or when another replica appended to the upload on shared storage, hashlib state
-cannot be restored from disk, so the partial file is re-hashed once and the upload goes on.
-A chunk that does not arrive completely is truncated away, so an upload's size always
-equals the bytes the client got a 2xx for.
+kept in memory keyed by upload id and checked against the upload's size. After a restart,
+or when another replica appended to the upload (shared storage, object storage behind a
+Service without session affinity), hashlib state cannot be restored, so this process stops
+hashing that upload and the commit hashes the stored data once, whichever replica it lands on.
+A chunk that does not arrive completely is cut away again (the driver's writer aborts), so an
+upload's size always equals the bytes the client got a 2xx for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
-import os
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TypeVar
@@ -24,7 +22,8 @@ from typing import TypeVar
 from aiohttp import StreamReader
 
 from dockyard.oci import Digest, ErrorCode, Hasher, OCIError
-from dockyard.registry.storage import FilesystemStorage, UploadInfo
+from dockyard.registry.drivers import UploadWriter
+from dockyard.registry.storage import Storage, UploadInfo
 
 T = TypeVar("T")
 BATCH_BYTES = 1024 * 1024
@@ -40,49 +39,17 @@ class RangeMismatch(Exception):
         self.info = info
 
 
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):  # not Linux/glibc: the commit's fsync does all the work
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_sync_file_range = _load_sync_file_range()
-SYNC_FILE_RANGE_WRITE = 2
-
-
-def start_writeback(fd: int) -> None:
-    """Start writing the file's dirty pages to disk now, without waiting for them.
-
-    The commit's fsync then finds most of an upload already on disk: the disk writes while
-    the rest of the body arrives, instead of all at once after the last byte. Best effort
-    (sync_file_range is Linux only); durability still comes from the fsync at commit.
-    """
-    if _sync_file_range is not None:
-        _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
-
-
-def _write_batch(fd: int, hasher: Hasher, chunks: list[bytes]) -> None:
-    """Hash and append a batch with one writev (no joining copy); finish short writes."""
-    for chunk in chunks:
-        hasher.update(chunk)
-    written = os.writev(fd, chunks)
-    total = sum(len(c) for c in chunks)
-    if written < total:
-        rest = memoryview(b"".join(chunks))[written:]
-        while rest:
-            rest = rest[os.write(fd, rest):]
-    start_writeback(fd)
+def _write_batch(writer: UploadWriter, hasher: Hasher | None, chunks: list[bytes]) -> None:
+    if hasher is not None:
+        for chunk in chunks:
+            hasher.update(chunk)
+    writer.write(chunks)
 
 
 class Uploads:
     """Upload sessions: append chunks, report status, verify and commit, cancel."""
 
-    def __init__(self, storage: FilesystemStorage, executor: Executor,
+    def __init__(self, storage: Storage, executor: Executor,
                  on_bytes: Callable[[int], None] | None = None) -> None:
         self.storage = storage
         self.executor = executor
@@ -137,33 +104,30 @@ class Uploads:
         info = await self._run(self.storage.upload_info, name, upload_id)
         if start is not None and start != info.size:
             raise RangeMismatch(info)
-        path = self.storage.upload_data(upload_id)
-        hasher = self._hashers.get(upload_id)
+        hasher = self._hashers.pop(upload_id, None)
+        if hasher is not None and hasher.size != info.size:
+            hasher = None  # another process appended: the commit hashes the stored data
         try:
-            if hasher is None or hasher.size != info.size:
-                hasher = await self._run(self.storage.hash_file, path, "sha256")
-                if hasher.size != info.size:  # another writer appended meanwhile
-                    raise RangeMismatch(await self._run(self.storage.upload_info, name, upload_id))
-            fd = await self._run(os.open, str(path), os.O_WRONLY | os.O_APPEND)
+            writer = await self._run(self.storage.driver.upload_writer, upload_id, info.size)
         except FileNotFoundError:  # completed or cancelled meanwhile (another replica)
             raise OCIError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id} is no longer in progress") from None
-        before = hasher.copy()
-        self._hashers.pop(upload_id, None)
+        before = hasher.copy() if hasher is not None else None
         try:
-            received = await self._receive(body, fd, hasher)
+            received = await self._receive(body, writer, hasher)
             if length is not None and received != length:
                 raise OCIError(ErrorCode.SIZE_INVALID,
                                f"received {received} bytes, but Content-Length says {length}")
         except BaseException:
-            await asyncio.shield(self._run(os.ftruncate, fd, info.size))
-            self._remember(upload_id, before)
+            await asyncio.shield(self._run(writer.abort))
+            if before is not None:
+                self._remember(upload_id, before)
             raise
-        finally:
-            await asyncio.shield(self._run(os.close, fd))
-        self._remember(upload_id, hasher)
+        await asyncio.shield(self._run(writer.close))
+        if hasher is not None:
+            self._remember(upload_id, hasher)
         return UploadInfo(info.id, info.name, info.size + received, info.started)
 
-    async def _receive(self, body: StreamReader, fd: int, hasher: Hasher) -> int:
+    async def _receive(self, body: StreamReader, writer: UploadWriter, hasher: Hasher | None) -> int:
         loop = asyncio.get_running_loop()
         pending: asyncio.Future[None] | None = None
         batch: list[bytes] = []
@@ -176,7 +140,7 @@ class Uploads:
                 if batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_CHUNKS:
                     if pending is not None:
                         await pending
-                    pending = loop.run_in_executor(self.executor, _write_batch, fd, hasher, batch)
+                    pending = loop.run_in_executor(self.executor, _write_batch, writer, hasher, batch)
                     total += batch_bytes
                     self.on_bytes(batch_bytes)
                     batch, batch_bytes = [], 0
@@ -184,7 +148,7 @@ class Uploads:
                 await pending
                 pending = None
             if batch:
-                await loop.run_in_executor(self.executor, _write_batch, fd, hasher, batch)
+                await loop.run_in_executor(self.executor, _write_batch, writer, hasher, batch)
                 total += batch_bytes
                 self.on_bytes(batch_bytes)
         finally:
