@@ -12,7 +12,9 @@ The argument. A manifest push (storage.push_manifest) does, in order:
 A pass does, in order, holding gc/lock:
   g0 put back anything a pass that died had set aside;
   g1 mark: walk every repository, reading manifests, tags and referrers;
-  g2 set aside every candidate by renaming it into gc/trash (atomic; reads see it missing);
+  g2 set aside every candidate by moving it into gc/trash (the driver's `move`: once it
+     returns, reads find the candidate missing at its key; a rename on a filesystem, a copy
+     and then the delete on S3);
   g3 re-check: read all intents, then put back every candidate an intent names, or that was
      used (touched) after g1, or whose manifest was re-pushed or tagged meanwhile;
   g4 delete what is still set aside.
@@ -30,6 +32,10 @@ waits for its manifest (upload commit and HEAD restart it) and how long an untag
 lives with `deleteUntagged`. Untagged manifests are those no tag reaches, directly or
 through an index, that are not referrers of a live manifest and are older than the grace
 period (young ones are roots too: an index pushed by digest keeps its children).
+
+The argument uses only the order of operations and that reads see completed writes (S3 has
+read-after-write consistency), so it holds on every driver. Objects in a bucket have no mtime
+one can set: the S3 driver keeps use times (`touch`) as markers that `move` carries along.
 
 What is set aside is unavailable until g3 puts it back: only candidates a concurrent push
 names can be put back, and those were unreferenced garbage a moment before.
