@@ -90,6 +90,18 @@ URL_PATTERN = (rf"^https?://({_HOST_LABEL}(\.{_HOST_LABEL})*|\[[0-9A-Fa-f.]*:[0-
 """A registry base URL as the OCI client reads it (`dockyard.oci.client.registry_url`): http or https, a host
 name or IPv4 or [IPv6] address, a port 1-65535, a path; no credentials, query or fragment."""
 URL_MAX_LENGTH = 2048
+S3_ENDPOINT_PATTERN = (rf"^https?://({_HOST_LABEL}(\.{_HOST_LABEL})*|\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\])"
+                       rf"(:{_PORT})?/?$")
+"""An S3 endpoint: http or https, a host name or IPv4 or [IPv6] address, a port; no path (the bucket and
+the keys make the path), credentials, query or fragment."""
+S3_BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+"""An S3 bucket name: 3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or
+digit (AWS's rules, which S3-compatible stores follow)."""
+S3_PREFIX_PATTERN = r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*$"
+"""A prefix of the registry's object keys: segments of the characters AWS calls safe in keys, joined by
+single slashes; no leading or trailing slash (the registry adds the one after it)."""
+S3_PREFIX_MAX_LENGTH = 512
+"""Object keys are at most 1024 bytes; the registry's own part of a key needs room after the prefix."""
 REPOSITORY_GLOB_MAX_LENGTH = 512
 """Repository names are at most 255 characters with the registry's host (distribution spec); a glob
 may spell them out longer."""
