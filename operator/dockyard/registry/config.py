@@ -132,6 +132,29 @@ class QuotaConfig:
 
 
 @dataclass(frozen=True)
+class S3Config:
+    """`storage.s3`: blobs and manifests in an S3 bucket instead of under `root` (which then holds temp
+    files only)."""
+
+    bucket: str
+    endpoint: str | None = None
+    """The store's URL; AWS S3 when None."""
+    region: str = "us-east-1"
+    prefix: str = ""
+    """Keys start with `prefix/` when set; never a leading or trailing slash."""
+    force_path_style: bool = False
+    insecure: bool = False
+    """Do not verify the endpoint's TLS certificate."""
+    ca_file: Path | None = None
+    """A CA bundle to verify the endpoint with, instead of the system's."""
+    credentials_dir: Path | None = None
+    """A directory with the files `accessKeyId` and `secretAccessKey`; the AWS default credential chain
+    (environment, web identity, instance profile) when None."""
+    redirect: bool = False
+    """Answer blob GETs with a 307 to a presigned URL of the object."""
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     host: str = "0.0.0.0"  # noqa: S104  in a pod: reachable through its Service; `--addr` narrows it
     port: int = 5000
@@ -151,6 +174,8 @@ class ServeConfig:
     webhooks: tuple[WebhookConfig, ...] = ()
     source: str | None = None
     """The CloudEvents `source` of the registry's events; see `registry.webhooks.event_source`."""
+    s3: S3Config | None = None
+    """Object storage; the filesystem under `root` when None."""
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -420,8 +445,61 @@ def parse_quotas(doc: Any) -> tuple[QuotaConfig, ...]:
     return tuple(quotas)
 
 
+S3_KEYS = {"bucket", "endpoint", "region", "prefix", "forcePathStyle", "insecure", "caFile", "credentialsDir",
+           "redirect"}
+
+
+def parse_storage(doc: Any) -> S3Config | None:
+    """`storage: {s3: {...}}`, as the operator renders `spec.storage.s3`; None without `s3`.
+
+    The bucket, endpoint and prefix follow the grammars admission checks them with
+    (`dockyard.api.patterns`), so a hand-written config fails here, not at the first request.
+    """
+    from dockyard.api.patterns import S3_BUCKET_PATTERN, S3_ENDPOINT_PATTERN
+
+    storage = _mapping(doc, "storage", {"s3"})
+    if storage.get("s3") is None:
+        return None
+    s3 = _mapping(storage["s3"], "storage.s3", S3_KEYS)
+    if "bucket" not in s3:
+        raise ConfigError("storage.s3.bucket: is required")
+    bucket = _string(s3["bucket"], "storage.s3.bucket")
+    if not re.fullmatch(S3_BUCKET_PATTERN, bucket):
+        raise ConfigError(f"storage.s3.bucket: {bucket!r} is not a bucket name (3-63 lowercase letters, digits, "
+                          "'.' and '-', starting and ending with a letter or digit)")
+    cfg = S3Config(bucket=bucket)
+    if s3.get("endpoint") is not None:
+        endpoint = _string(s3["endpoint"], "storage.s3.endpoint")
+        if not re.fullmatch(S3_ENDPOINT_PATTERN, endpoint):
+            raise ConfigError(f"storage.s3.endpoint: expected an http:// or https:// URL of a host and port "
+                              f"without a path, got {endpoint!r}")
+        cfg = replace(cfg, endpoint=endpoint)
+    if "region" in s3:
+        cfg = replace(cfg, region=_string(s3["region"], "storage.s3.region"))
+    if "prefix" in s3:
+        prefix = s3["prefix"]
+        if not isinstance(prefix, str):
+            raise ConfigError(f"storage.s3.prefix: expected a string, got {prefix!r}")
+        if prefix and (prefix.startswith("/") or prefix.endswith("/") or "//" in prefix):
+            raise ConfigError(f"storage.s3.prefix: {prefix!r} must not start or end with '/' or hold '//'")
+        cfg = replace(cfg, prefix=prefix)
+    if "forcePathStyle" in s3:
+        cfg = replace(cfg, force_path_style=_bool(s3["forcePathStyle"], "storage.s3.forcePathStyle"))
+    if "insecure" in s3:
+        cfg = replace(cfg, insecure=_bool(s3["insecure"], "storage.s3.insecure"))
+    if "redirect" in s3:
+        cfg = replace(cfg, redirect=_bool(s3["redirect"], "storage.s3.redirect"))
+    if s3.get("caFile") is not None:
+        cfg = replace(cfg, ca_file=_path(s3["caFile"], "storage.s3.caFile"))
+    if s3.get("credentialsDir") is not None:
+        cfg = replace(cfg, credentials_dir=_path(s3["credentialsDir"], "storage.s3.credentialsDir"))
+    if cfg.insecure and cfg.ca_file is not None:
+        raise ConfigError("storage.s3.insecure: set insecure or caFile, not both (insecure verifies nothing)")
+    return cfg
+
+
 TOP_KEYS = {"addr", "root", "htpasswd", "anonymousPull", "readOnly", "tls", "gc", "notify", "http", "access",
-            "token", "serviceAccounts", "quotas", "webhooks", "source"}
+            "token", "serviceAccounts", "quotas", "webhooks", "source", "storage"}
 
 
 def parse_config(doc: Any) -> ServeConfig:
@@ -484,6 +562,8 @@ def parse_config(doc: Any) -> ServeConfig:
         cfg = replace(cfg, webhooks=parse_webhooks(doc["webhooks"]))
     if doc.get("source") is not None:
         cfg = replace(cfg, source=_string(doc["source"], "source"))
+    if doc.get("storage") is not None:
+        cfg = replace(cfg, s3=parse_storage(doc["storage"]))
     return cfg
 
 
