@@ -148,8 +148,8 @@ class S3Storage(Model):
             field_path=".insecure",
         ),
     )
-    bucket: str = field(metadata=meta("The bucket; it must exist. Holds nothing but this registry (or its "
-                                      "prefix does).", pattern=S3_BUCKET_PATTERN, max_length=63))
+    bucket: str = field(metadata=meta("The bucket, which must exist; give each registry a bucket or a prefix "
+                                      "of its own.", pattern=S3_BUCKET_PATTERN, max_length=63))
     endpoint: str | None = field(default=None, metadata=meta(
         "The store's http:// or https:// URL (MinIO, Ceph, SeaweedFS, ...); AWS S3 when unset.",
         pattern=S3_ENDPOINT_PATTERN, max_length=URL_MAX_LENGTH))
@@ -186,7 +186,9 @@ class Storage(Model):
     )
     pvc: PVCStorage | None = field(default=None, metadata=meta("Filesystem on a PersistentVolumeClaim."))
     empty_dir: EmptyDirStorage | None = field(default=None, metadata=meta("Ephemeral emptyDir volume."))
-    s3: S3Storage | None = field(default=None, metadata=meta("An S3 bucket."))
+    s3: S3Storage | None = field(default=None, metadata=meta(
+        "An S3 bucket (AWS or an S3-compatible store), which every replica serves: replicas > 1 and "
+        "autoscaling work."))
 
     @property
     def shared(self) -> bool:
