@@ -4,7 +4,7 @@ The unit tier replays the CRDs' schemas and CEL rules with its own harness; here
 kube-apiserver has the last word. The ``apiserver`` fixture has already applied ``crds/`` (a CRD
 whose CEL rules exceed the cost budget is refused there). Every Registry and ReplicationPolicy
 example is created, and every invalid spec of the unit tier's tables is refused with an error
-naming the same field.
+naming the same field; the valid specs and allowed updates of that tier are admitted.
 """
 
 from __future__ import annotations
@@ -68,6 +68,27 @@ async def test_invalid_registry_is_refused_naming_the_field(apiserver: ApiServer
         await attempt
     assert refused.value.status in (400, 422), refused.value
     assert field in str(refused.value), f"the error does not name {field}: {refused.value}"
+
+
+VALID = test_schema_validation.VALID
+
+
+@pytest.mark.parametrize("spec", [c[1] for c in VALID], ids=[c[0] for c in VALID])
+async def test_valid_registry_is_admitted(apiserver: ApiServer, namespace: str, spec: Any) -> None:
+    created = await strict_create(apiserver, registry(spec, namespace), namespace)
+    assert created["metadata"]["uid"]
+
+
+UPDATES = test_schema_validation.ALLOWED_UPDATES
+
+
+@pytest.mark.parametrize(("spec", "old"), [c[1:] for c in UPDATES], ids=[c[0] for c in UPDATES])
+async def test_allowed_update_is_admitted(apiserver: ApiServer, namespace: str, spec: Any, old: Any) -> None:
+    await strict_create(apiserver, registry(old, namespace), namespace)
+    updated = await patch(apiserver, REGISTRIES, "main", [{"op": "replace", "path": "/spec", "value": spec}],
+                          namespace, content_type="application/json-patch+json",
+                          params={"fieldValidation": "Strict"})
+    assert set(updated["spec"]["storage"]) == set(spec["storage"])
 
 
 POLICY_CASES = test_replication_api.CASES

@@ -7,8 +7,9 @@ hold. The receiver (`DOCKYARD_EVENTS_ADDR`) accepts an event only when it is a C
 signed (HMAC-SHA256 of the body) with the token of the Registry its source names. And a tag
 pushed to a real `dockyard registry serve`, configured exactly as the operator rendered it,
 starts a run of the `trigger.onPush` policy copying from it; a webhook of that registry that
-fails becomes a Warning Event `WebhookFailing` on the Registry. Without the URL nothing about
-events exists.
+fails becomes a Warning Event `WebhookFailing` on the Registry; a registry that reports it
+cannot use its storage stalls the Registry (StorageUnavailable, one Event) until it reports
+usage again. Without the URL nothing about events exists.
 
 The API server is a real one (see `conftest.py`) and the operator runs with the rights of its
 ServiceAccount, which may create Secrets but never update or delete them; what the operator
@@ -408,6 +409,76 @@ async def test_a_filling_disk_becomes_storage_conditions_and_growing_it_clears_t
                if e["involvedObject"]["kind"] == "Registry"]
     for reason in ("StorageNearlyFull", "StorageFull", "NoStorageFull", "NoStorageNearlyFull"):
         assert reason in reasons, reasons
+
+
+async def test_a_registry_that_cannot_reach_its_bucket_stalls_once_and_recovers_with_a_good_report(
+        apiserver: ApiServer, namespace: str, operator: Operator, events_base: str) -> None:
+    """What an S3 registry reports: `{"error": ...}` at start-up and whenever a periodic check of the
+    bucket fails, usage without a capacity once it can use the bucket again."""
+    ns = namespace
+    url = f"{events_base}/v1/push"
+    body = registry("main", ns)
+    body["spec"].update(replicas=3, storage={"s3": {"bucket": "images", "endpoint": "http://127.0.0.1:8333",
+                                                    "forcePathStyle": True}})
+    await create(apiserver, body)
+    token = token_of(await live(apiserver, operator, SECRETS, ns, "main-events"))
+    await live(apiserver, operator, DEPLOYMENTS, ns, "main")
+    await report_available(apiserver, ns, "main")
+
+    async def conditions_are(want: dict[str, tuple[str, str]]) -> dict[str, Any]:
+        async def check() -> dict[str, Any] | None:
+            operator.check()
+            obj = await get(apiserver, REGISTRIES, "main", ns)
+            found = {c["type"]: (c["status"], c["reason"])
+                     for c in ((obj or {}).get("status") or {}).get("conditions") or []}
+            return obj if all(found.get(k) == v for k, v in want.items()) else None
+        try:
+            found: dict[str, Any] = await wait_for(check, DEADLINE, interval=0.3, message=f"conditions {want}")
+        except TimeoutError:
+            obj = await get(apiserver, REGISTRIES, "main", ns)
+            pytest.fail(f"conditions never became {want}: {(obj or {}).get('status')}\n"
+                        f"operator log:\n{operator.output()[-3000:]}")
+        return found
+
+    await conditions_are({"Ready": ("True", "Available")})
+
+    def storage_event(**data: Any) -> dict[str, Any]:
+        return {"specversion": "1.0", "id": f"id-{time.monotonic_ns()}", "type": "dev.dockyard.registry.storage",
+                "source": f"/registries/{ns}/main", "data": data}
+
+    error = "S3 bucket images at http://127.0.0.1:8333: InvalidAccessKeyId: The access key ID you provided " \
+            "does not exist"
+    assert await post(url, storage_event(error=error), token) == (202, {})
+    stalled = await conditions_are({"Stalled": ("True", "StorageUnavailable"),
+                                    "Ready": ("False", "StorageUnavailable")})
+    [message] = [c["message"] for c in stalled["status"]["conditions"] if c["type"] == "Stalled"]
+    assert error in message
+    assert stalled["status"]["storage"]["error"] == error
+    # Each replica reports at start-up and the periodic check fails again: one Event, not one per report.
+    for _ in range(3):
+        assert await post(url, storage_event(error=error), token) == (202, {})
+    assert (await post(url, storage_event(error=error), None))[0] == 401
+
+    # A reconcile for another reason (a deleted child) keeps the report and posts nothing more.
+    await delete(apiserver, CONFIGMAPS, "main-config", ns)
+    await live(apiserver, operator, CONFIGMAPS, ns, "main-config")
+    await settle(apiserver, operator, ns)
+    kept = await conditions_are({"Stalled": ("True", "StorageUnavailable")})
+    assert kept["status"]["storage"]["error"] == error
+
+    async def registry_events(reason: str) -> list[dict[str, Any]]:
+        return [e for e in await list_objects(apiserver, "v1/events", ns)
+                if e.get("reason") == reason and e["involvedObject"]["kind"] == "Registry"]
+    [warning] = await registry_events("StorageUnavailable")
+    assert warning["type"] == "Warning"
+    assert error in warning["message"]
+    assert warning.get("count", 1) == 1
+
+    assert await post(url, storage_event(usedBytes=5 * 2**30, full=False), token) == (202, {})
+    recovered = await conditions_are({"Stalled": ("False", "NotStalled"), "Ready": ("True", "Available")})
+    assert recovered["status"]["storage"] == {"used": "5Gi", "usedBytes": 5 * 2**30, "full": False}
+    [recovery] = await registry_events("Recovered")
+    assert recovery["type"] == "Normal"
 
 
 async def test_without_the_events_url_nothing_about_events_exists(

@@ -274,7 +274,7 @@ async def _admitted(apiserver: ApiServer, obj: dict[str, Any]) -> bool:
 
 @contextlib.asynccontextmanager
 async def registry_crd_before_the_storage_rule(apiserver: ApiServer, probe: dict[str, Any]) -> AsyncIterator[None]:
-    """The Registry CRD as it was before `exactly one of storage.pvc or storage.emptyDir`, applied
+    """The Registry CRD as it was before `exactly one of storage.pvc, storage.emptyDir or storage.s3`, applied
     by the install's own field manager; the CRD as it was is restored afterwards: other tests
     share it. PROBE is an object only that rule refuses: it tells when either version is served."""
     live = await get(apiserver, CRDS, "registries.dockyard.dev")
@@ -309,7 +309,7 @@ async def test_invalid_spec_stalls_with_one_event_and_touches_nothing(
     be acted on. It is made as it happens to users: created under the CRD without the rule, which
     is then tightened again (validation ratcheting keeps the stored object writable)."""
     bad = registry("bad", {"storage": BOTH_STORAGES}, namespace)
-    with pytest.raises(ApiError, match=r"exactly one of storage\.pvc or storage\.emptyDir"):
+    with pytest.raises(ApiError, match=r"exactly one of storage\.pvc, storage\.emptyDir or storage\.s3"):
         await create(apiserver, bad)
     probe = registry("probe", {"storage": BOTH_STORAGES}, namespace)
     async with registry_crd_before_the_storage_rule(apiserver, probe):

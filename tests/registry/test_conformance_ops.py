@@ -105,6 +105,8 @@ def _run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     ("anonymousPull: true\n", "anonymousPull"),
     ("htpasswd: /nonexistent/htpasswd\n", "htpasswd"),
     ("root: [1, 2]\n", "root"),
+    ("storage: {s3: {endpoint: 'http://minio:9000'}}\n", "storage.s3.bucket"),
+    ("storage: {s3: {bucket: images, insecure: true, caFile: /ca.crt}}\n", "storage.s3.insecure"),
     (": : :\n", "config"),
 ])
 def test_bad_config_is_one_line_naming_the_key_and_exit_2(tmp_path: Path, config: str, key: str) -> None:

@@ -73,3 +73,24 @@ def test_yaml_syntax_errors_keep_line_and_column(tmp_path: Path, capsys: pytest.
     assert err.count("\n") == 1
     assert expected in err
     assert str(tmp_path / "in.yaml") in err
+
+
+def test_the_s3_example_renders_its_bucket_its_secret_and_a_disruption_budget(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    example = Path(__file__).parents[2] / "examples" / "registry-s3.yaml"
+    assert main(["render", "-f", str(example)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    objs = {d["kind"]: d for d in yaml.safe_load_all(out)}
+    assert set(objs) == {"ServiceAccount", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget"}
+    config = yaml.safe_load(objs["ConfigMap"]["data"]["config.yaml"])
+    assert config["storage"]["s3"] == {"bucket": "images", "endpoint": "http://minio.storage.svc:9000",
+                                       "forcePathStyle": True, "insecure": False, "redirect": False,
+                                       "credentialsDir": "/etc/dockyard/s3-credentials"}
+    deployment = objs["Deployment"]["spec"]
+    assert deployment["replicas"] == 3
+    assert deployment["strategy"]["type"] == "RollingUpdate"
+    volumes = {v["name"]: v for v in deployment["template"]["spec"]["volumes"]}
+    assert volumes["s3-credentials"]["secret"]["secretName"] == "s3-credentials"
+    assert "persistentVolumeClaim" not in volumes["data"]
+

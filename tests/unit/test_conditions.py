@@ -18,6 +18,9 @@ def deployment(*, generation: int = 1, observed: int = 1, replicas: int = 1, upd
     return {"metadata": {"generation": generation}, "status": status}
 
 
+BUCKET_ERROR = ("S3 bucket images at http://minio:9000: InvalidAccessKeyId: The access key ID you provided "
+                "does not exist")
+
 CASES = [
     # (id, observed, Ready, Reconciling, Stalled, reason)
     ("invalid spec", Observed(3, 1, spec_error="spec.storage: exactly one"), "False", "False", "True", "InvalidSpec"),
@@ -42,6 +45,20 @@ CASES = [
      "True", "False", "False", "Available"),
     ("scaled to zero", Observed(1, 0, deployment=deployment(replicas=0, updated=0, available=0)),
      "True", "False", "False", "ScaledToZero"),
+    ("storage unavailable", Observed(1, 3, deployment=deployment(replicas=3, updated=3, available=0, ready=0),
+                                     storage_error=BUCKET_ERROR), "False", "False", "True", "StorageUnavailable"),
+    ("storage unavailable while pods serve", Observed(1, 2, deployment=deployment(replicas=2, updated=2, available=2),
+                                                      storage_error=BUCKET_ERROR),
+     "False", "False", "True", "StorageUnavailable"),
+    ("storage unavailable during a rollout", Observed(1, 1, deployment=deployment(generation=2, observed=1),
+                                                      storage_error=BUCKET_ERROR),
+     "False", "False", "True", "StorageUnavailable"),
+    ("missing secret and storage unavailable", Observed(1, 1, missing_secrets=("Secret 's3' not found",),
+                                                        storage_error=BUCKET_ERROR),
+     "False", "False", "True", "SecretNotFound"),
+    ("storage unavailable, scaled to zero", Observed(1, 0, deployment=deployment(replicas=0, updated=0, available=0),
+                                                     storage_error=BUCKET_ERROR),
+     "True", "False", "False", "ScaledToZero"),
 ]
 
 
@@ -61,6 +78,13 @@ def test_stalled_message_names_the_problem() -> None:
         Observed(1, 1, missing_secrets=("Secret 'main-users' not found in namespace 'r'",)))}
     assert "main-users" in conds["Stalled"]["message"]
     assert conds["Stalled"]["reason"] == "SecretNotFound"
+
+
+def test_storage_unavailable_names_the_stores_error() -> None:
+    conds = {c["type"]: c for c in registry_conditions(Observed(1, 1, deployment=deployment(),
+                                                                storage_error=BUCKET_ERROR))}
+    assert conds["Stalled"]["message"] == f"the registry cannot use its storage: {BUCKET_ERROR}"
+    assert conds["Ready"]["message"] == conds["Stalled"]["message"]
 
 
 def test_merge_keeps_transition_time_when_status_is_unchanged() -> None:

@@ -50,6 +50,8 @@ def _referenced_secrets(spec: dict[str, Any]) -> set[str]:
     if spec.get("ingress", {}).get("tlsSecretName"):
         names.add(spec["ingress"]["tlsSecretName"])
     names.update(hook["secretRef"]["name"] for hook in spec.get("webhooks", []))
+    s3 = spec["storage"].get("s3") or {}
+    names.update(s3[ref]["name"] for ref in ("secretRef", "caSecretRef") if ref in s3)
     return names
 
 
@@ -82,3 +84,16 @@ def test_example_header_says_how_to_create_its_secrets(where: str, doc: dict[str
     for name in _referenced_secrets(doc["spec"]):
         assert re.search(rf"kubectl .*create secret (generic|tls) {re.escape(name)}\b", header), \
             f"{where}: the header does not show how to create Secret {name!r}"
+
+
+@pytest.mark.parametrize(("where", "doc"), REGISTRIES, ids=[w for w, _ in REGISTRIES])
+def test_a_secret_the_example_brings_holds_every_key_the_registry_reads(where: str, doc: dict[str, Any]) -> None:
+    from dockyard.render.registry import referenced_secrets
+
+    docs = [d for d in yaml.safe_load_all((EXAMPLES / where.split("#")[0]).read_text()) if d]
+    brought = {d["metadata"]["name"]: {**(d.get("data") or {}), **(d.get("stringData") or {})}
+               for d in docs if d.get("kind") == "Secret"}
+    for name, keys in referenced_secrets(parse(RegistrySpec, doc["spec"])).items():
+        if name in brought:
+            assert set(keys) <= set(brought[name]), f"{where}: Secret {name!r} lacks {set(keys) - set(brought[name])}"
+

@@ -34,6 +34,9 @@ def render(spec: dict[str, Any], **kwargs: Any) -> dict[str, dict[str, Any]]:
 RWO = {"pvc": {"size": "20Gi"}}
 RWX = {"pvc": {"size": "20Gi", "accessModes": ["ReadWriteMany"]}}
 EMPTY = {"emptyDir": {"sizeLimit": "1Gi"}}
+S3 = {"s3": {"bucket": "images", "endpoint": "https://minio.example:9000", "region": "eu-1", "prefix": "reg/main",
+             "forcePathStyle": True, "secretRef": {"name": "s3-keys"},
+             "caSecretRef": {"name": "s3-ca", "key": "bundle.pem"}}}
 
 
 def container(objs: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -97,6 +100,8 @@ def test_tls_switches_probes_and_endpoint_to_https() -> None:
     (RWX, 1, "RollingUpdate"),
     (RWX, 3, "RollingUpdate"),
     (EMPTY, 1, "RollingUpdate"),
+    (S3, 1, "RollingUpdate"),
+    (S3, 3, "RollingUpdate"),
 ])
 def test_rollout_strategy_follows_the_volume(storage: dict[str, Any], replicas: int, strategy: str) -> None:
     dep = render({"storage": storage, "replicas": replicas})["Deployment"]
@@ -124,7 +129,8 @@ def test_claim_never_shrinks_below_a_larger_reattached_volume() -> None:
     assert claim["spec"]["resources"]["requests"]["storage"] == "50Gi"
 
 
-@pytest.mark.parametrize(("storage", "replicas", "pdb"), [(RWO, 1, False), (RWX, 1, False), (RWX, 2, True)])
+@pytest.mark.parametrize(("storage", "replicas", "pdb"), [(RWO, 1, False), (RWX, 1, False), (RWX, 2, True),
+                                                       (S3, 1, False), (S3, 3, True)])
 def test_pdb_only_with_more_than_one_replica(storage: dict[str, Any], replicas: int, pdb: bool) -> None:
     objs = render({"storage": storage, "replicas": replicas})
     assert ("PodDisruptionBudget" in objs) is pdb
@@ -274,3 +280,80 @@ def test_a_schedule_the_server_cannot_run_is_an_invalid_spec() -> None:
     with pytest.raises(SpecError) as err:
         render({"storage": RWO, "garbageCollection": {"schedule": "61 * * * *"}})
     assert err.value.path == "spec.garbageCollection.schedule"
+
+
+def volume(objs: dict[str, dict[str, Any]], name: str) -> dict[str, Any] | None:
+    volumes = objs["Deployment"]["spec"]["template"]["spec"]["volumes"]
+    return next((v for v in volumes if v["name"] == name), None)
+
+
+def mount(objs: dict[str, dict[str, Any]], name: str) -> dict[str, Any] | None:
+    return next((m for m in container(objs)["volumeMounts"] if m["name"] == name), None)
+
+
+def test_s3_storage_reaches_the_server_config_and_the_server_accepts_it() -> None:
+    from dockyard.registry.config import S3Config, parse_config
+
+    config = yaml.safe_load(render({"storage": S3})["ConfigMap"]["data"]["config.yaml"])
+    assert config["storage"] == {"s3": {
+        "bucket": "images", "endpoint": "https://minio.example:9000", "region": "eu-1", "prefix": "reg/main",
+        "forcePathStyle": True, "insecure": False, "redirect": False,
+        "credentialsDir": "/etc/dockyard/s3-credentials", "caFile": "/etc/dockyard/s3-ca/bundle.pem"}}
+    assert config["root"] == "/var/lib/registry"  # temp files
+    assert parse_config(config).s3 == S3Config(
+        bucket="images", endpoint="https://minio.example:9000", region="eu-1", prefix="reg/main",
+        force_path_style=True, ca_file=Path("/etc/dockyard/s3-ca/bundle.pem"),
+        credentials_dir=Path("/etc/dockyard/s3-credentials"))
+    assert "storage" not in yaml.safe_load(render({"storage": RWO})["ConfigMap"]["data"]["config.yaml"])
+
+
+def test_s3_without_a_secret_leaves_credentials_to_the_aws_chain() -> None:
+    from dockyard.registry.config import S3Config, parse_config
+
+    objs = render({"storage": {"s3": {"bucket": "images", "insecure": True, "redirect": True}}})
+    config = yaml.safe_load(objs["ConfigMap"]["data"]["config.yaml"])
+    assert config["storage"] == {"s3": {"bucket": "images", "forcePathStyle": False, "insecure": True,
+                                        "redirect": True}}
+    assert parse_config(config).s3 == S3Config(bucket="images", insecure=True, redirect=True)
+    assert volume(objs, "s3-credentials") is None
+    assert volume(objs, "s3-ca") is None
+    assert all("secret" not in v for v in objs["Deployment"]["spec"]["template"]["spec"]["volumes"])
+
+
+def test_s3_mounts_its_secrets_read_only_and_makes_no_claim() -> None:
+    objs = render({"storage": S3, "replicas": 3})
+    assert "PersistentVolumeClaim" not in objs
+    assert volume(objs, "s3-credentials") == {"name": "s3-credentials", "secret": {
+        "secretName": "s3-keys", "items": [{"key": "accessKeyId", "path": "accessKeyId"},
+                                           {"key": "secretAccessKey", "path": "secretAccessKey"}]}}
+    assert mount(objs, "s3-credentials") == {"name": "s3-credentials", "mountPath": "/etc/dockyard/s3-credentials",
+                                             "readOnly": True}
+    assert volume(objs, "s3-ca") == {"name": "s3-ca", "secret": {
+        "secretName": "s3-ca", "items": [{"key": "bundle.pem", "path": "bundle.pem"}]}}
+    assert mount(objs, "s3-ca") == {"name": "s3-ca", "mountPath": "/etc/dockyard/s3-ca", "readOnly": True}
+    # The root stays writable under the read-only root filesystem, for temp files only.
+    assert volume(objs, "data") == {"name": "data", "emptyDir": {"sizeLimit": "1Gi"}}
+    assert mount(objs, "data") == {"name": "data", "mountPath": "/var/lib/registry"}
+    pod = objs["Deployment"]["spec"]["template"]["spec"]
+    assert container(objs)["securityContext"] == render({"storage": RWO})["Deployment"]["spec"]["template"][
+        "spec"]["containers"][0]["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_rotated_s3_keys_or_ca_roll_the_pods() -> None:
+    from dockyard.render.registry import referenced_secrets
+
+    assert referenced_secrets(RenderInput.from_body(registry({"storage": S3})).spec) == {
+        "s3-keys": ("accessKeyId", "secretAccessKey"), "s3-ca": ("bundle.pem",)}
+    keys = {"accessKeyId": "QQ==", "secretAccessKey": "Qg=="}
+
+    def checksum(secrets: dict[str, dict[str, str]]) -> str:
+        value: str = render({"storage": S3}, secrets=secrets)["Deployment"]["spec"]["template"]["metadata"][
+            "annotations"][CHECKSUM_ANNOTATION]
+        return value
+
+    base = checksum({"s3-keys": keys, "s3-ca": {"bundle.pem": "Qw=="}})
+    assert checksum({"s3-keys": {**keys, "secretAccessKey": "Rg=="}, "s3-ca": {"bundle.pem": "Qw=="}}) != base
+    assert checksum({"s3-keys": keys, "s3-ca": {"bundle.pem": "RA=="}}) != base
+

@@ -62,6 +62,8 @@ def operator_error(spec: Any, old: Any = None) -> SpecError | None:
 # ----------------------------------------------------------------------------- the table
 
 AUTH: dict[str, Any] = {"htpasswdSecretRef": {"name": "u"}}
+S3: dict[str, Any] = {"bucket": "images"}
+S3_BASE: dict[str, Any] = {"storage": {"s3": S3}}
 
 INVALID: list[tuple[str, Any, Any, str]] = [
     # id, spec, old spec (an update) or None (a create), the field the error must name
@@ -161,7 +163,45 @@ INVALID: list[tuple[str, Any, Any, str]] = [
      "spec.podDisruptionBudget.maxUnavailable"),
     ("unknown field", with_(BASE, "storageClass", "fast"), None, "spec.storageClass"),
     ("unknown nested field", with_(BASE, "storage.pvc.sizeGi", 20), None, "spec.storage.pvc.sizeGi"),
-    ("unknown field s3 (not shipped)", {"storage": {"s3": {"bucket": "b"}}}, None, "spec.storage.s3"),
+    # object storage
+    ("pvc and s3", {"storage": {"pvc": {"size": "1Gi"}, "s3": S3}}, None, "spec.storage"),
+    ("emptyDir and s3", {"storage": {"emptyDir": {}, "s3": S3}}, None, "spec.storage"),
+    ("s3 without bucket", {"storage": {"s3": {"endpoint": "http://minio:9000"}}}, None, "spec.storage.s3.bucket"),
+    ("bucket with capitals", with_(S3_BASE, "storage.s3.bucket", "Images"), None, "spec.storage.s3.bucket"),
+    ("bucket with an underscore", with_(S3_BASE, "storage.s3.bucket", "my_images"), None, "spec.storage.s3.bucket"),
+    ("bucket of 2 characters", with_(S3_BASE, "storage.s3.bucket", "ab"), None, "spec.storage.s3.bucket"),
+    ("bucket of 64 characters", with_(S3_BASE, "storage.s3.bucket", "b" * 64), None, "spec.storage.s3.bucket"),
+    ("bucket ending with a hyphen", with_(S3_BASE, "storage.s3.bucket", "images-"), None, "spec.storage.s3.bucket"),
+    ("bucket starting with a dot", with_(S3_BASE, "storage.s3.bucket", ".images"), None, "spec.storage.s3.bucket"),
+    ("endpoint without a scheme", with_(S3_BASE, "storage.s3.endpoint", "minio:9000"), None,
+     "spec.storage.s3.endpoint"),
+    ("endpoint ftp://", with_(S3_BASE, "storage.s3.endpoint", "ftp://minio:9000"), None, "spec.storage.s3.endpoint"),
+    ("endpoint with a path", with_(S3_BASE, "storage.s3.endpoint", "http://minio:9000/images"), None,
+     "spec.storage.s3.endpoint"),
+    ("endpoint with credentials", with_(S3_BASE, "storage.s3.endpoint", "http://key:secret@minio:9000"), None,
+     "spec.storage.s3.endpoint"),
+    ("region with a space", with_(S3_BASE, "storage.s3.region", "us east"), None, "spec.storage.s3.region"),
+    ("prefix with a leading slash", with_(S3_BASE, "storage.s3.prefix", "/registry"), None, "spec.storage.s3.prefix"),
+    ("prefix with a trailing slash", with_(S3_BASE, "storage.s3.prefix", "registry/"), None,
+     "spec.storage.s3.prefix"),
+    ("prefix with an empty segment", with_(S3_BASE, "storage.s3.prefix", "a//b"), None, "spec.storage.s3.prefix"),
+    ("prefix empty", with_(S3_BASE, "storage.s3.prefix", ""), None, "spec.storage.s3.prefix"),
+    ("prefix 513 characters", with_(S3_BASE, "storage.s3.prefix", "p" * 513), None, "spec.storage.s3.prefix"),
+    ("secretRef without name", with_(S3_BASE, "storage.s3.secretRef", {}), None, "spec.storage.s3.secretRef.name"),
+    ("secretRef with a key", with_(S3_BASE, "storage.s3.secretRef", {"name": "s3", "key": "id"}), None,
+     "spec.storage.s3.secretRef.key"),
+    ("caSecretRef name invalid", with_(S3_BASE, "storage.s3.caSecretRef", {"name": "My_CA"}), None,
+     "spec.storage.s3.caSecretRef.name"),
+    ("caSecretRef key 254 characters", with_(S3_BASE, "storage.s3.caSecretRef", {"name": "ca", "key": "k" * 254}),
+     None, "spec.storage.s3.caSecretRef.key"),
+    ("insecure with a CA", with_(with_(S3_BASE, "storage.s3.insecure", True), "storage.s3.caSecretRef",
+                                 {"name": "ca"}), None, "spec.storage.s3.insecure"),
+    ("forcePathStyle a string", with_(S3_BASE, "storage.s3.forcePathStyle", "true"), None,
+     "spec.storage.s3.forcePathStyle"),
+    ("redirect a string", with_(S3_BASE, "storage.s3.redirect", "yes"), None, "spec.storage.s3.redirect"),
+    ("unknown s3 field", with_(S3_BASE, "storage.s3.accessKeyId", "AKIA"), None, "spec.storage.s3.accessKeyId"),
+    ("3 replicas on s3 moved to a ReadWriteOnce pvc", with_(BASE, "replicas", 3),
+     {"replicas": 3, "storage": {"s3": S3}}, "spec.replicas"),
     # bounds: every string, list and map of the spec has one (the API server's CEL cost budget)
     ("size 65 characters", with_(BASE, "storage.pvc.size", "1" * 65), None, "spec.storage.pvc.size"),
     ("sizeLimit 65 characters", {"storage": {"emptyDir": {"sizeLimit": "0" * 64 + "1"}}}, None,
@@ -228,9 +268,36 @@ AT_THE_BOUNDS: dict[str, Any] = {
 }
 
 
-def test_values_at_the_bounds_pass_both() -> None:
-    assert cel.admit(registry(AT_THE_BOUNDS), SCHEMA) == []
-    assert operator_error(AT_THE_BOUNDS) is None
+S3_AT_THE_BOUNDS: dict[str, Any] = {"storage": {"s3": {
+    "bucket": "b" * 63, "endpoint": "https://" + "e" * 63 + "." + "x" * 63 + ".example:65535/",
+    "region": "r" * 63, "prefix": "/".join(["p" * 255, "q" * 256]),
+    "secretRef": {"name": "s" * 253}, "caSecretRef": {"name": "c" * 253, "key": "k" * 253},
+    "forcePathStyle": True, "redirect": True}}}
+
+
+@pytest.mark.parametrize("spec", [AT_THE_BOUNDS, S3_AT_THE_BOUNDS], ids=["pvc and the rest", "s3"])
+def test_values_at_the_bounds_pass_both(spec: dict[str, Any]) -> None:
+    assert cel.admit(registry(spec), SCHEMA) == []
+    assert operator_error(spec) is None
+
+
+VALID: list[tuple[str, Any]] = [
+    ("s3 with a bucket only", S3_BASE),
+    ("s3 on a self-hosted store", {"storage": {"s3": {
+        "bucket": "images.team-a", "endpoint": "http://minio.storage.svc:9000", "region": "garage",
+        "prefix": "registries/main", "forcePathStyle": True, "secretRef": {"name": "s3-credentials"},
+        "caSecretRef": {"name": "s3-ca"}}}}),
+    ("s3 on an IPv6 endpoint", with_(S3_BASE, "storage.s3.endpoint", "https://[fd00::1]:8333")),
+    ("s3 without TLS verification", with_(S3_BASE, "storage.s3.insecure", True)),
+    ("s3 with redirects", with_(S3_BASE, "storage.s3.redirect", True)),
+    ("10 replicas on s3", with_(S3_BASE, "replicas", 10)),
+]
+
+
+@pytest.mark.parametrize("spec", [c[1] for c in VALID], ids=[c[0] for c in VALID])
+def test_valid_spec_passes_both(spec: Any) -> None:
+    assert cel.admit(registry(spec), SCHEMA) == []
+    assert operator_error(spec) is None
 
 
 ALLOWED_UPDATES: list[tuple[str, Any, Any]] = [
@@ -245,6 +312,9 @@ ALLOWED_UPDATES: list[tuple[str, Any, Any]] = [
      {"replicas": 2, "storage": {"pvc": {"size": "1Gi", "accessModes": ["ReadWriteMany"]}}}),
     ("scale to zero", with_(BASE, "replicas", 0), BASE),
     ("pvc replaced by emptyDir", {"storage": {"emptyDir": {}}}, BASE),
+    ("pvc replaced by s3", S3_BASE, BASE),
+    ("scale up on s3", with_(S3_BASE, "replicas", 10), with_(S3_BASE, "replicas", 3)),
+    ("another bucket", with_(S3_BASE, "storage.s3.bucket", "images-2"), S3_BASE),
 ]
 
 
@@ -347,8 +417,11 @@ PVCS = st.fixed_dictionaries(
     optional={"storageClassName": st.sampled_from(["standard", "fast"]),
               "accessModes": st.lists(st.sampled_from(MODES), min_size=1, max_size=3),
               "retain": st.booleans()})
+S3S = st.fixed_dictionaries(
+    {"bucket": st.just("images")},
+    optional={"insecure": st.booleans(), "caSecretRef": st.just({"name": "ca"})})
 STORAGES = st.fixed_dictionaries(
-    {}, optional={"pvc": PVCS, "emptyDir": st.fixed_dictionaries({}, optional={"sizeLimit": SIZES})})
+    {}, optional={"pvc": PVCS, "emptyDir": st.fixed_dictionaries({}, optional={"sizeLimit": SIZES}), "s3": S3S})
 SPECS = st.fixed_dictionaries({"storage": STORAGES}, optional={"replicas": st.integers(0, 5)})
 
 

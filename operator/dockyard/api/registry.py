@@ -16,6 +16,10 @@ from dockyard.api import cron_grammar
 from dockyard.api.patterns import (
     PATTERNS_MAX_ITEMS,
     REPOSITORY_GLOB_MAX_LENGTH,
+    S3_BUCKET_PATTERN,
+    S3_ENDPOINT_PATTERN,
+    S3_PREFIX_MAX_LENGTH,
+    S3_PREFIX_PATTERN,
     URL_MAX_LENGTH,
     URL_PATTERN,
     glob_error,
@@ -116,23 +120,80 @@ class EmptyDirStorage(Model):
     size_limit: Quantity | None = field(default=None, metadata=meta("Size limit of the emptyDir volume."))
 
 
+S3_REGION_PATTERN = r"^[A-Za-z0-9]([-_.A-Za-z0-9]*[A-Za-z0-9])?$"
+"""AWS regions (`eu-central-1`) and what S3-compatible stores call theirs (`garage`, `auto`, `default`)."""
+
+
 @dataclass(frozen=True)
-class Storage(Model):
-    DOC = "Where images are stored: exactly one of pvc or emptyDir."
+class SecretRef(Model):
+    name: str = field(metadata=meta("Secret name, in the Registry's namespace.", **DNS_SUBDOMAIN))
+
+
+@dataclass(frozen=True)
+class CASecretRef(Model):
+    name: str = field(metadata=meta("Secret name, in the Registry's namespace.", **DNS_SUBDOMAIN))
+    key: str = field(default="ca.crt", metadata=meta("Key in the Secret.", max_length=NAME_MAX_LENGTH))
+
+
+@dataclass(frozen=True)
+class S3Storage(Model):
+    DOC = ("Blobs and manifests in an S3 bucket (AWS or an S3-compatible store): every replica serves "
+           "the same content, so replicas > 1 and autoscaling work, and an upload may hit any replica.")
     RULES = (
         Rule(
-            cel="(has(self.pvc) ? 1 : 0) + (has(self.emptyDir) ? 1 : 0) == 1",
-            message="exactly one of storage.pvc or storage.emptyDir must be set",
-            check=lambda s: (s.pvc is not None) + (s.empty_dir is not None) == 1,
+            cel="!(self.insecure && has(self.caSecretRef))",
+            message="storage.s3.insecure and storage.s3.caSecretRef exclude each other: insecure turns "
+                    "certificate verification off, caSecretRef says what to verify with",
+            check=lambda s: not (s.insecure and s.ca_secret_ref is not None),
+            field_path=".insecure",
+        ),
+    )
+    bucket: str = field(metadata=meta("The bucket, which must exist; give each registry a bucket or a prefix "
+                                      "of its own.", pattern=S3_BUCKET_PATTERN, max_length=63))
+    endpoint: str | None = field(default=None, metadata=meta(
+        "The store's http:// or https:// URL (MinIO, Ceph, SeaweedFS, ...); AWS S3 when unset.",
+        pattern=S3_ENDPOINT_PATTERN, max_length=URL_MAX_LENGTH))
+    region: str | None = field(default=None, metadata=meta(
+        "The bucket's region; us-east-1 when unset.", pattern=S3_REGION_PATTERN, max_length=63))
+    prefix: str | None = field(default=None, metadata=meta(
+        "Keys start with this prefix and a slash, so registries can share a bucket; no leading or trailing "
+        "slash.", pattern=S3_PREFIX_PATTERN, max_length=S3_PREFIX_MAX_LENGTH))
+    secret_ref: SecretRef | None = field(default=None, metadata=meta(
+        "Secret with the keys accessKeyId and secretAccessKey; when unset the pods use the AWS default "
+        "credential chain (environment, web identity such as IRSA, instance profile)."))
+    force_path_style: bool = field(default=False, metadata=meta(
+        "Address the bucket in the path (ENDPOINT/BUCKET/KEY) instead of the host name (BUCKET.ENDPOINT); "
+        "most self-hosted stores need it."))
+    ca_secret_ref: CASecretRef | None = field(default=None, metadata=meta(
+        "Secret key holding the CA bundle that verifies the endpoint's certificate; the system's CAs when "
+        "unset."))
+    insecure: bool = field(default=False, metadata=meta(
+        "Do not verify the endpoint's TLS certificate (test setups only)."))
+    redirect: bool = field(default=False, metadata=meta(
+        "Answer blob downloads with a 307 to a presigned URL of the object, so clients fetch from the store "
+        "directly; the store must be reachable from the clients."))
+
+
+@dataclass(frozen=True)
+class Storage(Model):
+    DOC = "Where images are stored: exactly one of pvc, emptyDir or s3."
+    RULES = (
+        Rule(
+            cel="(has(self.pvc) ? 1 : 0) + (has(self.emptyDir) ? 1 : 0) + (has(self.s3) ? 1 : 0) == 1",
+            message="exactly one of storage.pvc, storage.emptyDir or storage.s3 must be set",
+            check=lambda s: (s.pvc is not None) + (s.empty_dir is not None) + (s.s3 is not None) == 1,
         ),
     )
     pvc: PVCStorage | None = field(default=None, metadata=meta("Filesystem on a PersistentVolumeClaim."))
     empty_dir: EmptyDirStorage | None = field(default=None, metadata=meta("Ephemeral emptyDir volume."))
+    s3: S3Storage | None = field(default=None, metadata=meta(
+        "An S3 bucket (AWS or an S3-compatible store), which every replica serves: replicas > 1 and "
+        "autoscaling work."))
 
     @property
     def shared(self) -> bool:
         """Whether several pods can serve the same content from this storage."""
-        return self.pvc is not None and "ReadWriteMany" in self.pvc.access_modes
+        return self.s3 is not None or (self.pvc is not None and "ReadWriteMany" in self.pvc.access_modes)
 
 
 @dataclass(frozen=True)
@@ -331,9 +392,10 @@ class RegistrySpec(Model):
             field_path=".webhooks",
         ),
         Rule(
-            cel="self.replicas <= 1 || (has(self.storage.pvc) && "
+            cel="self.replicas <= 1 || has(self.storage.s3) || (has(self.storage.pvc) && "
                 "self.storage.pvc.accessModes.exists(m, m == 'ReadWriteMany'))",
-            message="replicas > 1 needs shared storage: storage.pvc with accessModes [ReadWriteMany]",
+            message="replicas > 1 needs shared storage: storage.s3, or storage.pvc with accessModes "
+                    "[ReadWriteMany]",
             check=lambda s: s.replicas <= 1 or s.storage.shared,
             field_path=".replicas",
         ),
@@ -383,10 +445,14 @@ class Condition(Model):
 class StorageStatus(Model):
     claim_name: str | None = field(default=None, metadata=meta("PVC name."))
     capacity: str | None = field(default=None, metadata=meta("Capacity reported by the PVC."))
-    used: str | None = field(default=None, metadata=meta("Bytes used on the storage's filesystem, as a quantity."))
+    used: str | None = field(default=None, metadata=meta(
+        "Bytes used on the storage's filesystem (for s3: the bytes the registry's objects hold), as a quantity."))
     used_bytes: Int64 | None = field(default=None, metadata=meta("The same, in bytes."))
     capacity_bytes: Int64 | None = field(default=None, metadata=meta("Size of the storage's filesystem, in bytes."))
     full: bool | None = field(default=None, metadata=meta("Whether the last write hit a full disk."))
+    error: str | None = field(default=None, metadata=meta(
+        "Why the registry cannot use its storage, as it last reported (say, a bucket it cannot reach); "
+        "unset while it can."))
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,8 @@ class Observed:
     apply_error: str | None = None
     deployment: Mapping[str, Any] | None = None
     claim_phase: str | None = None
+    storage_error: str | None = None
+    """Why the registry cannot use its storage, as it last reported (`status.storage.error`)."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,19 @@ def secret_not_found(obs: Observed) -> Verdict | None:
     return None
 
 
+STORAGE_UNAVAILABLE = "StorageUnavailable"
+
+
+def storage_unavailable(obs: Observed) -> Verdict | None:
+    """The registry reported that it cannot reach its storage (an S3 bucket with wrong keys, an endpoint
+    that is down): no rollout or pod count can make it serve, so it stalls until a report says otherwise.
+    Scaled to zero, nothing uses the storage and the last report is moot."""
+    if obs.storage_error and obs.desired_replicas > 0:
+        return Verdict(False, STORAGE_UNAVAILABLE, f"the registry cannot use its storage: {obs.storage_error}",
+                       stalled=True)
+    return None
+
+
 def deployment_missing(obs: Observed) -> Verdict | None:
     if obs.deployment is None:
         return Verdict(False, "Creating", "the Deployment does not exist yet", reconciling=True)
@@ -178,6 +193,7 @@ REGISTRY_POLICIES: tuple[Policy[Observed], ...] = (
     invalid_spec,
     secret_not_found,
     apply_failed,
+    storage_unavailable,
     deployment_missing,
     progress_deadline_exceeded,
     spec_not_observed,
@@ -232,8 +248,9 @@ STORAGE_FULL = "StorageFull"
 STORAGE_NEARLY_FULL = "StorageNearlyFull"
 STORAGE_TYPES = (STORAGE_FULL, STORAGE_NEARLY_FULL)
 NEARLY_FULL = 0.9
-USAGE_KEYS = ("used", "usedBytes", "capacityBytes", "full")
-"""status.storage keys the push receiver writes from the registry's reports (see controller.push)."""
+USAGE_KEYS = ("used", "usedBytes", "capacityBytes", "full", "error")
+"""status.storage keys the push receiver writes from the registry's reports (see controller.push); the
+reconcile carries them over and never writes them."""
 
 
 def storage_conditions(storage: Mapping[str, Any] | None, generation: int) -> list[dict[str, Any]]:

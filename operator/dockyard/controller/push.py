@@ -22,9 +22,12 @@ push covers it. A lost event is made good by the next push or by the policy's sc
 The same endpoint takes `dev.dockyard.registry.webhook.failed` (subject: the webhook's name),
 which a registry sends at most once a minute per webhook of its `spec.webhooks` while
 deliveries to it fail: the operator posts it as a Warning Event `WebhookFailing` on the
-Registry; and `dev.dockyard.registry.quota` (the usage of every quota of `spec.quotas` when it
-changed), which the operator writes into `status.quotas` (see `controller.quota_status`).
-Events of other types are accepted (202) and ignored.
+Registry; `dev.dockyard.registry.quota` (the usage of every quota of `spec.quotas` when it
+changed), which the operator writes into `status.quotas` (see `controller.quota_status`); and
+`dev.dockyard.registry.storage`, how full the storage is (written into `status.storage`, whence
+StorageFull and StorageNearlyFull) or, as `{"error": "..."}`, that the registry cannot use it
+(`status.storage.error`, whence Stalled=True with reason StorageUnavailable, until a report
+without error). Events of other types are accepted (202) and ignored.
 
 Each Registry has its own token: the Registry reconcile creates the Secret `<registry>-events`
 (key `token`, owned by the Registry) and mounts it into the registry's pods. An event is
@@ -180,6 +183,31 @@ def failure_message(data: Mapping[str, Any]) -> str:
     return message
 
 
+ERROR_MAX_LENGTH = 1024
+"""A storage error is one line of the store's answer; longer ones are cut, so status stays small."""
+
+
+def storage_report(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The status.storage merge patch of a `dev.dockyard.registry.storage` report; ValueError if malformed.
+
+    A report is usage, `{"usedBytes": N, "capacityBytes": N, "full": bool}` (no capacityBytes from object
+    storage, which has no size), which clears an earlier error; or `{"error": "..."}` when the registry
+    cannot use its storage, which keeps the last usage known. Keys set to None are removed.
+    """
+    error = data.get("error")
+    if error is not None:
+        text = " ".join(error.split())[:ERROR_MAX_LENGTH] if isinstance(error, str) else ""
+        if not text:
+            raise ValueError("error must be a non-empty string")
+        return {"error": text}
+    used, capacity, full = data.get("usedBytes"), data.get("capacityBytes"), data.get("full")
+    if type(used) is not int or used < 0 or type(full) is not bool:
+        raise ValueError("usedBytes (an integer, 0 or more) and full (a boolean) are required, or error")
+    if capacity is not None and (type(capacity) is not int or capacity < used):
+        raise ValueError("capacityBytes must be an integer no less than usedBytes")
+    return {"used": quantity(used), "usedBytes": used, "capacityBytes": capacity, "full": full, "error": None}
+
+
 def signature_matches(token: bytes, body: bytes, presented: str) -> bool:
     expected = "sha256=" + hmac.new(token, body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected.encode(), presented.encode())
@@ -333,28 +361,31 @@ class Receiver:
         return web.json_response({}, status=202)
 
     async def _storage(self, event: CloudEvent) -> web.Response:
-        """Write the reported usage into status.storage; the Registry's reconcile derives its storage
-        conditions (and their Events) from it, so it runs again when one of them would change."""
+        """Write the reported usage or error into status.storage; the Registry's reconcile derives its
+        storage conditions and StorageUnavailable (and their Events) from it, so it runs again when one of
+        them would change."""
         namespace, name = event.registry
-        data = event.data
-        used, capacity, full = data.get("usedBytes"), data.get("capacityBytes"), data.get("full")
-        if type(used) is not int or type(capacity) is not int or type(full) is not bool or not 0 <= used <= capacity:
-            return web.json_response({"error": "usedBytes and capacityBytes (integers) and full (a boolean) "
-                                               "are required"}, status=400)
+        try:
+            usage = storage_report(event.data)
+        except ValueError as e:
+            return web.json_response({"error": str(e)}, status=400)
         kube = self.tokens.kube
         try:
             registry = await kube.get(f"{GROUP}/{VERSION}", "Registry", namespace, name)
             if registry is None:
                 return web.json_response({"error": "no such Registry"}, status=404)
             old = ((registry.get("status") or {}).get("storage")) or {}
-            usage = {"used": quantity(used), "usedBytes": used, "capacityBytes": capacity, "full": full}
+            new = {k: v for k, v in {**old, **usage}.items() if v is not None}
             if any(old.get(k) != v for k, v in usage.items()):
                 await kube.patch_status(f"{GROUP}/{VERSION}", "Registry", namespace, name, {"storage": usage})
         except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
             log.warning("cannot write the storage usage of Registry %s/%s: %s", namespace, name, e)
             return web.json_response({"error": "cannot write the status now"}, status=503)
-        if self.on_registry is not None and \
-                storage_conditions(old, 0) != storage_conditions({**old, **usage}, 0):
+        if old.get("error") != new.get("error"):
+            log.info("Registry %s/%s: %s", namespace, name,
+                     f"storage unavailable: {new['error']}" if new.get("error") else "storage available again")
+        if self.on_registry is not None and (storage_conditions(old, 0) != storage_conditions(new, 0)
+                                             or old.get("error") != new.get("error")):
             task = asyncio.create_task(self.on_registry(namespace, name))
             self.tasks.add(task)
             task.add_done_callback(self._done)

@@ -198,12 +198,15 @@ class ObjectPass:
         if obj and any(ref.get("uid") == self.uid for ref in owners):
             await self.kube.delete(api_version, kind, self.namespace, name, uid=obj["metadata"].get("uid"))
 
+    def status_patch(self, old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any] | None:
+        return status_patch(old, new)
+
     async def write_status(self, status: dict[str, Any], new_conditions: list[dict[str, Any]]
                            ) -> list[dict[str, Any]]:
         """Patch the status when it differs; the conditions that transitioned."""
         merged, changed = conditions.merge(self.status.get("conditions") or [], new_conditions, now())
         new = {**status, "conditions": merged}
-        patch = status_patch(self.status, new)
+        patch = self.status_patch(self.status, new)
         if patch is None:
             return []
         try:
@@ -228,6 +231,33 @@ class Pass(ObjectPass):
         self.events_url = reconciler.events_url
         self.reviewers = reconciler.reviewers
 
+    def status_patch(self, old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The status patch, in which `storage` names only the keys of the pass and those it removes.
+
+        The storage keys the push receiver writes from the registry's reports (`conditions.USAGE_KEYS`)
+        are never in it: the pass carries them over from the status it read, so writing them could only
+        put back what a report changed meanwhile (an error the registry has just cleared). A merge patch
+        leaves keys it does not name alone, and those it sets to null go: a claim's name and capacity
+        leave with the claim.
+        """
+        patch = status_patch(old, new)
+        if patch is None or "storage" not in patch:
+            return patch
+        before, after = old.get("storage") or {}, new.get("storage") or {}
+        storage = {k: v for k, v in after.items() if k not in conditions.USAGE_KEYS and before.get(k) != v}
+        storage.update({k: None for k in before if k not in after and k not in conditions.USAGE_KEYS})
+        if storage:
+            patch["storage"] = storage
+        else:
+            del patch["storage"]
+        return patch or None
+
+    @property
+    def storage_error(self) -> str | None:
+        """What the registry last reported about its storage (`status.storage.error`, from the receiver)."""
+        error = (self.status.get("storage") or {}).get("error")
+        return error if isinstance(error, str) and error else None
+
     async def run(self) -> None:
         try:
             inp = RenderInput.from_body(self.body, events_url=self.events_url)
@@ -241,7 +271,8 @@ class Pass(ObjectPass):
         if missing:  # leave running pods alone; report what they do
             dep = await self.kube.get("apps/v1", "Deployment", self.namespace, self.name)
             await self.report(conditions.Observed(self.generation, inp.spec.replicas,
-                                                  missing_secrets=tuple(missing)), inp, {"Deployment": dep})
+                                                  missing_secrets=tuple(missing), storage_error=self.storage_error),
+                              inp, {"Deployment": dep})
             return
         claim = await self.kube.get("v1", "PersistentVolumeClaim", self.namespace, claim_name(self.name)) \
             if inp.spec.storage.pvc else None
@@ -251,6 +282,7 @@ class Pass(ObjectPass):
             self.generation, inp.spec.replicas, apply_error=apply_error,
             deployment=live.get("Deployment"),
             claim_phase=((live.get("PersistentVolumeClaim") or {}).get("status") or {}).get("phase"),
+            storage_error=self.storage_error,
         ), inp, live)
 
     async def read_secrets(self, inp: RenderInput) -> tuple[dict[str, dict[str, str]], list[str]]:

@@ -11,6 +11,11 @@ is not rendered here: the reconcile makes the token and creates it once (`events
 Each of `spec.webhooks` is rendered into the config with its key file, the webhook's Secret
 mounted read-only at `/etc/dockyard/webhooks/<name>/`; the Secret is a referenced Secret, so a
 rotated key rolls the pods (the server would also re-read the file when the kubelet updates it).
+
+With `spec.storage.s3` the config gets `storage.s3`; the credentials Secret is mounted at
+`/etc/dockyard/s3-credentials/` (files accessKeyId and secretAccessKey) and the CA Secret at
+`/etc/dockyard/s3-ca/`, both referenced Secrets, so rotated keys roll the pods. No claim is
+made; `root` stays on an emptyDir for temp files, since the root filesystem is read-only.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import yaml
 
 from dockyard import __version__, cron
 from dockyard.api import API_VERSION, SpecError
-from dockyard.api.registry import RegistrySpec, quantity_value
+from dockyard.api.registry import RegistrySpec, S3Storage, quantity_value
 from dockyard.api.schema import dump, parse
 from dockyard.render import labels as child_labels
 
@@ -44,6 +49,12 @@ SIGNING_KEY = "key"
 EVENTS_TOKEN_KEY = "token"  # noqa: S105  the key's name in the Secret, not a secret
 EVENTS_PATH = "/v1/push"
 WEBHOOKS_DIR = "/etc/dockyard/webhooks"
+S3_CREDENTIALS_DIR = "/etc/dockyard/s3-credentials"
+S3_CREDENTIAL_KEYS = ("accessKeyId", "secretAccessKey")
+S3_CA_DIR = "/etc/dockyard/s3-ca"
+S3_SCRATCH_LIMIT = "1Gi"
+"""The data volume of an s3 registry: its root holds temp files only (the images are in the bucket); the
+limit keeps a leak from filling the node's disk."""
 DATA_DIR = "/var/lib/registry"
 RUN_AS = 65532
 CHECKSUM_ANNOTATION = "dockyard.dev/checksum"
@@ -132,6 +143,12 @@ def referenced_secrets(spec: RegistrySpec) -> dict[str, tuple[str, ...]]:
         need(spec.tls.secret_name, "tls.crt")
     for webhook in spec.webhooks or ():
         need(webhook.secret_ref.name, webhook.secret_ref.key)
+    s3 = spec.storage.s3
+    if s3 and s3.secret_ref:
+        for key in S3_CREDENTIAL_KEYS:
+            need(s3.secret_ref.name, key)
+    if s3 and s3.ca_secret_ref:
+        need(s3.ca_secret_ref.name, s3.ca_secret_ref.key)
     return refs
 
 
@@ -202,12 +219,28 @@ def registry_config(inp: RenderInput) -> dict[str, Any]:
         config["notify"] = {"url": inp.events_url.rstrip("/") + EVENTS_PATH,
                             "tokenFile": f"{EVENTS_DIR}/{EVENTS_TOKEN_KEY}",
                             "registry": {"namespace": inp.namespace, "name": inp.name}}
+    if spec.storage.s3:
+        config["storage"] = {"s3": s3_config(spec.storage.s3)}
     if spec.webhooks:
         config["source"] = source(inp)
         config["webhooks"] = [{"name": w.name, "url": w.url, "events": list(w.events),
                                "repositories": list(w.repositories),
                                "secretFile": f"{webhook_dir(w.name)}/{w.secret_ref.key}"} for w in spec.webhooks]
     return config
+
+
+def s3_config(s3: S3Storage) -> dict[str, Any]:
+    """`storage.s3` of the server's config: the bucket's coordinates and where the mounted Secrets are."""
+    out: dict[str, Any] = {"bucket": s3.bucket, "forcePathStyle": s3.force_path_style, "insecure": s3.insecure,
+                           "redirect": s3.redirect}
+    for key, value in (("endpoint", s3.endpoint), ("region", s3.region), ("prefix", s3.prefix)):
+        if value is not None:
+            out[key] = value
+    if s3.secret_ref:
+        out["credentialsDir"] = S3_CREDENTIALS_DIR
+    if s3.ca_secret_ref:
+        out["caFile"] = f"{S3_CA_DIR}/{s3.ca_secret_ref.key}"
+    return out
 
 
 def service_account(inp: RenderInput) -> dict[str, Any]:
@@ -283,6 +316,8 @@ def _volumes(inp: RenderInput) -> tuple[list[dict[str, Any]], list[dict[str, Any
     ]
     if spec.storage.pvc is not None:
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": claim_name(inp.name)}})
+    elif spec.storage.s3 is not None:
+        volumes.append({"name": "data", "emptyDir": {"sizeLimit": S3_SCRATCH_LIMIT}})
     else:
         empty: dict[str, Any] = {}
         if spec.storage.empty_dir and spec.storage.empty_dir.size_limit:
@@ -293,6 +328,16 @@ def _volumes(inp: RenderInput) -> tuple[list[dict[str, Any]], list[dict[str, Any
         volumes.append({"name": "auth", "secret": {
             "secretName": ref.name, "items": [{"key": ref.key, "path": "htpasswd"}]}})
         mounts.append({"name": "auth", "mountPath": AUTH_DIR, "readOnly": True})
+    s3 = spec.storage.s3
+    if s3 and s3.secret_ref:
+        volumes.append({"name": "s3-credentials", "secret": {
+            "secretName": s3.secret_ref.name, "items": [{"key": k, "path": k} for k in S3_CREDENTIAL_KEYS]}})
+        mounts.append({"name": "s3-credentials", "mountPath": S3_CREDENTIALS_DIR, "readOnly": True})
+    if s3 and s3.ca_secret_ref:
+        ca = s3.ca_secret_ref
+        volumes.append({"name": "s3-ca", "secret": {
+            "secretName": ca.name, "items": [{"key": ca.key, "path": ca.key}]}})
+        mounts.append({"name": "s3-ca", "mountPath": S3_CA_DIR, "readOnly": True})
     if spec.tls:
         volumes.append({"name": "tls", "secret": {"secretName": spec.tls.secret_name}})
         mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
