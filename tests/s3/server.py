@@ -87,8 +87,11 @@ class S3Server:
 
     _buckets = itertools.count()
 
-    def __init__(self, workdir: Path, weed: Path | None = None) -> None:
+    def __init__(self, workdir: Path, weed: Path | None = None, *, bind: str = "127.0.0.1") -> None:
+        """BIND is where the S3 gateway listens (0.0.0.0 for pods of the local cluster to reach it);
+        SeaweedFS's own servers talk to each other on 127.0.0.1 either way."""
         self.workdir = workdir
+        self.bind = bind
         self.weed = weed or require_weed()
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -115,7 +118,7 @@ class S3Server:
             "master.port", "volume.port", "filer.port", "admin.port",
             "master.port.grpc", "volume.port.grpc", "filer.port.grpc", "s3.port.grpc", "admin.port.grpc")}
         return [
-            str(self.weed), "mini", f"-dir={self.workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            str(self.weed), "mini", f"-dir={self.workdir / 'data'}", "-ip=127.0.0.1", f"-ip.bind={self.bind}",
             f"-s3.port={self.port}", *(f"-{name}={port}" for name, port in ports.items()),
             f"-s3.config={config}", "-admin.port.legacy=0", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
