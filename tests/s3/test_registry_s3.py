@@ -87,6 +87,12 @@ def test_pushed_content_is_objects_in_the_bucket_and_no_upload_is_left(s3_server
         digest, _ = client.push_image("team/app", "v1", [os.urandom(20 * MIB)])
         stored = keys(s3_server, bucket)
         layer = json.loads(client.request("GET", f"/v2/team/app/manifests/{digest}").body)["layers"][0]["digest"]
+
+        def usage_shown() -> str | None:
+            text = request("GET", f"{proc.url}/metrics").body.decode()
+            return text if "dockyard_registry_storage_used_bytes" in text else None
+        metrics = wait_until(usage_shown, "storage usage in /metrics", DEADLINE)
+        assert "dockyard_registry_storage_capacity_bytes" not in metrics, "a bucket has no capacity to show"
     hexpart = layer.removeprefix("sha256:")
     assert f"registry/blobs/sha256/{hexpart[:2]}/{hexpart}" in stored
     assert "registry/repositories/team/app/_manifests/tags/v1" in stored

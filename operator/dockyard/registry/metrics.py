@@ -33,7 +33,8 @@ class Metrics:
         self.gc_bytes_freed = 0
         self.gc_skipped = 0
         self.storage_full = False
-        self.storage_bytes: tuple[int, int] | None = None
+        self.storage_bytes: tuple[int, int | None] | None = None
+        """(used, capacity) of the storage; a bucket has no capacity."""
         """(used, capacity) of the storage's filesystem, when the usage reporter has measured it."""
         self.catalog_walks = 0
         """Set when a write ran out of space (ENOSPC, EDQUOT); cleared by the next successful write."""
@@ -156,14 +157,19 @@ class Metrics:
         if self.storage_bytes is None:
             return []
         used, capacity = self.storage_bytes
-        return [
-            "# HELP dockyard_registry_storage_used_bytes Bytes used on the storage's filesystem.",
+        lines = [
+            "# HELP dockyard_registry_storage_used_bytes Bytes used on the storage's filesystem, or by the "
+            "blobs in the bucket.",
             "# TYPE dockyard_registry_storage_used_bytes gauge",
             f"dockyard_registry_storage_used_bytes {used}",
-            "# HELP dockyard_registry_storage_capacity_bytes Size of the storage's filesystem.",
-            "# TYPE dockyard_registry_storage_capacity_bytes gauge",
-            f"dockyard_registry_storage_capacity_bytes {capacity}",
         ]
+        if capacity is not None:
+            lines += [
+                "# HELP dockyard_registry_storage_capacity_bytes Size of the storage's filesystem.",
+                "# TYPE dockyard_registry_storage_capacity_bytes gauge",
+                f"dockyard_registry_storage_capacity_bytes {capacity}",
+            ]
+        return lines
 
     @staticmethod
     def _quota_lines(report: list[dict[str, Any]]) -> list[str]:

@@ -207,7 +207,7 @@ async def _watch_storage(registry: RegistryService, notifier: Notifier | None,
             if time.monotonic() >= next_usage:
                 usage: Usage = await registry.run(driver.usage)
                 now = StorageUsage(usage.used, usage.capacity, registry.metrics.storage_full)
-                registry.metrics.storage_bytes = (now.used, now.capacity or 0)
+                registry.metrics.storage_bytes = (now.used, now.capacity)
                 next_usage = time.monotonic() + (interval if usage.capacity is not None
                                                  else OBJECT_STORE_USAGE_SECONDS)
                 if isinstance(last, dict):
