@@ -23,6 +23,7 @@ from tests.e2e.test_teams import _node_ip
 from tests.registry.conftest import Client, digest_of, image_manifest
 from tests.s3.server import S3Server, require_weed
 
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 READY_TIMEOUT = 420.0
 MIB = 1024 * 1024
 NAME = "objects"

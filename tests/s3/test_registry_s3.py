@@ -335,3 +335,34 @@ def _token(tmp_path: Path) -> Path:
     path = tmp_path / "events-token"
     path.write_text("events-token-for-tests")
     return path
+
+
+def test_gc_on_s3_honours_the_grace_period_through_use_markers(s3_server: S3Server, tmp_path: Path) -> None:
+    """Objects keep no settable time: what tells an old unreferenced blob from a young one is the
+    use marker, which must survive the pass's set-aside and re-check (copies are always young)."""
+    bucket = s3_server.make_bucket()
+    with start_dockyard_s3(s3_server, tmp_path, bucket) as proc:
+        client = Client(proc.url)
+        old, young = (client.push_blob("gc/app", os.urandom(2000)) for _ in range(2))
+        for d in (old, young):
+            assert client.request("DELETE", f"/v2/gc/app/blobs/{d}").status == 202
+
+    def key(d: str) -> str:
+        return f"blobs/sha256/{d[7:9]}/{d[7:]}"
+
+    async def age(d: str, seconds: float) -> None:
+        async with s3_server.client() as s3:
+            marker = repr(time.time() - seconds).encode()
+            await s3.put_object(Bucket=bucket, Key=f"registry/_used/{key(d)}", Body=marker)
+    run_sync(age(old, 7200))
+
+    storage = Storage(driver(s3_server, bucket))
+    try:
+        report = collect(storage, grace=3600)
+    finally:
+        storage.driver.close()
+    stored = keys(s3_server, bucket, "registry/blobs/")
+    assert f"registry/{key(old)}" not in stored, f"a blob unused for two hours outlived a one-hour grace: {report}"
+    assert f"registry/{key(young)}" in stored, "a blob uploaded just now was collected"
+    assert report.blobs_deleted == 1
+    assert report.blobs_kept_young == 1

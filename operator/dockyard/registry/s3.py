@@ -11,9 +11,10 @@ so replicas scale out behind a plain Service:
   they complete, which is why in-progress data are plain objects). The commit assembles the
   parts server-side into the blob's key with a multipart upload of UploadPartCopy requests, so
   the blob appears whole or not at all and no byte passes through the registry again.
-* Objects have no modification time one can set, so a use (`touch`) writes a marker
-  `_used/<key>` holding the time, and `move` carries it along: GC's grace period works as on
-  a filesystem.
+* Objects have no modification time one can set, so a blob's use time is a marker
+  `_used/<key>` holding the time: written with the blob, by each use (`touch`), and carried
+  along by `move` (whose copy has a new write time). GC's grace period works as on a
+  filesystem.
 * `create` is a conditional PUT (If-None-Match: *): GC's lock.
 
 The client is aiobotocore on an event loop of the driver's own (a daemon thread): the storage
@@ -50,6 +51,7 @@ COPY_CONCURRENCY = 8
 STREAM_PIECE = 1024 * 1024
 PRESIGN_SECONDS = 600
 USED = "_used"
+MARKED = ("blobs/", "gc/trash/blobs/")
 MISSING = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchUpload"})
 
 
@@ -145,8 +147,10 @@ class S3Driver:
         return self._call(get())
 
     def write(self, key: str, data: bytes, *, durable: bool = True) -> None:
-        """One PUT: atomic, and durable when S3 answers."""
+        """One PUT: atomic, and durable when S3 answers. A blob written counts as used now."""
         self._call(self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data))
+        if self._marked(key):
+            self.touch(key)
 
     def create(self, key: str, data: bytes) -> bool:
         async def put_if_absent() -> bool:
@@ -171,17 +175,23 @@ class S3Driver:
     def stat(self, key: str) -> Stat | None:
         return self._call(self._head(key))
 
+    @staticmethod
+    def _marked(key: str) -> bool:
+        """Keys whose use time GC reads: blobs, in place or set aside."""
+        return key.startswith(MARKED)
+
     def touch(self, key: str) -> None:
         self.write(f"{USED}/{key}", repr(time.time()).encode())
 
     def used(self, key: str) -> float | None:
-        """The later of the object's write and its last touch; None when the object is gone."""
+        """The marker's time where there is one (a touch, or the time a move carried along), else
+        when the object was written; None when the object is gone."""
         st = self.stat(key)
         if st is None:
             return None
-        marker = self.read(f"{USED}/{key}")
+        marker = self.read(f"{USED}/{key}") if self._marked(key) else None
         try:
-            return max(st.modified, float(marker)) if marker else st.modified
+            return float(marker) if marker else st.modified
         except ValueError:
             return st.modified
 
@@ -189,23 +199,23 @@ class S3Driver:
         if self.stat(key) is None:
             return False
         self._call(self._client.delete_object(Bucket=self.bucket, Key=self._key(key)))
-        self._call(self._client.delete_object(Bucket=self.bucket, Key=self._key(f"{USED}/{key}")))
+        if self._marked(key):
+            self._call(self._client.delete_object(Bucket=self.bucket, Key=self._key(f"{USED}/{key}")))
         return True
 
     def move(self, src: str, dest: str) -> bool:
-        """Copy, then delete the source (with the use marker): not atomic, but a reader sees the
-        object at SRC until DEST holds it whole, and the use time travels with it."""
+        """Copy, then delete the source: not atomic, but a reader sees the object at SRC until DEST
+        holds it whole. A blob's use time travels with it (the copy's own write time is now)."""
+        used = self.used(src) if self._marked(src) else None
         st = self.stat(src)
         if st is None:
             return False
         self._call(self._copy(self._key(src), self._key(dest), st.size))
-        marker = self.read(f"{USED}/{src}")
-        if marker is not None:
-            self.write(f"{USED}/{dest}", marker)
-        else:
-            self.write(f"{USED}/{dest}", repr(st.modified).encode())
+        if self._marked(dest):
+            self.write(f"{USED}/{dest}", repr(used if used is not None else st.modified).encode())
         self._call(self._client.delete_object(Bucket=self.bucket, Key=self._key(src)))
-        self._call(self._client.delete_object(Bucket=self.bucket, Key=self._key(f"{USED}/{src}")))
+        if self._marked(src):
+            self._call(self._client.delete_object(Bucket=self.bucket, Key=self._key(f"{USED}/{src}")))
         return True
 
     async def _copy(self, src: str, dest: str, size: int) -> None:
@@ -304,13 +314,17 @@ class S3Driver:
             yield data
 
     def upload_publish(self, upload_id: str, key: str) -> None:
+        """Assemble the parts at KEY (server-side); it counts as used from now on."""
         parts = self.parts(upload_id)
         if not parts:
             self.write(key, b"")
-        elif len(parts) == 1:
+            return
+        if len(parts) == 1:
             self._call(self._copy(self._key(parts[0].key), self._key(key), parts[0].size))
         else:
             self._call(self._assemble(self._key(key), [(self._key(p.key), None) for p in parts]))
+        if self._marked(key):
+            self.touch(key)
 
     def upload_delete(self, upload_id: str) -> None:
         self.delete_tree(f"uploads/{upload_id}")
