@@ -127,6 +127,12 @@ def test_a_chunked_upload_spread_over_three_replicas(replicas: list[RegistryProc
     assert part.status == 206
     assert part.body == blob[1000:2000]
     assert part.header("Content-Range") == f"bytes 1000-1999/{len(blob)}"
+    tail = c.request("GET", f"/v2/spread/app/blobs/{digest}", headers={"Range": "bytes=-10"})
+    assert tail.status == 206
+    assert tail.body == blob[-10:]
+    beyond = c.request("GET", f"/v2/spread/app/blobs/{digest}", headers={"Range": f"bytes={len(blob)}-"})
+    assert beyond.status == 416, "a range past the end is unsatisfiable, not a server error"
+    assert beyond.header("Content-Range") == f"bytes */{len(blob)}"
 
     config = b'{"architecture":"amd64","os":"linux"}'
     manifest = image_manifest(c.push_blob("spread/app", config), len(config), [(digest, len(blob))])
