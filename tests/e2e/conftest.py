@@ -29,6 +29,8 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -321,6 +323,25 @@ def namespace(installed: Install) -> Iterator[str]:
     finally:
         if not env_flag("DOCKYARD_E2E_KEEP"):
             installed.kube.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+def service_url(kube: Kube, namespace: str, name: str, port: int = 5000, timeout: float = 120) -> str:
+    """`http://CLUSTER-IP:PORT` of a registry's Service once it answers from the node. A Ready pod
+    serves through the Service only after the EndpointSlice controller and kube-proxy caught up."""
+    service = kube.get("-n", namespace, "service", name) or {}
+    url = f"http://{service['spec']['clusterIP']}:{port}"
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/v2/", timeout=5):
+                return True
+        except urllib.error.HTTPError:
+            return True  # 401 and friends: a registry answered
+        except OSError:
+            return False
+    wait_until(f"the Service {namespace}/{name} answers", answers, timeout=timeout,
+               diagnose=lambda: kube.describe_namespace(namespace))
+    return url
 
 
 @contextmanager

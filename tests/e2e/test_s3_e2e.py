@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Install, wait_until
+from tests.e2e.conftest import Install, service_url, wait_until
 from tests.e2e.test_teams import _node_ip
 from tests.registry.conftest import Client, digest_of, image_manifest
 from tests.s3.server import S3Server, require_weed
@@ -68,7 +68,7 @@ def test_three_replicas_on_s3_serve_one_chunked_upload_through_a_service(
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     service = kube.get("-n", namespace, "service", NAME) or {}
     assert "sessionAffinity" not in service["spec"] or service["spec"]["sessionAffinity"] == "None"
-    client = Client(f"http://{service['spec']['clusterIP']}:5000")  # kube-proxy picks a pod per connection
+    client = Client(service_url(kube, namespace, NAME))  # kube-proxy picks a pod per connection
 
     chunks = [os.urandom(MIB + i * 4096) for i in range(12)]
     blob = b"".join(chunks)
@@ -116,4 +116,4 @@ def test_three_replicas_on_s3_serve_one_chunked_upload_through_a_service(
     kube.apply(_keys(namespace, node_s3.access_key, node_s3.secret_key))
     wait_until("Ready again with the right keys", ready, timeout=READY_TIMEOUT, interval=2,
                diagnose=lambda: kube.describe_namespace(namespace))
-    assert Client(client.url).request("GET", "/v2/spread/app/manifests/v1").body == manifest
+    assert Client(service_url(kube, namespace, NAME)).request("GET", "/v2/spread/app/manifests/v1").body == manifest

@@ -24,7 +24,7 @@ import bcrypt
 import pytest
 import yaml
 
-from tests.e2e.conftest import ROOT, Install, wait_until
+from tests.e2e.conftest import ROOT, Install, service_url, wait_until
 from tests.registry.images import image, write_layout
 from tests.registry.processes import skopeo
 
@@ -118,6 +118,7 @@ def test_the_teams_example_on_a_real_cluster(installed: Install, namespace: str,
 
     wait_until("the teams Registry is Ready", ready, timeout=READY_TIMEOUT, interval=2,
                diagnose=lambda: kube.describe_namespace(namespace))
+    service_url(kube, namespace, "teams")
     host = f"teams.{namespace}.svc.cluster.local:5000"
 
     def push(repo: str, user: str, password: str, layer_kib: int = 64) -> tuple[int, str]:

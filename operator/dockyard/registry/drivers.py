@@ -94,8 +94,11 @@ class Driver(Protocol):
     def stream(self, key: str, start: int, length: int) -> AsyncIterator[bytes]: ...
     def presign(self, key: str) -> str | None: ...
     def usage(self) -> Usage: ...
-    def check(self) -> None: ...
+    def check(self) -> None:
+        """Raise StorageUnavailable (one line: why) unless the storage answers this process: a
+        full filesystem answers (pulls go on; writes get 507), wrong keys for a bucket do not."""
     def readable(self) -> bool: ...
+    def writable(self) -> bool: ...
     def clean(self, before: float) -> None: ...
     def close(self) -> None: ...
 
@@ -390,13 +393,22 @@ class FilesystemDriver:
         return Usage(capacity - st.f_bfree * st.f_frsize, capacity)
 
     def check(self) -> None:
+        """The root can be listed; a full or read-only filesystem still serves pulls."""
+        try:
+            with os.scandir(self.root):
+                pass
+        except OSError as e:
+            raise StorageUnavailable(f"cannot read {self.root}: {e.strerror or e}") from None
+
+    def writable(self) -> bool:
         """Whether a temp file can be created, written and removed under the root."""
         probe = self.tmp / f"ready-{uuid.uuid4().hex}"
         try:
             with open(probe, "wb") as f:
                 f.write(b"ok")
-        except OSError as e:
-            raise StorageUnavailable(f"cannot write under {self.root}: {e.strerror or e}") from None
+            return True
+        except OSError:
+            return False
         finally:
             with contextlib.suppress(OSError):
                 probe.unlink()

@@ -403,6 +403,13 @@ class S3Driver:
         except StorageUnavailable:
             return False
 
+    def writable(self) -> bool:
+        try:
+            self.check()
+            return True
+        except StorageUnavailable:
+            return False
+
 
 class PartWriter:
     """Appends a request body to an upload as parts (see the module docstring)."""

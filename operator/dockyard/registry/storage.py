@@ -474,11 +474,7 @@ class Storage:
 
     def writable(self) -> bool:
         """Whether the storage takes a write now; never leaves anything behind."""
-        try:
-            self.driver.check()
-            return True
-        except Exception:
-            return False
+        return self.driver.writable()
 
 
 class FilesystemStorage(Storage):
