@@ -61,7 +61,8 @@ Table = tuple[str, list[str], list[list[str]]]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=None,
-                        help="seconds per manifest request measurement (default 3, 1 with --quick)")
+                        help="seconds per manifest request measurement of the registry and s3 sections "
+                             "(default 3, 1 with --quick)")
 
 
 @dataclass(frozen=True)
@@ -352,73 +353,150 @@ def fmt(value: float | None) -> str:
     return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
-async def measure(servers: list[Server], workdir: Path, quick: bool, duration: float) -> list[list[str]]:
-    sizes = [1 * MiB, 8 * MiB] if quick else [1 * MiB, 64 * MiB, 512 * MiB]
-    reps = {1 * MiB: 20 if quick else 50, 8 * MiB: 3, 64 * MiB: 7, 512 * MiB: 5}
-    rows: list[list[str]] = []
-    has_curl = shutil.which("curl") is not None
+@dataclass(frozen=True)
+class Plan:
+    """What `measure` does: blob sizes (bytes) with their repetitions, in order; whether to add the
+    curl rows; which manifest methods to time, for how many seconds a round."""
 
-    def row(label: str, values: dict[str, float | None]) -> None:
-        a, b = values.get("dockyard"), values.get("distribution")
-        ratio = f"{a / b:.2f}x" if a is not None and b else "n/a"
-        rows.append([label, *(fmt(values.get(s.name)) for s in servers), ratio])
+    reps: dict[int, int]
+    duration: float
+    curl: bool = True
+    methods: tuple[str, ...] = ("GET", "HEAD")
 
+
+def manifest_seconds(options: argparse.Namespace) -> float:
+    """`--duration`, or its default (3 s, 1 s with `--quick`)."""
+    duration: float | None = options.duration
+    return duration or (1.0 if options.quick else 3.0)
+
+
+def registry_plan(quick: bool, duration: float) -> Plan:
+    return Plan({1 * MiB: 20, 8 * MiB: 3} if quick else {1 * MiB: 50, 64 * MiB: 7, 512 * MiB: 5}, duration)
+
+
+def ratio_row(servers: list[Server], label: str, values: dict[str, float | None]) -> list[str]:
+    """A table row: LABEL, each server's value, and dockyard/distribution when both were measured."""
+    a, b = values.get("dockyard"), values.get("distribution")
+    ratio = f"{a / b:.2f}x" if a is not None and b else "n/a"
+    return [label, *(fmt(values.get(s.name)) for s in servers), ratio]
+
+
+def client_session() -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=64, force_close=False)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+
+
+async def blob_rows(servers: list[Server], clients: dict[str, Client], workdir: Path, size: int, reps: int,
+                    with_curl: bool) -> list[list[str]]:
+    """Push (monolithic, chunked) and pull REPS blobs of SIZE bytes per server, alternating servers."""
+    print(f"  blobs of {size // MiB} MiB ...", file=sys.stderr, flush=True)
+    source = await asyncio.to_thread(BlobSource, workdir / f"blob-{size}", size)
+    costs = {s.name: {k: Cost() for k in ("mono", "chunked", "pull", "curl push", "curl pull")} for s in servers}
+    for n in range(reps):
+        for s in servers if n % 2 == 0 else servers[::-1]:
+            c, cost = clients[s.name], costs[s.name]
+            mono, chunked = source.blob(f"{s.name}-m{n}"), source.blob(f"{s.name}-c{n}")
+            await settle()
+            await timed(s, cost["mono"], c.push_monolithic(f"bench/mono-{size}", mono), size)
+            await settle()
+            await timed(s, cost["pull"], c.pull(f"bench/mono-{size}", mono), size)
+            await settle()
+            await timed(s, cost["chunked"], c.push_chunked(f"bench/chunked-{size}", chunked), size)
+    if with_curl:
+        await curl_rounds(servers, clients, source, reps, costs)
+    await asyncio.to_thread(source.path.unlink)
+    label = f"{size // MiB} MiB"
+    rows = []
+    for key, text in (("mono", "push monolithic"), ("chunked", "push chunked"), ("pull", "pull"),
+                      ("curl push", "curl push monolithic"), ("curl pull", "curl pull")):
+        if costs[servers[0].name][key].walls:
+            rows.append(ratio_row(servers, f"{text} {label} (MB/s)",
+                                  {s.name: costs[s.name][key].rate(size) / 1e6 for s in servers}))
+    for key, text in (("mono", "push monolithic"), ("pull", "pull")):
+        rows.append(ratio_row(servers, f"  server CPU, {text} {label} (s/GB)",
+                              {s.name: costs[s.name][key].cpu_per(1e9) for s in servers}))
+    rows.append(ratio_row(servers, f"peak RSS after {label} blobs (MiB)",
+                          {s.name: s.peak_rss() / MiB for s in servers}))
+    return rows
+
+
+async def manifest_rows(servers: list[Server], clients: dict[str, Client], methods: tuple[str, ...],
+                        duration: float) -> list[list[str]]:
+    """Requests/s and server CPU per request for one small manifest by tag, 1 and 32 connections."""
+    manifests = {s.name: len(await clients[s.name].push_image("bench/manifest", "latest")) for s in servers}
+    rows = []
+    for method in methods:
+        for concurrency in (1, 32):
+            print(f"  manifest {method} x{concurrency} ...", file=sys.stderr, flush=True)
+            costs = {s.name: Cost() for s in servers}
+            for _ in range(MANIFEST_ROUNDS):
+                for s in servers:
+                    op = functools.partial(clients[s.name].manifest, method, "bench/manifest", "latest",
+                                           manifests[s.name])
+                    cpu0 = await asyncio.to_thread(s.cpu_seconds)
+                    rate, count = await requests_per_second(op, concurrency, duration)
+                    costs[s.name].walls.append(1 / rate)
+                    costs[s.name].cpu += await asyncio.to_thread(s.cpu_seconds) - cpu0
+                    costs[s.name].work += count
+            rows.append(ratio_row(servers, f"manifest {method}, {concurrency} conn (req/s)",
+                                  {name: cost.rate(1) for name, cost in costs.items()}))
+            rows.append(ratio_row(servers, f"  server CPU per {method}, {concurrency} conn (us)",
+                                  {name: cost.cpu_per(1) * 1e6 for name, cost in costs.items()}))
+    return rows
+
+
+async def measure(servers: list[Server], workdir: Path, plan: Plan) -> list[list[str]]:
+    """The rows of the comparison table: blobs of each size, manifests, then memory."""
+    rows: list[list[str]] = []
+    with_curl = plan.curl and shutil.which("curl") is not None
+    async with client_session() as session:
         clients = {s.name: Client(session, s.url) for s in servers}
         for c in clients.values():  # warm up: first connections, first writes
             await c.push_image("warmup/image", "v1")
-
-        for size in sizes:
-            print(f"  blobs of {size // MiB} MiB ...", file=sys.stderr, flush=True)
-            source = await asyncio.to_thread(BlobSource, workdir / f"blob-{size}", size)
-            costs = {s.name: {k: Cost() for k in ("mono", "chunked", "pull", "curl push", "curl pull")}
-                     for s in servers}
-            for n in range(reps[size]):
-                for s in servers if n % 2 == 0 else servers[::-1]:
-                    c, cost = clients[s.name], costs[s.name]
-                    mono, chunked = source.blob(f"{s.name}-m{n}"), source.blob(f"{s.name}-c{n}")
-                    await settle()
-                    await timed(s, cost["mono"], c.push_monolithic(f"bench/mono-{size}", mono), size)
-                    await settle()
-                    await timed(s, cost["pull"], c.pull(f"bench/mono-{size}", mono), size)
-                    await settle()
-                    await timed(s, cost["chunked"], c.push_chunked(f"bench/chunked-{size}", chunked), size)
-            if has_curl:
-                await curl_rounds(servers, clients, source, reps[size], costs)
-            label = f"{size // MiB} MiB"
-            for key, text in (("mono", "push monolithic"), ("chunked", "push chunked"), ("pull", "pull"),
-                              ("curl push", "curl push monolithic"), ("curl pull", "curl pull")):
-                if costs[servers[0].name][key].walls:
-                    row(f"{text} {label} (MB/s)", {s.name: costs[s.name][key].rate(size) / 1e6 for s in servers})
-            for key, text in (("mono", "push monolithic"), ("pull", "pull")):
-                row(f"  server CPU, {text} {label} (s/GB)",
-                    {s.name: costs[s.name][key].cpu_per(1e9) for s in servers})
-            row(f"peak RSS after {label} blobs (MiB)", {s.name: s.peak_rss() / MiB for s in servers})
-            await asyncio.to_thread(source.path.unlink)
-
-        manifests = {s.name: len(await clients[s.name].push_image("bench/manifest", "latest")) for s in servers}
-        for method in ("GET", "HEAD"):
-            for concurrency in (1, 32):
-                print(f"  manifest {method} x{concurrency} ...", file=sys.stderr, flush=True)
-                costs_m = {s.name: Cost() for s in servers}
-                for _ in range(MANIFEST_ROUNDS):
-                    for s in servers:
-                        op = functools.partial(clients[s.name].manifest, method, "bench/manifest", "latest",
-                                               manifests[s.name])
-                        cpu0 = await asyncio.to_thread(s.cpu_seconds)
-                        rate, count = await requests_per_second(op, concurrency, duration)
-                        costs_m[s.name].walls.append(1 / rate)
-                        costs_m[s.name].cpu += await asyncio.to_thread(s.cpu_seconds) - cpu0
-                        costs_m[s.name].work += count
-                row(f"manifest {method}, {concurrency} conn (req/s)",
-                    {name: cost.rate(1) for name, cost in costs_m.items()})
-                row(f"  server CPU per {method}, {concurrency} conn (us)",
-                    {name: cost.cpu_per(1) * 1e6 for name, cost in costs_m.items()})
-        row("max sampled VmRSS (MiB)", {s.name: max(s.rss_samples, default=0) / MiB for s in servers})
-        row("peak RSS, VmHWM (MiB)", {s.name: s.peak_rss() / MiB for s in servers})
+        for size, reps in plan.reps.items():
+            rows += await blob_rows(servers, clients, workdir, size, reps, with_curl)
+        rows += await manifest_rows(servers, clients, plan.methods, plan.duration)
+    rows.append(ratio_row(servers, "max sampled VmRSS (MiB)", {s.name: max(s.rss_samples, default=0) / MiB
+                                                               for s in servers}))
+    rows.append(ratio_row(servers, "peak RSS, VmHWM (MiB)", {s.name: s.peak_rss() / MiB for s in servers}))
     return rows
+
+
+async def measure_sampled(servers: list[Server], workdir: Path, plan: Plan, what: str) -> list[list[str]]:
+    """`measure` while sampling the servers' RSS; a failed request ends the benchmark with a post-mortem."""
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(sample_rss(servers, stop))
+    try:
+        return await measure(servers, workdir, plan)
+    except (aiohttp.ClientError, RuntimeError) as failed:
+        raise SystemExit(f"{what} failed: {failed!r}\n{post_mortem(servers)}") from failed
+    finally:
+        stop.set()
+        await sampler
+
+
+def start_servers(starters: dict[str, Callable[[], RegistryProcess]], notes: list[str]) -> list[Server]:
+    """Start each server by name; a missing tool becomes a note (that server is not measured).
+    With none started, the benchmark ends naming why."""
+    servers: list[Server] = []
+    try:
+        for name, start in starters.items():
+            try:
+                servers.append(Server(name, start()))
+            except (FileNotFoundError, ToolMissing) as missing:
+                notes.append(f"{name} not measured: {missing}")
+    except BaseException:
+        for server in servers:
+            server.process.stop()
+        raise
+    if not servers:
+        raise SystemExit("no registry server to measure:\n" + "\n".join(notes))
+    return servers
+
+
+def titled(title: str, notes: list[str]) -> str:
+    return "".join([title, *(f"\n  note: {note}" for note in notes)])
 
 
 async def measure_fsync(servers: list[Server], workdir: Path, quick: bool) -> list[list[str]]:
@@ -461,37 +539,26 @@ def post_mortem(servers: list[Server]) -> str:
     return "\n".join(report)
 
 
+def start_dockyard_fs(root: Path) -> RegistryProcess:
+    require_dockyard()
+    return start_dockyard(root)
+
+
 async def run_async(options: argparse.Namespace) -> list[Table]:
     quick: bool = options.quick
-    duration: float = options.duration or (1.0 if quick else 3.0)
     notes: list[str] = []
     fsync_rows: list[list[str]] = []
     with tempfile.TemporaryDirectory(prefix="dockyard-bench-") as tmp:
         workdir = Path(tmp)
-        servers: list[Server] = []
+        servers = start_servers({
+            "dockyard": functools.partial(start_dockyard_fs, workdir / "dockyard" / "root"),
+            "distribution": functools.partial(start_distribution, workdir / "distribution" / "root",
+                                              descriptor_cache=True),
+        }, notes)
         try:
-            try:
-                require_dockyard()
-                servers.append(Server("dockyard", start_dockyard(workdir / "dockyard" / "root")))
-            except ToolMissing as missing:
-                notes.append(f"dockyard not measured: {missing}")
-            try:
-                peer = start_distribution(workdir / "distribution" / "root", descriptor_cache=True)
-                servers.append(Server("distribution", peer))
-            except (FileNotFoundError, ToolMissing) as missing:
-                notes.append(f"distribution not measured: {missing}")
-            if not servers:
-                raise SystemExit("no registry server to measure:\n" + "\n".join(notes))
-            stop = asyncio.Event()
-            sampler = asyncio.create_task(sample_rss(servers, stop))
             names = [s.name for s in servers]
-            try:
-                rows = await measure(servers, workdir, quick, duration)
-            except (aiohttp.ClientError, RuntimeError) as failed:
-                raise SystemExit(f"registry benchmark failed: {failed!r}\n{post_mortem(servers)}") from failed
-            finally:
-                stop.set()
-                await sampler
+            plan = registry_plan(quick, manifest_seconds(options))
+            rows = await measure_sampled(servers, workdir, plan, "registry benchmark")
             if servers[0].name == "dockyard":
                 for server in servers[1:]:  # the fsync comparison runs on its own
                     server.process.stop()
@@ -506,9 +573,7 @@ async def run_async(options: argparse.Namespace) -> list[Table]:
             for server in servers:
                 server.process.stop()
     title = f"registry: {TITLE} (127.0.0.1, {os.cpu_count()} CPUs, storage under {tempfile.gettempdir()})"
-    for note in notes:
-        title += f"\n  note: {note}"
-    tables: list[Table] = [(title, ["measurement", *names, "dockyard/distribution"], rows)]
+    tables: list[Table] = [(titled(title, notes), ["measurement", *names, "dockyard/distribution"], rows)]
     if fsync_rows:
         tables.append(("registry: what flushing each blob to disk before its 201 costs (dockyard, same run; "
                        "the second server's os.fsync does nothing)",

@@ -4,17 +4,24 @@ A section is a module next to this file that defines `TITLE`, `ORDER` (sections 
 ascending order) and `run(options) -> list[Table]`, where a Table is
 `(title, column names, rows of cells)`; it may define `add_arguments(parser)` for options of
 its own. Sections are found by name, so adding `bench/<name>.py` adds a section, and
-`--only <name>` runs just that one. Progress goes to stderr, tables to stdout.
+`--only <name>` runs just that one. Progress goes to stderr, tables to stdout. A section that
+raises `ToolMissing` (tests/registry/processes.py: something it needs is not installed or
+built) is skipped with one line on stdout saying why; under CI=true that is a failure (the
+other sections still run, and the exit status is 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
 from types import ModuleType
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.registry.processes import ToolMissing
 
 HERE = Path(__file__).resolve().parent
 Table = tuple[str, list[str], list[list[str]]]
@@ -56,16 +63,26 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(module, "add_arguments"):
             module.add_arguments(parser)
     options = parser.parse_args(argv)
+    in_ci = os.environ.get("CI", "").lower() == "true"
+    status = 0
     for name, module in available.items():
         if options.only and name not in options.only:
             continue
         print(f"== {name}: {module.TITLE}", file=sys.stderr, flush=True)
         started = time.monotonic()
-        for table in module.run(options):
+        try:
+            tables = module.run(options)
+        except ToolMissing as missing:
+            print(f"{name}: skipped: {missing}" + (" (CI=true: a missing tool is a failure)" if in_ci else ""),
+                  flush=True)
+            print()
+            status = 1 if in_ci else status
+            continue
+        for table in tables:
             print(render(table), flush=True)
             print()
         print(f"== {name} took {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
-    return 0
+    return status
 
 
 if __name__ == "__main__":
