@@ -539,9 +539,9 @@ class RegistryService:
         start = self._content_range(request, name, id)
         length = self._content_length(request)
         has_body = request.body_exists and (length is None or length > 0)
-        info = await self.uploads.status(name, id)
         try:
-            await self.uploads.complete(name, id, digest, request.content if has_body else None, start, length)
+            info = await self.uploads.complete(name, id, digest, request.content if has_body else None, start,
+                                               length)
         except RangeMismatch as e:
             raise HTTPError(ErrorCode.BLOB_UPLOAD_INVALID, str(e), status=416,
                             headers=self._session_headers(name, e.info)) from None

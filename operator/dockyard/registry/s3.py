@@ -82,6 +82,11 @@ class S3Driver:
         self._thread.start()
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = self._call(self._open())
+        self._listed: dict[str, builtins.list[Part]] = {}
+        """Each upload's parts as this process last listed or wrote them: what the next step of
+        the same request (a writer after the size check, the commit after the writer) starts
+        from when the parts still end where that step expects; any doubt lists again."""
+        self._listed_lock = threading.Lock()
 
     async def _open(self) -> Any:
         s = self.settings
@@ -301,10 +306,23 @@ class S3Driver:
 
     def upload_size(self, upload_id: str) -> int | None:
         parts = self.parts(upload_id)
-        return parts[-1].offset + parts[-1].size if parts else 0
+        self._remember(upload_id, parts)
+        return _end(parts)
+
+    def _remember(self, upload_id: str, parts: builtins.list[Part]) -> None:
+        with self._listed_lock:
+            if len(self._listed) >= 4096:
+                self._listed.clear()
+            self._listed[upload_id] = parts
+
+    def _known_parts(self, upload_id: str, end: int) -> builtins.list[Part]:
+        """The remembered parts when they end at END (taken, so they are used once), else a listing."""
+        with self._listed_lock:
+            parts = self._listed.pop(upload_id, None)
+        return parts if parts is not None and _end(parts) == end else self.parts(upload_id)
 
     def upload_writer(self, upload_id: str, offset: int) -> PartWriter:
-        return PartWriter(self, upload_id, offset)
+        return PartWriter(self, upload_id, offset, self._known_parts(upload_id, offset))
 
     def upload_chunks(self, upload_id: str) -> Iterator[bytes]:
         for part in self.parts(upload_id):
@@ -313,9 +331,12 @@ class S3Driver:
                 raise FileNotFoundError(part.key)
             yield data
 
-    def upload_publish(self, upload_id: str, key: str) -> None:
-        """Assemble the parts at KEY (server-side); it counts as used from now on."""
-        parts = self.parts(upload_id)
+    def upload_publish(self, upload_id: str, key: str, size: int) -> None:
+        """Assemble the SIZE bytes of parts at KEY (server-side); it counts as used from now on."""
+        parts = self._known_parts(upload_id, size)
+        if _end(parts) != size:
+            raise FileNotFoundError(f"upload {upload_id} holds {_end(parts)} bytes, not {size}")
+        self._remember(upload_id, parts)  # for upload_delete
         if not parts:
             self.write(key, b"")
             return
@@ -327,7 +348,14 @@ class S3Driver:
             self.touch(key)
 
     def upload_delete(self, upload_id: str) -> None:
-        self.delete_tree(f"uploads/{upload_id}")
+        """One DeleteObjects for the parts this process knows of (after a commit), else a listing."""
+        with self._listed_lock:
+            parts = self._listed.pop(upload_id, None)
+        if parts is None:
+            self.delete_tree(f"uploads/{upload_id}")
+            return
+        batch = [{"Key": self._key(k)} for k in [f"uploads/{upload_id}/info", *(p.key for p in parts)]]
+        self._call(self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}))
 
     def uploads(self) -> Iterator[tuple[str, float]]:
         last: dict[str, float] = {}
@@ -411,19 +439,25 @@ class S3Driver:
             return False
 
 
+def _end(parts: list[Part]) -> int:
+    return parts[-1].offset + parts[-1].size if parts else 0
+
+
 class PartWriter:
     """Appends a request body to an upload as parts (see the module docstring)."""
 
-    def __init__(self, driver: S3Driver, upload_id: str, offset: int) -> None:
+    def __init__(self, driver: S3Driver, upload_id: str, offset: int, parts: list[Part]) -> None:
         self.driver = driver
         self.upload_id = upload_id
         self.start = offset
         self.buffer = bytearray()
+        self.parts = [p for p in parts if p.offset + p.size <= offset]
         self.written: list[str] = []
         self.restore: tuple[str, bytes] | None = None
         self.added = 0
-        parts = driver.parts(upload_id)
-        last = parts[-1] if parts else None
+        self.pending: Future[Any] | None = None
+        self.tail: Part | None = None
+        last = self.parts[-1] if self.parts else None
         if last is not None and last.offset + last.size == offset and last.size < MIN_PART:
             data = driver.read(last.key)
             if data is None:
@@ -431,27 +465,47 @@ class PartWriter:
             self.restore = (last.key, data)
             self.start = last.offset
             self.buffer += data
+            self.tail = self.parts.pop()
 
     def _put(self, data: bytes) -> None:
+        """Start the PUT of the next part; at most one is in flight, so the body keeps arriving
+        while a part travels, and memory holds one part besides the buffer."""
+        self._wait()
         key = self.driver.part_key(self.upload_id, self.start)
-        self.driver.write(key, data)
         self.written.append(key)
+        self.parts.append(Part(self.start, len(data), key))
         self.start += len(data)
+        self.pending = self.driver._submit(self.driver._client.put_object(
+            Bucket=self.driver.bucket, Key=self.driver._key(key), Body=data))
+
+    def _wait(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            try:
+                pending.result()
+            except (ClientError, BotoCoreError) as e:
+                raise self.driver.unavailable(e) from None
 
     def write(self, chunks: list[bytes]) -> None:
         for chunk in chunks:
             self.buffer += chunk
             self.added += len(chunk)
         while len(self.buffer) >= PART_SIZE:
-            self._put(bytes(self.buffer[:PART_SIZE]))
+            self._put(bytes(memoryview(self.buffer)[:PART_SIZE]))
             del self.buffer[:PART_SIZE]
 
     def close(self) -> None:
         if self.buffer and self.added:
             self._put(bytes(self.buffer))
+        elif self.tail is not None:  # nothing new: the short last part stays as it was
+            self.parts.append(self.tail)
         self.buffer = bytearray()
+        self._wait()
+        self.driver._remember(self.upload_id, self.parts)
 
     def abort(self) -> None:
+        with contextlib.suppress(StorageUnavailable):
+            self._wait()
         for key in self.written:
             with contextlib.suppress(StorageUnavailable):
                 self.driver._call(self.driver._client.delete_object(Bucket=self.driver.bucket,

@@ -235,20 +235,23 @@ class Storage:
             h.update(chunk)
         return h
 
-    def commit_upload(self, name: str, upload_id: str, digest: Digest, hasher: Hasher | None) -> int:
+    def commit_upload(self, name: str, upload_id: str, digest: Digest, hasher: Hasher | None,
+                      info: UploadInfo | None = None) -> int:
         """Verify the upload against `digest` and move it into place; returns the blob size.
 
         `hasher` is the incremental hash of the data when this process received all of it;
         without it (another replica received some, the process restarted, a different
-        algorithm was requested) the data is hashed once here.
+        algorithm was requested) the data is hashed once here. INFO is the session as the
+        caller, holding the upload's lock, just found or left it.
         """
         try:
-            return self._commit_upload(name, upload_id, digest, hasher)
+            return self._commit_upload(name, upload_id, digest, hasher, info)
         except FileNotFoundError:  # completed or cancelled meanwhile (another request or replica)
             raise OCIError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id} is no longer in progress") from None
 
-    def _commit_upload(self, name: str, upload_id: str, digest: Digest, hasher: Hasher | None) -> int:
-        info = self.upload_info(name, upload_id)
+    def _commit_upload(self, name: str, upload_id: str, digest: Digest, hasher: Hasher | None,
+                       info: UploadInfo | None) -> int:
+        info = info or self.upload_info(name, upload_id)
         with contextlib.ExitStack() as admitted:
             try:  # before hashing and publishing: a refused upload is removed whole (quotas)
                 admitted.enter_context(self.guard.admit(name, digest, info.size, LAYER))
@@ -264,7 +267,7 @@ class Storage:
                 raise OCIError(ErrorCode.DIGEST_INVALID,
                                f"the uploaded content has digest {hasher.digest()}, not {digest}",
                                detail={"digest": str(digest)})
-            self.driver.upload_publish(upload_id, blob_key(digest))
+            self.driver.upload_publish(upload_id, blob_key(digest), info.size)
             self.link_blob(name, digest)
         self.delete_upload(upload_id)
         return info.size

@@ -158,17 +158,20 @@ class Uploads:
         return total
 
     async def complete(self, name: str, upload_id: str, digest: Digest, body: StreamReader | None,
-                       start: int | None = None, length: int | None = None) -> int:
-        """Append the final chunk (if any), verify the digest and publish the blob."""
+                       start: int | None = None, length: int | None = None) -> UploadInfo:
+        """Append the final chunk (if any), verify the digest and publish the blob; the session as
+        it was closed."""
         async with self._lock(upload_id):
             if body is not None:
-                await self._append_locked(name, upload_id, body, start, length)
+                info = await self._append_locked(name, upload_id, body, start, length)
+            else:
+                info = await self._run(self.storage.upload_info, name, upload_id)
             hasher = self._hashers.get(upload_id)
             try:
-                size = await self._run(self.storage.commit_upload, name, upload_id, digest, hasher)
+                await self._run(self.storage.commit_upload, name, upload_id, digest, hasher, info)
             except OCIError as e:
                 if e.code in (ErrorCode.DIGEST_INVALID, ErrorCode.DENIED):  # the session is gone
                     self._forget(upload_id)
                 raise
             self._forget(upload_id)
-            return size
+            return info
