@@ -25,7 +25,7 @@ import hmac
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,27 @@ def operator_writes(server: ApiServer, namespace: str, since: float) -> list[Wri
     """The operator's writes in NAMESPACE since the wall-clock time SINCE, its Events left out. Earlier
     tests' namespaces may still be terminating, and the operator reconciles their Registries too."""
     return [w for w in server.writes(since) if w.namespace == namespace and w.resource != "events"]
+
+
+async def registry_conditions(server: ApiServer, op: Operator, namespace: str, name: str,
+                              want: dict[str, str | tuple[str, str]]) -> dict[str, Any]:
+    """The Registry once each condition in WANT has its status (or (status, reason)); else fail with
+    the Registry's status and the operator's log."""
+    def holds(cond: dict[str, Any], wanted: str | tuple[str, str]) -> bool:
+        return (cond["status"], cond["reason"]) == wanted if isinstance(wanted, tuple) else cond["status"] == wanted
+
+    async def check() -> dict[str, Any] | None:
+        op.check()
+        obj = await get(server, REGISTRIES, name, namespace)
+        found = {c["type"]: c for c in ((obj or {}).get("status") or {}).get("conditions") or []}
+        return obj if all(k in found and holds(found[k], v) for k, v in want.items()) else None
+    try:
+        found: dict[str, Any] = await wait_for(check, DEADLINE, interval=0.3, message=f"conditions {want}")
+    except TimeoutError:
+        obj = await get(server, REGISTRIES, name, namespace)
+        pytest.fail(f"conditions never became {want}: {(obj or {}).get('status')}\n"
+                    f"operator log:\n{op.output()[-3000:]}")
+    return found
 
 
 async def settle(server: ApiServer, op: Operator, namespace: str, seconds: float = 1.5) -> None:
@@ -373,19 +394,8 @@ async def test_a_filling_disk_becomes_storage_conditions_and_growing_it_clears_t
     config["notify"]["tokenFile"] = str(tmp_path / "token")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
 
-    async def conditions_are(want: dict[str, str]) -> dict[str, Any]:
-        async def check() -> dict[str, Any] | None:
-            operator.check()
-            obj = await get(apiserver, REGISTRIES, "main", ns)
-            found = {c["type"]: c["status"] for c in ((obj or {}).get("status") or {}).get("conditions") or []}
-            return obj if all(found.get(k) == v for k, v in want.items()) else None
-        try:
-            found: dict[str, Any] = await wait_for(check, DEADLINE, interval=0.5, message=f"conditions {want}")
-        except TimeoutError:
-            obj = await get(apiserver, REGISTRIES, "main", ns)
-            pytest.fail(f"conditions never became {want}: {(obj or {}).get('status')}\n"
-                        f"operator log:\n{operator.output()[-3000:]}")
-        return found
+    def conditions_are(want: dict[str, str | tuple[str, str]]) -> Awaitable[dict[str, Any]]:
+        return registry_conditions(apiserver, operator, ns, "main", want)
 
     with tmpfs(tmp_path / "disk", "8m") as disk:
         filler = disk / "filler"
@@ -425,20 +435,8 @@ async def test_a_registry_that_cannot_reach_its_bucket_stalls_once_and_recovers_
     await live(apiserver, operator, DEPLOYMENTS, ns, "main")
     await report_available(apiserver, ns, "main")
 
-    async def conditions_are(want: dict[str, tuple[str, str]]) -> dict[str, Any]:
-        async def check() -> dict[str, Any] | None:
-            operator.check()
-            obj = await get(apiserver, REGISTRIES, "main", ns)
-            found = {c["type"]: (c["status"], c["reason"])
-                     for c in ((obj or {}).get("status") or {}).get("conditions") or []}
-            return obj if all(found.get(k) == v for k, v in want.items()) else None
-        try:
-            found: dict[str, Any] = await wait_for(check, DEADLINE, interval=0.3, message=f"conditions {want}")
-        except TimeoutError:
-            obj = await get(apiserver, REGISTRIES, "main", ns)
-            pytest.fail(f"conditions never became {want}: {(obj or {}).get('status')}\n"
-                        f"operator log:\n{operator.output()[-3000:]}")
-        return found
+    def conditions_are(want: dict[str, str | tuple[str, str]]) -> Awaitable[dict[str, Any]]:
+        return registry_conditions(apiserver, operator, ns, "main", want)
 
     await conditions_are({"Ready": ("True", "Available")})
 
