@@ -372,3 +372,30 @@ def test_gc_on_s3_honours_the_grace_period_through_use_markers(s3_server: S3Serv
     assert f"registry/{key(young)}" in stored, "a blob uploaded just now was collected"
     assert report.blobs_deleted == 1
     assert report.blobs_kept_young == 1
+
+
+def test_a_tag_notes_its_media_type_and_a_tag_without_the_note_still_serves(s3_server: S3Server,
+                                                                             tmp_path: Path) -> None:
+    """A GET by tag reads one object when the tag carries its manifest's media type as metadata;
+    a tag written without it (by an older registry) is served through the revision link."""
+    bucket = s3_server.make_bucket()
+    with start_dockyard_s3(s3_server, tmp_path, bucket) as proc:
+        client = Client(proc.url)
+        digest, manifest = client.push_image("team/app", "v1")
+        tag_key = "registry/repositories/team/app/_manifests/tags/v1"
+
+        async def tag_metadata() -> dict[str, str]:
+            async with s3_server.client() as s3:
+                return dict((await s3.head_object(Bucket=bucket, Key=tag_key))["Metadata"])
+        assert run_sync(tag_metadata()) == {"media-type": "application/vnd.oci.image.manifest.v1+json"}
+
+        async def rewrite_plain() -> None:
+            async with s3_server.client() as s3:
+                await s3.put_object(Bucket=bucket, Key=tag_key, Body=digest.encode())
+        run_sync(rewrite_plain())
+        assert run_sync(tag_metadata()) == {}
+        got = client.request("GET", "/v2/team/app/manifests/v1")
+        assert got.status == 200
+        assert got.body == manifest
+        assert got.header("Content-Type") == "application/vnd.oci.image.manifest.v1+json"
+        assert got.header("Docker-Content-Digest") == digest

@@ -71,7 +71,10 @@ class Driver(Protocol):
     """'filesystem' or 's3', for messages and metrics."""
 
     def read(self, key: str) -> bytes | None: ...
-    def write(self, key: str, data: bytes, *, durable: bool = True) -> None: ...
+    def read_noted(self, key: str) -> tuple[bytes, dict[str, str]] | None:
+        """The object and the notes written with it (`write(..., notes=)`); a driver that keeps
+        no notes returns none, and callers then look the noted facts up elsewhere."""
+    def write(self, key: str, data: bytes, *, durable: bool = True, notes: dict[str, str] | None = None) -> None: ...
     def create(self, key: str, data: bytes) -> bool: ...
     def stat(self, key: str) -> Stat | None: ...
     def touch(self, key: str) -> None: ...
@@ -198,7 +201,12 @@ class FilesystemDriver:
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
 
-    def write(self, key: str, data: bytes, *, durable: bool = True) -> None:
+    def read_noted(self, key: str) -> tuple[bytes, dict[str, str]] | None:
+        """No notes on files: the object alone."""
+        data = self.read(key)
+        return None if data is None else (data, {})
+
+    def write(self, key: str, data: bytes, *, durable: bool = True, notes: dict[str, str] | None = None) -> None:
         tmp = self.temp_path()
         try:
             with open(tmp, "wb") as f:

@@ -139,7 +139,12 @@ class S3Driver:
     # ---- objects ---------------------------------------------------------------------------
 
     def read(self, key: str) -> bytes | None:
-        async def get() -> bytes | None:
+        got = self.read_noted(key)
+        return None if got is None else got[0]
+
+    def read_noted(self, key: str) -> tuple[bytes, dict[str, str]] | None:
+        """The object and its notes, kept as the object's user metadata: one GET for both."""
+        async def get() -> tuple[bytes, dict[str, str]] | None:
             try:
                 response = await self._client.get_object(Bucket=self.bucket, Key=self._key(key))
             except ClientError as e:
@@ -148,12 +153,14 @@ class S3Driver:
                 raise
             async with response["Body"] as body:
                 data: bytes = await body.read()
-                return data
+            return data, dict(response.get("Metadata") or {})
         return self._call(get())
 
-    def write(self, key: str, data: bytes, *, durable: bool = True) -> None:
-        """One PUT: atomic, and durable when S3 answers. A blob written counts as used now."""
-        self._call(self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data))
+    def write(self, key: str, data: bytes, *, durable: bool = True, notes: dict[str, str] | None = None) -> None:
+        """One PUT: atomic, and durable when S3 answers. A blob written counts as used now. NOTES
+        (ASCII) travel as user metadata."""
+        extra = {"Metadata": notes} if notes else {}
+        self._call(self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra))
         if self._marked(key):
             self.touch(key)
 
