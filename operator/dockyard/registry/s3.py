@@ -48,7 +48,7 @@ PART_SIZE = 8 * 1024 * 1024
 MIN_PART = 5 * 1024 * 1024  # S3's minimum for every part but the last
 COPY_LIMIT = 5 * 1024 * 1024 * 1024  # the largest CopyObject; beyond it, copy in parts
 COPY_CONCURRENCY = 8
-STREAM_PIECE = 1024 * 1024
+STREAM_PIECE = 2 * 1024 * 1024
 PRESIGN_SECONDS = 600
 USED = "_used"
 MARKED = ("blobs/", "gc/trash/blobs/")
@@ -398,15 +398,22 @@ class S3Driver:
         if length <= 0:
             return
         body = await asyncio.wrap_future(self._submit(open_body()))
+        # The next piece is read while the caller sends this one: two pieces in memory at most.
+        pending: Future[bytes] | None = self._submit(body.read(min(STREAM_PIECE, length)))
         try:
             remaining = length
-            while remaining > 0:
-                piece: bytes = await asyncio.wrap_future(self._submit(body.read(min(STREAM_PIECE, remaining))))
+            while pending is not None:
+                piece: bytes = await asyncio.wrap_future(pending)
+                pending = None
                 if not piece:
                     raise ConnectionResetError(f"{key} ended {remaining} bytes early")
                 remaining -= len(piece)
+                if remaining > 0:
+                    pending = self._submit(body.read(min(STREAM_PIECE, remaining)))
                 yield piece
         finally:
+            if pending is not None:  # the caller stopped early: never close under a running read
+                pending.cancel()
             self._loop.call_soon_threadsafe(body.close)
 
     def presign(self, key: str) -> str | None:
