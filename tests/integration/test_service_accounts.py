@@ -61,10 +61,13 @@ async def test_serviceaccount_tokens_push_where_the_rules_allow(apiserver: ApiSe
             return me in await _subjects(apiserver)
 
         await wait_for(bound, DEADLINE, message="the registry's ServiceAccount in the TokenReview binding")
-        config_map = apiserver.live("v1/configmaps", namespace, "ci-registry-config")
-        deployment = apiserver.live("apps/v1/deployments", namespace, "ci-registry")
-        assert config_map is not None
-        assert deployment is not None
+
+        def children() -> tuple[dict[str, Any], dict[str, Any]] | None:  # the binding may come first
+            op.check()
+            config_map = apiserver.live("v1/configmaps", namespace, "ci-registry-config")
+            deployment = apiserver.live("apps/v1/deployments", namespace, "ci-registry")
+            return (config_map, deployment) if config_map and deployment else None
+        config_map, deployment = await wait_for(children, DEADLINE, message="the registry's ConfigMap and Deployment")
         config = yaml.safe_load(config_map["data"]["config.yaml"])
         assert config["serviceAccounts"] == {"audience": "dockyard"}
         assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
