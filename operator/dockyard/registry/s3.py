@@ -210,9 +210,7 @@ class S3Driver:
     def delete(self, key: str) -> bool:
         if self.stat(key) is None:
             return False
-        self._call(self._client.delete_object(Bucket=self.bucket, Key=self._key(key)))
-        if self._marked(key):
-            self._call(self._client.delete_object(Bucket=self.bucket, Key=self._key(f"{USED}/{key}")))
+        self._remove(key)
         return True
 
     def move(self, src: str, dest: str) -> bool:
@@ -225,10 +223,14 @@ class S3Driver:
         self._call(self._copy(self._key(src), self._key(dest), st.size))
         if self._marked(dest):
             self.write(f"{USED}/{dest}", repr(used if used is not None else st.modified).encode())
-        self._call(self._client.delete_object(Bucket=self.bucket, Key=self._key(src)))
-        if self._marked(src):
-            self._call(self._client.delete_object(Bucket=self.bucket, Key=self._key(f"{USED}/{src}")))
+        self._remove(src)
         return True
+
+    def _remove(self, key: str) -> None:
+        """Delete KEY, and a blob's use marker with it (S3 answers a delete of nothing with success)."""
+        self._call(self._client.delete_object(Bucket=self.bucket, Key=self._key(key)))
+        if self._marked(key):
+            self._call(self._client.delete_object(Bucket=self.bucket, Key=self._key(f"{USED}/{key}")))
 
     async def _copy(self, src: str, dest: str, size: int) -> None:
         if size <= COPY_LIMIT:
@@ -431,7 +433,7 @@ class S3Driver:
         self._call(self._probe_list())
         probe = f"_probe/{threading.get_ident()}-{time.monotonic_ns()}"
         self.write(probe, b"ok")
-        self._call(self._client.delete_object(Bucket=self.bucket, Key=self._key(probe)))
+        self._remove(probe)
 
     async def _probe_list(self) -> None:
         """A one-key listing: unlike HEAD, its error answer has a body naming the code

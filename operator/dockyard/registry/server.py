@@ -180,7 +180,7 @@ class StorageUsage:
         return out
 
 
-async def _watch_storage(registry: RegistryService, notifier: Notifier | None,
+async def _watch_storage(registry: RegistryService, notifier: Notifier | None, recovered: bool,
                          interval: float = QUOTA_REPORT_SECONDS) -> None:
     """Check that the storage answers, and tell the operator how full it is.
 
@@ -188,13 +188,13 @@ async def _watch_storage(registry: RegistryService, notifier: Notifier | None,
     once per change with its one-line reason and reported to the operator, which shows it as
     `Stalled` (StorageUnavailable); the process keeps running and retries every
     STORAGE_CHECK_SECONDS, so fixing the Secret or the endpoint needs no restart loop. What a
-    GC pass that died had set aside is put back the first time the storage answers. Usage is
+    GC pass that died had set aside is put back the first time the storage answers, unless start-up
+    did it (RECOVERED). Usage is
     reported when it changed by a percent or more (of the used bytes, for a bucket, which has
     no capacity).
     """
     driver = registry.storage.driver
     last: StorageUsage | dict[str, Any] | None = None
-    recovered = False
     next_usage = 0.0
     while True:
         try:
@@ -251,7 +251,7 @@ def access_policy(cfg: ServeConfig) -> AccessPolicy:
 
 async def _serve(cfg: ServeConfig, storage: Storage, htpasswd: Htpasswd | None,
                  ssl_context: ssl.SSLContext | None, tokens: TokenIssuer | None,
-                 reviewer: TokenReviewer | None) -> None:
+                 reviewer: TokenReviewer | None, recovered: bool) -> None:
     registry = RegistryService(storage, htpasswd=htpasswd, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only,
                                access=access_policy(cfg), tokens=tokens, reviewer=reviewer, quotas=cfg.quotas)
     notifier = Notifier(cfg.notify, registry.metrics) if cfg.notify is not None else None
@@ -276,7 +276,7 @@ async def _serve(cfg: ServeConfig, storage: Storage, htpasswd: Htpasswd | None,
         tasks.append(asyncio.create_task(_quota_loop(registry, registry.quotas)))
         if notifier is not None:
             tasks.append(asyncio.create_task(_report_quota_usage(registry.quotas, notifier)))
-    tasks.append(asyncio.create_task(_watch_storage(registry, notifier)))
+    tasks.append(asyncio.create_task(_watch_storage(registry, notifier, recovered)))
     _event("serving", addr=f"{cfg.host}:{cfg.port}", storage=describe_storage(cfg), tls=ssl_context is not None,
            auth=htpasswd is not None, anonymous_pull=cfg.anonymous_pull, read_only=cfg.read_only,
            gc=cfg.gc is not None, notify=cfg.notify.url if cfg.notify else None, quotas=len(cfg.quotas),
@@ -306,10 +306,11 @@ def serve(cfg: ServeConfig) -> int:
     except (OSError, ValueError) as e:
         print(f"dockyard registry: error: storage: {e}", file=sys.stderr)
         return 2
+    recovered = True
     try:  # an object store that does not answer yet: the storage watch puts it back later
         restored = recover(storage)
     except StorageUnavailable:
-        restored = 0
+        restored, recovered = 0, False
     if restored:
         _event("gc: put back what an interrupted pass had set aside", objects=restored)
     htpasswd = Htpasswd(cfg.htpasswd) if cfg.htpasswd else None
@@ -326,7 +327,7 @@ def serve(cfg: ServeConfig) -> int:
         print(f"dockyard registry: error: {e}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_serve(cfg, storage, htpasswd, ssl_context, tokens, reviewer))
+        asyncio.run(_serve(cfg, storage, htpasswd, ssl_context, tokens, reviewer, recovered))
     finally:
         storage.driver.close()
     return 0
