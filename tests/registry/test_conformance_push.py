@@ -195,6 +195,20 @@ def test_end14_delete_cancels_the_upload(client: Client, repo: str) -> None:
     assert client.request("DELETE", location).status == 404
 
 
+def test_end6_completed_upload_is_gone_at_once(client: Client, repo: str) -> None:
+    data = os.urandom(3000)
+    location = client.start_upload(repo)
+    assert client.request("PATCH", location, body=data).status == 202
+    assert client.request("PUT", f"{location}?digest={digest_of(data)}").status == 201
+    # Straight after the 201, before the session's leftovers are removed in the background.
+    for method, url in (("GET", location), ("PATCH", location), ("PUT", f"{location}?digest={digest_of(data)}"),
+                        ("DELETE", location)):
+        r = client.request(method, url, body=b"more" if method == "PATCH" else b"")
+        assert r.status == 404, (method, r.status, r.body)
+        assert r.error_codes() == ["BLOB_UPLOAD_UNKNOWN"]
+    assert client.request("GET", f"/v2/{repo}/blobs/{digest_of(data)}").body == data
+
+
 def test_end11_mount_from_another_repository(client: Client, repo: str) -> None:
     data = os.urandom(2048)
     digest = client.push_blob(f"{repo}/source", data)

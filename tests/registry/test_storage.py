@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dockyard.oci import Digest, ErrorCode, Hasher, OCIError
+from dockyard.registry.drivers import WRITE_BYTES, FileAppender
 from dockyard.registry.storage import FilesystemStorage, StoredManifest
 from tests.registry.conftest import Client, digest_of
 from tests.registry.processes import start_dockyard
@@ -116,6 +117,9 @@ def test_concurrent_identical_pushes(tmp_path: Path) -> None:
         assert c.request("GET", f"/v2/app/blobs/{digest}").body == data
         blob_files = _files(server.root / "blobs")
         assert len(blob_files) == 1
+        deadline = time.monotonic() + 10  # committed sessions are removed after their 201
+        while _files(server.root / "uploads") and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert _files(server.root / "uploads") == []
         assert _files(server.root / "tmp") == []
 
@@ -175,3 +179,27 @@ def test_upload_finished_on_one_replica_is_unknown_on_the_other(tmp_path: Path) 
         assert ca.request("DELETE", cancelled).status == 204
         assert cb.request("PATCH", cancelled, body=b"y").status == 404
         assert "Traceback" not in a.output() + b.output()
+
+
+def test_appends_reach_the_file_whole_in_writes_of_bounded_size(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # One writev per batch made the kernel allocate page-cache folios as large as the batch;
+    # the appender hands it at most WRITE_BYTES per call, and the file is still exactly the body.
+    writes: list[int] = []
+    real_writev = os.writev
+
+    def writev(fd: int, buffers: list[memoryview]) -> int:
+        writes.append(sum(len(b) for b in buffers))
+        return real_writev(fd, buffers)
+
+    monkeypatch.setattr(os, "writev", writev)
+    path = tmp_path / "data"
+    path.write_bytes(b"kept")
+    chunks = [b"", os.urandom(1), os.urandom(WRITE_BYTES + 5), os.urandom(WRITE_BYTES), os.urandom(3),
+              os.urandom(3 * WRITE_BYTES - 9)]
+    appender = FileAppender(path, 4)
+    appender.write(chunks)
+    appender.close()
+    assert path.read_bytes() == b"kept" + b"".join(chunks)
+    assert max(writes) == WRITE_BYTES
+    assert sum(writes) == sum(len(c) for c in chunks)

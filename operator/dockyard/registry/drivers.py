@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Protocol
 
 READ_CHUNK = 4 * 1024 * 1024
+WRITE_BYTES = 256 * 1024  # the most one write call hands the kernel (see FileAppender)
 
 
 class StorageUnavailable(RuntimeError):
@@ -143,20 +144,43 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def pieces(chunks: list[bytes], limit: int) -> Iterator[list[memoryview]]:
+    """CHUNKS cut and grouped into lists of at most LIMIT bytes each, in order, without copying."""
+    group: list[memoryview] = []
+    size = 0
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            part = view[:limit - size]
+            group.append(part)
+            size += len(part)
+            view = view[len(part):]
+            if size == limit:
+                yield group
+                group, size = [], 0
+    if group:
+        yield group
+
+
 class FileAppender:
-    """Appends to an upload's data file with one writev per batch (no joining copy)."""
+    """Appends to an upload's data file, one writev of at most WRITE_BYTES at a time (no joining copy).
+
+    Not one writev per batch: for a 1 MiB write, Linux 6.18's ext4 allocates 1 MiB page-cache
+    folios, and on a VM whose memory the host backs lazily those cost 2-3 ms per MiB, against
+    0.5-0.9 ms for the same bytes written 256 KiB at a time (measured on a Firecracker VM).
+    """
 
     def __init__(self, path: Path, offset: int) -> None:
         self.offset = offset
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
 
     def write(self, chunks: list[bytes]) -> None:
-        written = os.writev(self.fd, chunks)
-        total = sum(len(c) for c in chunks)
-        if written < total:
-            rest = memoryview(b"".join(chunks))[written:]
-            while rest:
-                rest = rest[os.write(self.fd, rest):]
+        for group in pieces(chunks, WRITE_BYTES):
+            written = os.writev(self.fd, group)
+            if written < sum(len(p) for p in group):
+                rest = memoryview(b"".join(group))[written:]
+                while rest:
+                    rest = rest[os.write(self.fd, rest):]
         start_writeback(self.fd)
 
     def close(self) -> None:
@@ -296,9 +320,10 @@ class FilesystemDriver:
         """Create an empty object (a link), flushed, since a manifest acknowledged later relies on it."""
         path = self.root / key
         created = self._make_parents(path)
-        if path.exists():
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
             return
-        path.touch()
         self._flush_entries(path, created)
 
     def _make_parents(self, path: Path) -> Path | None:
@@ -350,8 +375,11 @@ class FilesystemDriver:
         """Flush the data and rename it into place. It counts as new from now on (not from its
         last write, which may be long ago when a PUT without a body closed the upload)."""
         src = self._data(upload_id)
-        with open(src, "rb") as f:
-            os.fsync(f.fileno())
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.utime(src)
         self.publish(src, self.root / key)
 

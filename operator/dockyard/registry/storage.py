@@ -250,7 +250,8 @@ class Storage:
         `hasher` is the incremental hash of the data when this process received all of it;
         without it (another replica received some, the process restarted, a different
         algorithm was requested) the data is hashed once here. INFO is the session as the
-        caller, holding the upload's lock, just found or left it.
+        caller, holding the upload's lock, just found or left it. A committed session is left
+        for `delete_upload` (the HTTP layer removes it after answering); a refused one is removed.
         """
         try:
             return self._commit_upload(name, upload_id, digest, hasher, info)
@@ -277,7 +278,6 @@ class Storage:
                                detail={"digest": str(digest)})
             self.driver.upload_publish(upload_id, blob_key(digest), info.size)
             self.link_blob(name, digest)
-        self.delete_upload(upload_id)
         return info.size
 
     # ---- manifests -----------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TypeVar
@@ -25,6 +26,7 @@ from dockyard.oci import Digest, ErrorCode, Hasher, OCIError
 from dockyard.registry.drivers import UploadWriter
 from dockyard.registry.storage import Storage, UploadInfo
 
+log = logging.getLogger("dockyard.registry")
 T = TypeVar("T")
 BATCH_BYTES = 1024 * 1024
 BATCH_CHUNKS = 256
@@ -46,6 +48,17 @@ def _write_batch(writer: UploadWriter, hasher: Hasher | None, chunks: list[bytes
     writer.write(chunks)
 
 
+def _finish(writer: UploadWriter, hasher: Hasher | None, chunks: list[bytes]) -> None:
+    """Write the last batch and close the writer; if the write fails, abort it instead."""
+    try:
+        if chunks:
+            _write_batch(writer, hasher, chunks)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+
+
 class Uploads:
     """Upload sessions: append chunks, report status, verify and commit, cancel."""
 
@@ -56,6 +69,7 @@ class Uploads:
         self.on_bytes = on_bytes or (lambda n: None)
         self._hashers: dict[str, Hasher] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._closing: set[str] = set()  # committed sessions whose leftovers are being removed
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -80,11 +94,17 @@ class Uploads:
         self._remember(info.id, Hasher("sha256"))  # the first chunk needs no re-hash of the empty file
         return info
 
+    def _in_progress(self, upload_id: str) -> None:
+        if upload_id in self._closing:
+            raise OCIError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id} is no longer in progress")
+
     async def status(self, name: str, upload_id: str) -> UploadInfo:
+        self._in_progress(upload_id)
         return await self._run(self.storage.upload_info, name, upload_id)
 
     async def cancel(self, name: str, upload_id: str) -> None:
         async with self._lock(upload_id):
+            self._in_progress(upload_id)
             await self._run(self.storage.upload_info, name, upload_id)
             await self._run(self.storage.delete_upload, upload_id)
             self._forget(upload_id)
@@ -97,47 +117,54 @@ class Uploads:
                      start: int | None = None, length: int | None = None) -> UploadInfo:
         """Append a request body; `start` is the Content-Range start the client claims."""
         async with self._lock(upload_id):
+            self._in_progress(upload_id)
             return await self._append_locked(name, upload_id, body, start, length)
 
     async def _append_locked(self, name: str, upload_id: str, body: StreamReader,
                              start: int | None, length: int | None) -> UploadInfo:
-        info = await self._run(self.storage.upload_info, name, upload_id)
-        if start is not None and start != info.size:
-            raise RangeMismatch(info)
+        info, writer = await self._run(self._open, name, upload_id, start)
         hasher = self._hashers.pop(upload_id, None)
         if hasher is not None and hasher.size != info.size:
             hasher = None  # another process appended: the commit hashes the stored data
-        try:
-            writer = await self._run(self.storage.driver.upload_writer, upload_id, info.size)
-        except FileNotFoundError:  # completed or cancelled meanwhile (another replica)
-            raise OCIError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id} is no longer in progress") from None
         before = hasher.copy() if hasher is not None else None
         try:
-            received = await self._receive(body, writer, hasher)
-            if length is not None and received != length:
-                raise OCIError(ErrorCode.SIZE_INVALID,
-                               f"received {received} bytes, but Content-Length says {length}")
+            received = await self._receive(body, writer, hasher, length)
         except BaseException:
-            await asyncio.shield(self._run(writer.abort))
             if before is not None:
                 self._remember(upload_id, before)
             raise
-        await asyncio.shield(self._run(writer.close))
         if hasher is not None:
             self._remember(upload_id, hasher)
         return UploadInfo(info.id, info.name, info.size + received, info.started)
 
-    async def _receive(self, body: StreamReader, writer: UploadWriter, hasher: Hasher | None) -> int:
+    def _open(self, name: str, upload_id: str, start: int | None) -> tuple[UploadInfo, UploadWriter]:
+        """The session, checked against the Content-Range start, and a writer appending to it."""
+        info = self.storage.upload_info(name, upload_id)
+        if start is not None and start != info.size:
+            raise RangeMismatch(info)
+        try:
+            return info, self.storage.driver.upload_writer(upload_id, info.size)
+        except FileNotFoundError:  # completed or cancelled meanwhile (another replica)
+            raise OCIError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id} is no longer in progress") from None
+
+    async def _receive(self, body: StreamReader, writer: UploadWriter, hasher: Hasher | None,
+                       length: int | None) -> int:
+        """Write the body through WRITER and close it; on any failure the writer aborts instead.
+
+        Chunks are taken as the parser made them (`readchunk`, not `readany`, which joins what
+        is buffered into one more copy). The last batch and the close share one worker call.
+        """
         loop = asyncio.get_running_loop()
         pending: asyncio.Future[None] | None = None
+        finish: asyncio.Future[None] | None = None
         batch: list[bytes] = []
         batch_bytes = 0
         total = 0
         try:
-            async for chunk in body.iter_any():
+            async for chunk, _ in body.iter_chunks():
                 batch.append(chunk)
                 batch_bytes += len(chunk)
-                if batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_CHUNKS:
+                if (batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_CHUNKS) and not body.at_eof():
                     if pending is not None:
                         await pending
                     pending = loop.run_in_executor(self.executor, _write_batch, writer, hasher, batch)
@@ -147,14 +174,19 @@ class Uploads:
             if pending is not None:
                 await pending
                 pending = None
-            if batch:
-                await loop.run_in_executor(self.executor, _write_batch, writer, hasher, batch)
-                total += batch_bytes
-                self.on_bytes(batch_bytes)
-        finally:
+            total += batch_bytes
+            if length is not None and total != length:
+                raise OCIError(ErrorCode.SIZE_INVALID, f"received {total} bytes, but Content-Length says {length}")
+            finish = loop.run_in_executor(self.executor, _finish, writer, hasher, batch)
+            await asyncio.shield(finish)
+        except BaseException:
             if pending is not None:  # never leave a writer running on a closing descriptor
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(pending)
+            if finish is None:
+                await asyncio.shield(self._run(writer.abort))
+            raise
+        self.on_bytes(batch_bytes)
         return total
 
     async def complete(self, name: str, upload_id: str, digest: Digest, body: StreamReader | None,
@@ -162,6 +194,7 @@ class Uploads:
         """Append the final chunk (if any), verify the digest and publish the blob; the session as
         it was closed."""
         async with self._lock(upload_id):
+            self._in_progress(upload_id)
             if body is not None:
                 info = await self._append_locked(name, upload_id, body, start, length)
             else:
@@ -174,4 +207,19 @@ class Uploads:
                     self._forget(upload_id)
                 raise
             self._forget(upload_id)
+            self._remove_later(upload_id)
             return info
+
+    def _remove_later(self, upload_id: str) -> None:
+        """Remove a committed session's leftovers (its info, on S3 its parts) without holding up
+        the 201: nothing reads them any more, this process answers for the session as gone
+        meanwhile, and if it dies first GC's sweep of abandoned sessions removes them."""
+        self._closing.add(upload_id)
+        removal = asyncio.get_running_loop().run_in_executor(self.executor, self.storage.delete_upload, upload_id)
+
+        def removed(f: asyncio.Future[None]) -> None:
+            self._closing.discard(upload_id)
+            if not f.cancelled() and f.exception() is not None:
+                log.warning("could not remove the committed upload %s (GC will): %s", upload_id, f.exception())
+
+        removal.add_done_callback(removed)
