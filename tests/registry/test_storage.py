@@ -54,7 +54,7 @@ def test_commit_rehashes_when_no_hash_state_is_in_memory(tmp_path: Path) -> None
     data = os.urandom(9 * 1024 * 1024 + 3)  # more than one read chunk
     upload = _upload(s, "app", data)
     digest = Digest.parse(digest_of(data))
-    assert s.commit_upload("app", upload, digest, None) == len(data)
+    assert s.commit_upload("app", upload, digest, None).size == len(data)
     assert s.blob_path(digest).read_bytes() == data
 
 
@@ -64,7 +64,7 @@ def test_commit_ignores_a_stale_hasher(tmp_path: Path) -> None:
     stale = Hasher()
     stale.update(b"abc")  # another replica appended "def" since
     digest = Digest.parse(digest_of(b"abcdef"))
-    assert s.commit_upload("app", upload, digest, stale) == 6
+    assert s.commit_upload("app", upload, digest, stale).size == 6
 
 
 def test_manifest_writes_leave_no_temp_files(tmp_path: Path) -> None:

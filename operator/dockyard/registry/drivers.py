@@ -86,7 +86,8 @@ class Driver(Protocol):
     def walk(self, prefix: str) -> Iterator[tuple[str, Stat]]: ...
     def delete_tree(self, prefix: str) -> None: ...
 
-    def upload_start(self, upload_id: str) -> None: ...
+    def upload_start(self, upload_id: str, info: bytes) -> None:
+        """A new, empty session whose info object (`uploads/<id>/info`) is INFO; not flushed."""
     def upload_size(self, upload_id: str) -> int | None: ...
     def upload_writer(self, upload_id: str, offset: int) -> UploadWriter: ...
     def upload_chunks(self, upload_id: str) -> Iterator[bytes]: ...
@@ -352,10 +353,20 @@ class FilesystemDriver:
     def _data(self, upload_id: str) -> Path:
         return self.root / "uploads" / upload_id / "data"
 
-    def upload_start(self, upload_id: str) -> None:
-        """Not flushed: a 202 acknowledges no content (see storage.create_upload)."""
-        (self.root / "uploads" / upload_id).mkdir(parents=True)
-        self._data(upload_id).touch()
+    def upload_start(self, upload_id: str, info: bytes) -> None:
+        """Not flushed: a 202 acknowledges no content (see storage.create_upload). The info file is
+        written in place, not renamed into it: no one knows the id before this returns, and an
+        info file cut short by a crash reads as an unknown session."""
+        directory = self.root / "uploads" / upload_id
+        directory.mkdir(parents=True)
+        os.close(os.open(directory / "data", os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        fd = os.open(directory / "info", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            view = memoryview(info)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
 
     def upload_size(self, upload_id: str) -> int | None:
         try:

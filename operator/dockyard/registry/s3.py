@@ -310,8 +310,9 @@ class S3Driver:
     def part_key(self, upload_id: str, offset: int) -> str:
         return f"uploads/{upload_id}/parts/{offset:020d}"
 
-    def upload_start(self, upload_id: str) -> None:
-        """Nothing to do: the layout's info object is the session's first object."""
+    def upload_start(self, upload_id: str, info: bytes) -> None:
+        """The info object is the session's first object; its parts follow."""
+        self.write(f"uploads/{upload_id}/info", info, durable=False)
 
     def upload_size(self, upload_id: str) -> int | None:
         parts = self.parts(upload_id)

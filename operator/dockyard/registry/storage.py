@@ -212,10 +212,8 @@ class Storage:
         self.repo_key(name)
         upload_id = uuid.uuid4().hex
         started = time.time()
-        self.driver.upload_start(upload_id)
         try:
-            self.driver.write(f"uploads/{upload_id}/info",
-                              json.dumps({"name": name, "started": started}).encode(), durable=False)
+            self.driver.upload_start(upload_id, json.dumps({"name": name, "started": started}).encode())
         except BaseException:
             self.delete_upload(upload_id)
             raise
@@ -244,13 +242,13 @@ class Storage:
         return h
 
     def commit_upload(self, name: str, upload_id: str, digest: Digest, hasher: Hasher | None,
-                      info: UploadInfo | None = None) -> int:
-        """Verify the upload against `digest` and move it into place; returns the blob size.
+                      info: UploadInfo | None = None) -> UploadInfo:
+        """Verify the upload against `digest` and move it into place; returns the session as committed.
 
         `hasher` is the incremental hash of the data when this process received all of it;
         without it (another replica received some, the process restarted, a different
         algorithm was requested) the data is hashed once here. INFO is the session as the
-        caller, holding the upload's lock, just found or left it. A committed session is left
+        caller, holding the upload's lock, just found or left it (None: read here). A committed session is left
         for `delete_upload` (the HTTP layer removes it after answering); a refused one is removed.
         """
         try:
@@ -259,7 +257,7 @@ class Storage:
             raise OCIError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id} is no longer in progress") from None
 
     def _commit_upload(self, name: str, upload_id: str, digest: Digest, hasher: Hasher | None,
-                       info: UploadInfo | None) -> int:
+                       info: UploadInfo | None) -> UploadInfo:
         info = info or self.upload_info(name, upload_id)
         with contextlib.ExitStack() as admitted:
             try:  # before hashing and publishing: a refused upload is removed whole (quotas)
@@ -278,7 +276,7 @@ class Storage:
                                detail={"digest": str(digest)})
             self.driver.upload_publish(upload_id, blob_key(digest), info.size)
             self.link_blob(name, digest)
-        return info.size
+        return info
 
     # ---- manifests -----------------------------------------------------------------------
 

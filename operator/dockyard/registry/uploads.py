@@ -31,6 +31,7 @@ T = TypeVar("T")
 BATCH_BYTES = 1024 * 1024
 BATCH_CHUNKS = 256
 MAX_TRACKED = 4096  # upload sessions whose hash state and lock are kept in memory
+Opened = tuple[UploadInfo, UploadWriter, Hasher | None]  # a session, its writer, its hash state if current
 
 
 class RangeMismatch(Exception):
@@ -42,10 +43,10 @@ class RangeMismatch(Exception):
 
 
 def _write_batch(writer: UploadWriter, hasher: Hasher | None, chunks: list[bytes]) -> None:
+    writer.write(chunks)  # first: the disk writes these bytes back while they are hashed
     if hasher is not None:
         for chunk in chunks:
             hasher.update(chunk)
-    writer.write(chunks)
 
 
 def _finish(writer: UploadWriter, hasher: Hasher | None, chunks: list[bytes]) -> None:
@@ -69,7 +70,7 @@ class Uploads:
         self.on_bytes = on_bytes or (lambda n: None)
         self._hashers: dict[str, Hasher] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._closing: set[str] = set()  # committed sessions whose leftovers are being removed
+        self._committed: dict[str, None] = {}  # recently committed sessions, oldest first
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -95,7 +96,7 @@ class Uploads:
         return info
 
     def _in_progress(self, upload_id: str) -> None:
-        if upload_id in self._closing:
+        if upload_id in self._committed:
             raise OCIError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id} is no longer in progress")
 
     async def status(self, name: str, upload_id: str) -> UploadInfo:
@@ -122,13 +123,12 @@ class Uploads:
 
     async def _append_locked(self, name: str, upload_id: str, body: StreamReader,
                              start: int | None, length: int | None) -> UploadInfo:
-        info, writer = await self._run(self._open, name, upload_id, start)
         hasher = self._hashers.pop(upload_id, None)
-        if hasher is not None and hasher.size != info.size:
-            hasher = None  # another process appended: the commit hashes the stored data
         before = hasher.copy() if hasher is not None else None
+        opening = asyncio.get_running_loop().run_in_executor(self.executor, self._open, name, upload_id, start,
+                                                             hasher)
         try:
-            received = await self._receive(body, writer, hasher, length)
+            info, received, hasher = await self._receive(body, opening, length)
         except BaseException:
             if before is not None:
                 self._remember(upload_id, before)
@@ -137,24 +137,29 @@ class Uploads:
             self._remember(upload_id, hasher)
         return UploadInfo(info.id, info.name, info.size + received, info.started)
 
-    def _open(self, name: str, upload_id: str, start: int | None) -> tuple[UploadInfo, UploadWriter]:
-        """The session, checked against the Content-Range start, and a writer appending to it."""
+    def _open(self, name: str, upload_id: str, start: int | None, hasher: Hasher | None) -> Opened:
+        """The session, checked against the Content-Range start; a writer appending to it; HASHER
+        if it has hashed exactly the session's bytes so far (else None: another process appended,
+        and the commit hashes the stored data)."""
         info = self.storage.upload_info(name, upload_id)
         if start is not None and start != info.size:
             raise RangeMismatch(info)
         try:
-            return info, self.storage.driver.upload_writer(upload_id, info.size)
+            writer = self.storage.driver.upload_writer(upload_id, info.size)
         except FileNotFoundError:  # completed or cancelled meanwhile (another replica)
             raise OCIError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id} is no longer in progress") from None
+        return info, writer, hasher if hasher is not None and hasher.size == info.size else None
 
-    async def _receive(self, body: StreamReader, writer: UploadWriter, hasher: Hasher | None,
-                       length: int | None) -> int:
-        """Write the body through WRITER and close it; on any failure the writer aborts instead.
+    async def _receive(self, body: StreamReader, opening: asyncio.Future[Opened],
+                       length: int | None) -> tuple[UploadInfo, int, Hasher | None]:
+        """Write the body to the session OPENING opens, and close its writer; on any failure the
+        writer aborts instead. The body starts to arrive while a worker opens the session.
 
         Chunks are taken as the parser made them (`readchunk`, not `readany`, which joins what
         is buffered into one more copy). The last batch and the close share one worker call.
         """
         loop = asyncio.get_running_loop()
+        opened: Opened | None = None
         pending: asyncio.Future[None] | None = None
         finish: asyncio.Future[None] | None = None
         batch: list[bytes] = []
@@ -165,29 +170,34 @@ class Uploads:
                 batch.append(chunk)
                 batch_bytes += len(chunk)
                 if (batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_CHUNKS) and not body.at_eof():
+                    opened = opened or await opening
                     if pending is not None:
                         await pending
-                    pending = loop.run_in_executor(self.executor, _write_batch, writer, hasher, batch)
+                    pending = loop.run_in_executor(self.executor, _write_batch, opened[1], opened[2], batch)
                     total += batch_bytes
                     self.on_bytes(batch_bytes)
                     batch, batch_bytes = [], 0
+            opened = opened or await opening
             if pending is not None:
                 await pending
                 pending = None
             total += batch_bytes
             if length is not None and total != length:
                 raise OCIError(ErrorCode.SIZE_INVALID, f"received {total} bytes, but Content-Length says {length}")
-            finish = loop.run_in_executor(self.executor, _finish, writer, hasher, batch)
+            finish = loop.run_in_executor(self.executor, _finish, opened[1], opened[2], batch)
             await asyncio.shield(finish)
         except BaseException:
             if pending is not None:  # never leave a writer running on a closing descriptor
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(pending)
-            if finish is None:
-                await asyncio.shield(self._run(writer.abort))
+            if opened is None:  # the body broke off (or the session was refused) before it opened
+                with contextlib.suppress(BaseException):
+                    opened = await asyncio.shield(opening)
+            if finish is None and opened is not None:
+                await asyncio.shield(self._run(opened[1].abort))
             raise
         self.on_bytes(batch_bytes)
-        return total
+        return opened[0], total, opened[2]
 
     async def complete(self, name: str, upload_id: str, digest: Digest, body: StreamReader | None,
                        start: int | None = None, length: int | None = None) -> UploadInfo:
@@ -195,13 +205,11 @@ class Uploads:
         it was closed."""
         async with self._lock(upload_id):
             self._in_progress(upload_id)
-            if body is not None:
-                info = await self._append_locked(name, upload_id, body, start, length)
-            else:
-                info = await self._run(self.storage.upload_info, name, upload_id)
+            # Without a body, the commit reads the session itself (one worker call, not two).
+            info = await self._append_locked(name, upload_id, body, start, length) if body is not None else None
             hasher = self._hashers.get(upload_id)
             try:
-                await self._run(self.storage.commit_upload, name, upload_id, digest, hasher, info)
+                info = await self._run(self.storage.commit_upload, name, upload_id, digest, hasher, info)
             except OCIError as e:
                 if e.code in (ErrorCode.DIGEST_INVALID, ErrorCode.DENIED):  # the session is gone
                     self._forget(upload_id)
@@ -212,14 +220,17 @@ class Uploads:
 
     def _remove_later(self, upload_id: str) -> None:
         """Remove a committed session's leftovers (its info, on S3 its parts) without holding up
-        the 201: nothing reads them any more, this process answers for the session as gone
-        meanwhile, and if it dies first GC's sweep of abandoned sessions removes them."""
-        self._closing.add(upload_id)
-        removal = asyncio.get_running_loop().run_in_executor(self.executor, self.storage.delete_upload, upload_id)
+        the 201: nothing reads them any more, and if this process dies first, GC's sweep of
+        abandoned sessions removes them. This process answers for the session as gone from now
+        on (the ids of the last MAX_TRACKED committed sessions are kept; ids are never reused)."""
+        self._committed[upload_id] = None
+        if len(self._committed) > MAX_TRACKED:
+            del self._committed[next(iter(self._committed))]
+        with contextlib.suppress(RuntimeError):  # shutting down: the sweep removes it
+            self.executor.submit(self._remove, upload_id)  # no wake-up of the event loop when done
 
-        def removed(f: asyncio.Future[None]) -> None:
-            self._closing.discard(upload_id)
-            if not f.cancelled() and f.exception() is not None:
-                log.warning("could not remove the committed upload %s (GC will): %s", upload_id, f.exception())
-
-        removal.add_done_callback(removed)
+    def _remove(self, upload_id: str) -> None:
+        try:
+            self.storage.delete_upload(upload_id)
+        except Exception as e:  # the sweep removes what is left
+            log.warning("could not remove the committed upload %s (GC will): %s", upload_id, e)
