@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TypeVar
 
 from aiohttp import StreamReader
@@ -42,18 +42,25 @@ class RangeMismatch(Exception):
         self.info = info
 
 
-def _write_batch(writer: UploadWriter, hasher: Hasher | None, chunks: list[bytes]) -> None:
-    writer.write(chunks)  # first: the disk writes these bytes back while they are hashed
-    if hasher is not None:
+def _write_batch(writer: UploadWriter, hasher: Hasher | None, chunks: list[bytes], side: Executor) -> None:
+    """Write CHUNKS and hash them, on two cores: the write (the copy into the page cache, or a
+    part's upload) runs in SIDE while this thread hashes (hashlib and writes release the GIL)."""
+    if hasher is None:
+        writer.write(chunks)
+        return
+    writing = side.submit(writer.write, chunks)
+    try:
         for chunk in chunks:
             hasher.update(chunk)
+    finally:
+        writing.result()
 
 
-def _finish(writer: UploadWriter, hasher: Hasher | None, chunks: list[bytes]) -> None:
+def _finish(writer: UploadWriter, hasher: Hasher | None, chunks: list[bytes], side: Executor) -> None:
     """Write the last batch and close the writer; if the write fails, abort it instead."""
     try:
         if chunks:
-            _write_batch(writer, hasher, chunks)
+            _write_batch(writer, hasher, chunks, side)
     except BaseException:
         writer.abort()
         raise
@@ -67,6 +74,8 @@ class Uploads:
                  on_bytes: Callable[[int], None] | None = None) -> None:
         self.storage = storage
         self.executor = executor
+        self._writers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dockyard-write")
+        """Writes a batch while the worker that received it hashes it (never waits on anything)."""
         self.on_bytes = on_bytes or (lambda n: None)
         self._hashers: dict[str, Hasher] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -173,7 +182,8 @@ class Uploads:
                     opened = opened or await opening
                     if pending is not None:
                         await pending
-                    pending = loop.run_in_executor(self.executor, _write_batch, opened[1], opened[2], batch)
+                    pending = loop.run_in_executor(self.executor, _write_batch, opened[1], opened[2], batch,
+                                                   self._writers)
                     total += batch_bytes
                     self.on_bytes(batch_bytes)
                     batch, batch_bytes = [], 0
@@ -184,7 +194,7 @@ class Uploads:
             total += batch_bytes
             if length is not None and total != length:
                 raise OCIError(ErrorCode.SIZE_INVALID, f"received {total} bytes, but Content-Length says {length}")
-            finish = loop.run_in_executor(self.executor, _finish, opened[1], opened[2], batch)
+            finish = loop.run_in_executor(self.executor, _finish, opened[1], opened[2], batch, self._writers)
             await asyncio.shield(finish)
         except BaseException:
             if pending is not None:  # never leave a writer running on a closing descriptor
