@@ -24,7 +24,7 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 MMAP_THRESHOLD = 8 * 1024 * 1024  # larger allocations get pages of their own (rare: whole-file reads)
-TRIM_THRESHOLD = 32 * 1024 * 1024  # free memory kept at the top of the heap before it is returned
+TRIM_THRESHOLD = 8 * 1024 * 1024  # free memory kept at the top of the heap before it is returned
 
 
 def bound_allocator_caches() -> bool:
