@@ -7,8 +7,9 @@ with its data under a temp dir, started and stopped by the benchmark (tests/s3/s
 - Dockyard with `storage.s3` (path-style addressing, keys in a credentials directory; blob GETs
   streamed through the registry, `redirect` off as by default);
 - distribution 2.8 (Debian `docker-registry`) with its `s3` driver, redirects disabled so that
-  it streams blobs through itself too, and without the in-memory blob descriptor cache
-  (`start_distribution_s3` of tests/registry/processes.py).
+  it streams blobs through itself too, and with the in-memory blob descriptor cache of
+  Debian's default configuration, as in the registry section (`start_distribution_s3` of
+  tests/registry/processes.py).
 
 The client and the measurements are the registry section's (bench/registry.py), servers
 alternating on every measurement: blob push (monolithic and chunked) and pull at 1, 64 and
@@ -51,7 +52,7 @@ def start_dockyard_on(s3: S3Server, workdir: Path) -> RegistryProcess:
 def start_distribution_on(s3: S3Server, workdir: Path) -> RegistryProcess:
     require_tool("docker-registry", "docker-registry")
     return start_distribution_s3(workdir / "distribution" / "root", endpoint=s3.endpoint, bucket=s3.make_bucket(),
-                                 access_key=s3.access_key, secret_key=s3.secret_key)
+                                 access_key=s3.access_key, secret_key=s3.secret_key, descriptor_cache=True)
 
 
 async def run_async(options: argparse.Namespace) -> list[Table]:

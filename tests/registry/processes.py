@@ -229,14 +229,16 @@ def start_distribution(root: Path, *, port: int | None = None, htpasswd: Path | 
 
 def start_distribution_s3(root: Path, *, endpoint: str, bucket: str, access_key: str, secret_key: str,
                           port: int | None = None, rootdirectory: str = "/distribution",
-                          redirect: bool = False, timeout: float = 20.0) -> RegistryProcess:
+                          redirect: bool = False, timeout: float = 20.0,
+                          descriptor_cache: bool = False) -> RegistryProcess:
     """Debian's `docker-registry` (distribution 2.8) with its `s3` storage driver.
 
     The objects go to BUCKET under ROOTDIRECTORY on the S3 server at ENDPOINT (plain HTTP,
     SigV4, region us-east-1); ROOT holds only the configuration and the log. With a
     `regionendpoint`, distribution 2.8 addresses buckets by path (it has no `forcepathstyle`
     setting). By default blob GETs are served by distribution itself; with REDIRECT it answers
-    them with a redirect to a presigned S3 URL, as it ships. The AWS_* variables of this process
+    them with a redirect to a presigned S3 URL, as it ships. `descriptor_cache` as for
+    `start_distribution`. The AWS_* variables of this process
     stay out of its environment: with AWS_CA_BUNDLE set, distribution 2.8 panics at start
     ("LoadCustomCABundleError: ... HTTPClient's transport unsupported type").
     """
@@ -253,7 +255,8 @@ def start_distribution_s3(root: Path, *, endpoint: str, bucket: str, access_key:
         f"    rootdirectory: {json.dumps(rootdirectory)}\n"
         "  delete:\n    enabled: true\n"
         f"  redirect:\n    disable: {json.dumps(not redirect)}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n  secret: {secrets.token_hex(16)}\n"
+        + ("  cache:\n    blobdescriptor: inmemory\n" if descriptor_cache else "")
+        + f"http:\n  addr: 127.0.0.1:{port}\n  secret: {secrets.token_hex(16)}\n"
     )
     aws_env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("AWS_")}
     return RegistryProcess([DISTRIBUTION, "serve", str(config)], port, root,
