@@ -355,18 +355,10 @@ class FilesystemDriver:
 
     def upload_start(self, upload_id: str, info: bytes) -> None:
         """Not flushed: a 202 acknowledges no content (see storage.create_upload). The info file is
-        written in place, not renamed into it: no one knows the id before this returns, and an
+        created in place, not renamed into it: no one knows the id before this returns, and an
         info file cut short by a crash reads as an unknown session."""
-        directory = self.root / "uploads" / upload_id
-        directory.mkdir(parents=True)
-        os.close(os.open(directory / "data", os.O_WRONLY | os.O_CREAT | os.O_EXCL))
-        fd = os.open(directory / "info", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        try:
-            view = memoryview(info)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
+        self.create(f"uploads/{upload_id}/info", info)
+        os.close(os.open(self._data(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL))
 
     def upload_size(self, upload_id: str) -> int | None:
         try:

@@ -18,7 +18,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from aiohttp import StreamReader
 
@@ -31,7 +31,14 @@ T = TypeVar("T")
 BATCH_BYTES = 1024 * 1024
 BATCH_CHUNKS = 256
 MAX_TRACKED = 4096  # upload sessions whose hash state and lock are kept in memory
-Opened = tuple[UploadInfo, UploadWriter, Hasher | None]  # a session, its writer, its hash state if current
+
+
+class Opened(NamedTuple):
+    """A session as a request found it, a writer appending to it, and its hash state if current."""
+
+    info: UploadInfo
+    writer: UploadWriter
+    hasher: Hasher | None
 
 
 class RangeMismatch(Exception):
@@ -157,7 +164,7 @@ class Uploads:
             writer = self.storage.driver.upload_writer(upload_id, info.size)
         except FileNotFoundError:  # completed or cancelled meanwhile (another replica)
             raise OCIError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id} is no longer in progress") from None
-        return info, writer, hasher if hasher is not None and hasher.size == info.size else None
+        return Opened(info, writer, hasher if hasher is not None and hasher.size == info.size else None)
 
     async def _receive(self, body: StreamReader, opening: asyncio.Future[Opened],
                        length: int | None) -> tuple[UploadInfo, int, Hasher | None]:
@@ -182,8 +189,8 @@ class Uploads:
                     opened = opened or await opening
                     if pending is not None:
                         await pending
-                    pending = loop.run_in_executor(self.executor, _write_batch, opened[1], opened[2], batch,
-                                                   self._writers)
+                    pending = loop.run_in_executor(self.executor, _write_batch, opened.writer, opened.hasher,
+                                                   batch, self._writers)
                     total += batch_bytes
                     self.on_bytes(batch_bytes)
                     batch, batch_bytes = [], 0
@@ -194,7 +201,8 @@ class Uploads:
             total += batch_bytes
             if length is not None and total != length:
                 raise OCIError(ErrorCode.SIZE_INVALID, f"received {total} bytes, but Content-Length says {length}")
-            finish = loop.run_in_executor(self.executor, _finish, opened[1], opened[2], batch, self._writers)
+            finish = loop.run_in_executor(self.executor, _finish, opened.writer, opened.hasher, batch,
+                                          self._writers)
             await asyncio.shield(finish)
         except BaseException:
             if pending is not None:  # never leave a writer running on a closing descriptor
@@ -204,10 +212,10 @@ class Uploads:
                 with contextlib.suppress(BaseException):
                     opened = await asyncio.shield(opening)
             if finish is None and opened is not None:
-                await asyncio.shield(self._run(opened[1].abort))
+                await asyncio.shield(self._run(opened.writer.abort))
             raise
         self.on_bytes(batch_bytes)
-        return opened[0], total, opened[2]
+        return opened.info, total, opened.hasher
 
     async def complete(self, name: str, upload_id: str, digest: Digest, body: StreamReader | None,
                        start: int | None = None, length: int | None = None) -> UploadInfo:
